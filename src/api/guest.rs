@@ -1,0 +1,303 @@
+//! The guest API's routes (PROTOCOL.md section 3): who may ask, and what each
+//! path answers.
+//!
+//! Owns the caller check (403 for strangers, 401 for the wrong uid) and the
+//! bodies of every guest endpoint. Reading requests and writing responses is
+//! `http`'s business; the event stream is served by the connection itself.
+
+use serde::Serialize;
+
+use crate::http::request::{Request, percent_decode};
+use crate::http::response::Response;
+use crate::identity::PeerFacts;
+use crate::instance::{GuestAccess, GuestState, guest_visible};
+use crate::registry::{Instance, InstanceId, Registry};
+
+/// `GET /1.0`'s body, fields in LXD's order.
+#[derive(Serialize)]
+struct ApiInfo<'a> {
+    api_version: &'static str,
+    auth: &'static str,
+    instance_type: &'static str,
+    location: &'a str,
+    state: &'static str,
+}
+
+/// What an answered request changed, for the server to persist and announce.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GuestChange {
+    /// The guest set its state (`PATCH /1.0`) to a different value.
+    State(InstanceId, GuestState),
+}
+
+/// Answers one guest request from `peer`.
+pub fn answer(
+    req: &Request<'_>,
+    peer: &PeerFacts,
+    registry: &mut Registry,
+) -> (Response, Option<GuestChange>) {
+    let id = match registry.identify(peer) {
+        Ok(id) => id,
+        Err(refusal) => return (Response::error(403, refusal), None),
+    };
+    let Some(instance) = registry.get_mut(id) else {
+        return (Response::error(403, "instance vanished"), None);
+    };
+    if instance.spec.guest_access == GuestAccess::Root && peer.uid != instance.spec.root_uid() {
+        return (
+            Response::error(401, "Access denied for non-root user"),
+            None,
+        );
+    }
+    let read = matches!(req.method, "GET" | "HEAD");
+    let response = match req.path {
+        "/" if read => Response::json(&["/1.0"]),
+        "/" => Response::method_not_allowed("GET, HEAD"),
+        "/1.0" if read => api_info(instance),
+        "/1.0" if req.method == "PATCH" => {
+            return match patch_state(req.body) {
+                Ok(state) => {
+                    let changed = instance.state != state;
+                    instance.state = state;
+                    (
+                        Response::raw(Vec::new()),
+                        changed.then_some(GuestChange::State(id, state)),
+                    )
+                }
+                Err(response) => (response, None),
+            };
+        }
+        "/1.0" => Response::method_not_allowed("GET, HEAD, PATCH"),
+        "/1.0/config" if read => config_list(instance),
+        "/1.0/meta-data" if read => meta_data(instance),
+        "/1.0/devices" if read => Response::json(&instance.spec.devices),
+        "/1.0/config" | "/1.0/meta-data" | "/1.0/devices" => {
+            Response::method_not_allowed("GET, HEAD")
+        }
+        path => match path.strip_prefix("/1.0/config/") {
+            Some(key) if !key.is_empty() && read => config_value(instance, key),
+            Some(key) if !key.is_empty() => Response::method_not_allowed("GET, HEAD"),
+            _ => Response::error(404, "not found"),
+        },
+    };
+    (response, None)
+}
+
+fn api_info(instance: &Instance) -> Response {
+    Response::json(&ApiInfo {
+        api_version: "1.0",
+        auth: "untrusted",
+        instance_type: instance.spec.kind.as_str(),
+        location: instance.spec.location.as_deref().unwrap_or_default(),
+        state: instance.state.as_str(),
+    })
+}
+
+/// `PATCH /1.0`: `{"state":"Ready"}` or `{"state":"Started"}`, exactly.
+fn patch_state(body: &[u8]) -> Result<GuestState, Response> {
+    #[derive(serde::Deserialize)]
+    struct Patch {
+        #[serde(default)]
+        state: String,
+    }
+    let patch: Patch = serde_json::from_slice(body)
+        .map_err(|e| Response::error(400, format!("invalid JSON body: {e}")))?;
+    match patch.state.as_str() {
+        "Ready" => Ok(GuestState::Ready),
+        "Started" => Ok(GuestState::Started),
+        other => Err(Response::error(400, format!("Invalid state {other:?}"))),
+    }
+}
+
+fn config_list(instance: &Instance) -> Response {
+    let keys: Vec<String> = instance
+        .spec
+        .config
+        .keys()
+        .filter(|key| guest_visible(key))
+        .map(|key| format!("/1.0/config/{key}"))
+        .collect();
+    Response::json(&keys)
+}
+
+fn config_value(instance: &Instance, raw_key: &str) -> Response {
+    let Some(key) = percent_decode(raw_key) else {
+        return Response::error(400, "bad percent-encoding in key");
+    };
+    if !guest_visible(&key) {
+        return Response::error(403, "only user.* and cloud-init.* keys are readable");
+    }
+    match instance.spec.config.get(key.as_ref()) {
+        Some(value) => Response::raw(value.as_bytes().to_vec()),
+        None => Response::error(404, "not found"),
+    }
+}
+
+fn meta_data(instance: &Instance) -> Response {
+    let spec = &instance.spec;
+    let mut body = format!(
+        "instance-id: {}\nlocal-hostname: {}\n",
+        spec.cloud_init_id.as_deref().unwrap_or(&spec.name),
+        spec.name
+    )
+    .into_bytes();
+    if let Some(extra) = spec.config.get("user.meta-data") {
+        body.extend_from_slice(extra.as_bytes());
+    }
+    Response::raw(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request::{Parsed, parse};
+    use crate::http::response::BodyKind;
+    use crate::instance::{InstanceSpec, RuleKinds};
+
+    fn registry() -> Registry {
+        let mut r = Registry::new("host1".into());
+        let spec: InstanceSpec = serde_json::from_str(
+            r##"{"name":"c1","match":{"uid_range":[1000,10]},
+                "config":{"user.foo":"bar","user.meta-data":"extra: 1\n","cloud-init.user-data":"#cloud-config\n","volatile.x":"no","security.y":"no"},
+                "devices":{"eth0":{"type":"nic","name":"eth0"},"a":{}}}"##,
+        )
+        .unwrap();
+        r.insert(spec).unwrap();
+        let spec: InstanceSpec = serde_json::from_str(
+            r#"{"name":"any","match":{"uid_range":[2000,10]},"guest_access":"any","cloud_init_id":"ci-9","type":"virtual-machine","location":"rack2"}"#,
+        )
+        .unwrap();
+        r.insert(spec).unwrap();
+        r
+    }
+
+    fn peer(uid: u32) -> PeerFacts {
+        PeerFacts {
+            pid: 7,
+            uid,
+            gid: uid,
+            gathered: RuleKinds::empty(),
+            cgroup: None,
+            pidns: None,
+            proc_error: None,
+        }
+    }
+
+    fn ask(r: &mut Registry, uid: u32, method: &str, path: &str, body: &str) -> Response {
+        let text = format!(
+            "{method} {path} HTTP/1.1\r\nHost: lxd\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let Ok(Parsed::Complete(req)) = parse(text.as_bytes(), 0, 1024) else {
+            panic!("{text}")
+        };
+        answer(&req, &peer(uid), r).0
+    }
+
+    fn ok(r: &mut Registry, uid: u32, path: &str) -> String {
+        let resp = ask(r, uid, "GET", path, "");
+        assert_eq!(
+            resp.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&resp.body)
+        );
+        String::from_utf8(resp.body).unwrap()
+    }
+
+    #[test]
+    fn endpoints() {
+        let mut r = registry();
+        assert_eq!(ok(&mut r, 1000, "/"), "[\"/1.0\"]\n");
+        assert_eq!(
+            ok(&mut r, 1000, "/1.0"),
+            "{\"api_version\":\"1.0\",\"auth\":\"untrusted\",\"instance_type\":\"container\",\"location\":\"host1\",\"state\":\"Started\"}\n"
+        );
+        assert_eq!(
+            ok(&mut r, 2005, "/1.0"),
+            "{\"api_version\":\"1.0\",\"auth\":\"untrusted\",\"instance_type\":\"virtual-machine\",\"location\":\"rack2\",\"state\":\"Started\"}\n"
+        );
+        assert_eq!(
+            ok(&mut r, 1000, "/1.0/config"),
+            "[\"/1.0/config/cloud-init.user-data\",\"/1.0/config/user.foo\",\"/1.0/config/user.meta-data\"]\n"
+        );
+        assert_eq!(ok(&mut r, 1000, "/1.0/config/user.foo"), "bar");
+        assert_eq!(ok(&mut r, 1000, "/1.0/config/user.%66oo"), "bar");
+        assert_eq!(ok(&mut r, 1000, "/1.0/config/user.foo?x=1"), "bar");
+        assert_eq!(
+            ok(&mut r, 1000, "/1.0/meta-data"),
+            "instance-id: c1\nlocal-hostname: c1\nextra: 1\n"
+        );
+        assert_eq!(
+            ok(&mut r, 2000, "/1.0/meta-data"),
+            "instance-id: ci-9\nlocal-hostname: any\n"
+        );
+        assert_eq!(
+            ok(&mut r, 1000, "/1.0/devices"),
+            "{\"a\":{},\"eth0\":{\"name\":\"eth0\",\"type\":\"nic\"}}\n"
+        );
+        let resp = ask(&mut r, 1000, "GET", "/1.0/config/user.foo", "");
+        assert_eq!(resp.kind, BodyKind::Raw);
+    }
+
+    #[test]
+    fn errors() {
+        let mut r = registry();
+        let table = [
+            (1000, "GET", "/1.0/config/volatile.x", "", 403),
+            (1000, "GET", "/1.0/config/user.missing", "", 404),
+            (1000, "GET", "/1.0/config/", "", 404),
+            (1000, "GET", "/1.0/config/user.%zz", "", 400),
+            (1000, "GET", "/1.0/", "", 404),
+            (1000, "GET", "/1.0/events/x", "", 404),
+            (1000, "GET", "/2.0", "", 404),
+            (1000, "POST", "/1.0", "", 405),
+            (1000, "DELETE", "/1.0/config/user.foo", "", 405),
+            (1000, "PUT", "/1.0/config", "", 405),
+            (1000, "PATCH", "/1.0", "{\"state\":\"ready\"}", 400),
+            (1000, "PATCH", "/1.0", "{\"state\":", 400),
+            (1000, "PATCH", "/1.0", "", 400),
+            (1001, "GET", "/1.0", "", 401),
+            (999, "GET", "/1.0", "", 403),
+            (2009, "GET", "/1.0/config/user.foo", "", 404),
+            (2010, "GET", "/", "", 403),
+        ];
+        for (uid, method, path, body, status) in table {
+            let resp = ask(&mut r, uid, method, path, body);
+            assert_eq!(resp.status, status, "{uid} {method} {path} {body}");
+            assert_eq!(resp.kind, BodyKind::Error);
+        }
+        let resp = ask(&mut r, 1000, "POST", "/1.0", "");
+        assert_eq!(resp.allow, Some("GET, HEAD, PATCH"));
+        let resp = ask(&mut r, 1000, "PATCH", "/1.0", "{\"state\":\"Bogus\"}");
+        assert_eq!(resp.body, b"Invalid state \"Bogus\"\n");
+        let resp = ask(&mut r, 999, "GET", "/1.0", "");
+        assert!(String::from_utf8_lossy(&resp.body).contains("pid 7 (uid 999)"));
+    }
+
+    #[test]
+    fn ready_is_kept_and_reported_once() {
+        let mut r = registry();
+        let text =
+            "PATCH /1.0 HTTP/1.1\r\nHost: lxd\r\nContent-Length: 17\r\n\r\n{\"state\":\"Ready\"}";
+        let Ok(Parsed::Complete(req)) = parse(text.as_bytes(), 0, 1024) else {
+            panic!()
+        };
+        let (resp, change) = answer(&req, &peer(1000), &mut r);
+        assert_eq!(
+            (resp.status, resp.body.len(), resp.kind),
+            (200, 0, BodyKind::Raw)
+        );
+        assert!(matches!(
+            change,
+            Some(GuestChange::State(_, GuestState::Ready))
+        ));
+        assert!(ok(&mut r, 1000, "/1.0").contains("\"state\":\"Ready\""));
+        let (_, change) = answer(&req, &peer(1000), &mut r);
+        assert_eq!(change, None, "no change, nothing to announce");
+        assert!(
+            ok(&mut r, 2000, "/1.0").contains("\"state\":\"Started\""),
+            "other instance untouched"
+        );
+    }
+}

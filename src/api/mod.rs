@@ -1,0 +1,3 @@
+//! What each socket's paths answer. `guest` is the API containers see.
+
+pub mod guest;

@@ -1,0 +1,226 @@
+//! Responses, from a [`Response`] value to bytes on a connection's output.
+//!
+//! Owns the three body kinds of PROTOCOL.md section 2 (JSON, raw value,
+//! plain-text error) and the one mapping from a request error to its status.
+//! Which response a request gets is `api`'s business.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::http::request::RequestError;
+
+/// What the body is, which fixes its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `application/json`: a JSON document and one `\n`.
+    Json,
+    /// `application/octet-stream`: a value's bytes exactly.
+    Raw,
+    /// `text/plain; charset=utf-8` with `nosniff`: a message and one `\n`.
+    Error,
+}
+
+impl BodyKind {
+    fn content_type(self) -> &'static str {
+        match self {
+            BodyKind::Json => "application/json",
+            BodyKind::Raw => "application/octet-stream",
+            BodyKind::Error => "text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff",
+        }
+    }
+}
+
+/// One answer, before it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// The kind of body.
+    pub kind: BodyKind,
+    /// The body bytes, already in their final form.
+    pub body: Vec<u8>,
+    /// For `405`: the methods the path takes.
+    pub allow: Option<&'static str>,
+    /// Whether the connection must end after this answer whatever the client
+    /// asked (the request could not be read to its end).
+    pub close: bool,
+}
+
+impl Response {
+    /// A `200` JSON answer.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Response {
+        let mut body = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
+        body.push(b'\n');
+        Response {
+            status: 200,
+            kind: BodyKind::Json,
+            body,
+            allow: None,
+            close: false,
+        }
+    }
+
+    /// A `200` raw-value answer.
+    pub fn raw(body: Vec<u8>) -> Response {
+        Response {
+            status: 200,
+            kind: BodyKind::Raw,
+            body,
+            allow: None,
+            close: false,
+        }
+    }
+
+    /// An error answer with a short message.
+    pub fn error(status: u16, message: impl std::fmt::Display) -> Response {
+        let mut body = message.to_string().into_bytes();
+        body.push(b'\n');
+        Response {
+            status,
+            kind: BodyKind::Error,
+            body,
+            allow: None,
+            close: false,
+        }
+    }
+
+    /// `405` naming the methods `path` takes.
+    pub fn method_not_allowed(allow: &'static str) -> Response {
+        Response {
+            allow: Some(allow),
+            ..Response::error(405, "method not allowed")
+        }
+    }
+
+    /// The answer to a request that could not be read; the connection ends
+    /// after it, since where the next request would start is unknown.
+    pub fn for_request_error(err: RequestError) -> Response {
+        let response = match err {
+            RequestError::Malformed(why) => Response::error(400, why),
+            RequestError::BadHost => {
+                Response::error(400, "an HTTP/1.1 request needs exactly one Host header")
+            }
+            RequestError::HeadTooLarge => Response::error(431, "request head too large"),
+            RequestError::TooManyHeaders => Response::error(431, "too many header fields"),
+            RequestError::BodyTooLarge { limit } => {
+                Response::error(413, format!("request body larger than {limit} bytes"))
+            }
+            RequestError::UnsupportedTransferEncoding => Response::error(
+                501,
+                "Transfer-Encoding is not supported; send Content-Length",
+            ),
+        };
+        Response {
+            close: true,
+            ..response
+        }
+    }
+
+    /// Appends the response to `out`. `head_only` answers a `HEAD`;
+    /// `keep_alive` says whether the connection stays open after it, and
+    /// `http10` whether that needs saying (HTTP/1.0 closes by default).
+    pub fn write_to(&self, out: &mut Vec<u8>, head_only: bool, keep_alive: bool, http10: bool) {
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+            self.status,
+            reason(self.status),
+            self.kind.content_type(),
+            self.body.len()
+        );
+        if let Some(allow) = self.allow {
+            let _ = write!(out, "Allow: {allow}\r\n");
+        }
+        if !keep_alive {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if http10 {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !head_only {
+            out.extend_from_slice(&self.body);
+        }
+    }
+}
+
+/// The reason phrase for the statuses guestsock sends.
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(r: &Response, head_only: bool, keep_alive: bool, http10: bool) -> String {
+        let mut out = Vec::new();
+        r.write_to(&mut out, head_only, keep_alive, http10);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn json_body_ends_in_one_newline() {
+        let r = Response::json(&["/1.0"]);
+        assert_eq!(
+            text(&r, false, true, false),
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n[\"/1.0\"]\n"
+        );
+    }
+
+    #[test]
+    fn raw_value_is_exact() {
+        let r = Response::raw(b"bar".to_vec());
+        assert!(text(&r, false, true, false).ends_with("Content-Length: 3\r\n\r\nbar"));
+    }
+
+    #[test]
+    fn errors_are_plain_text_and_nosniff() {
+        let r = Response::error(404, "not found");
+        assert_eq!(
+            text(&r, false, false, false),
+            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n"
+        );
+        let r = Response::method_not_allowed("GET, HEAD");
+        assert!(text(&r, false, true, false).contains("\r\nAllow: GET, HEAD\r\n"));
+    }
+
+    #[test]
+    fn head_keeps_length_and_drops_body() {
+        let r = Response::raw(b"bar".to_vec());
+        let t = text(&r, true, true, true);
+        assert!(
+            t.ends_with("Content-Length: 3\r\nConnection: keep-alive\r\n\r\n"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn request_errors_close_with_their_status() {
+        for (err, status) in [
+            (RequestError::Malformed("x"), 400),
+            (RequestError::BadHost, 400),
+            (RequestError::HeadTooLarge, 431),
+            (RequestError::TooManyHeaders, 431),
+            (RequestError::BodyTooLarge { limit: 1 }, 413),
+            (RequestError::UnsupportedTransferEncoding, 501),
+        ] {
+            let r = Response::for_request_error(err);
+            assert_eq!((r.status, r.close, r.kind), (status, true, BodyKind::Error));
+        }
+    }
+}

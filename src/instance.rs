@@ -1,0 +1,487 @@
+//! One instance: the unit the guest API serves (PROTOCOL.md section 4).
+//!
+//! Owns the JSON shape shared by the `--instances` file, the admin API and the
+//! state directory, and its validation. It does not know about other
+//! instances: conflicts between match rules are `registry`'s business.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::MAX_VALUE_BYTES;
+
+/// An instance as the host describes it (the section 4 JSON object).
+///
+/// Unknown fields are refused so that a typo (`"gues_access"`) is an error at
+/// registration rather than a silently ignored setting.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpec {
+    /// 1-63 characters of `a-z 0-9 -`, not starting or ending with `-`.
+    pub name: String,
+    /// `container` (default) or `virtual-machine`.
+    #[serde(rename = "type", default)]
+    pub kind: InstanceType,
+    /// Shown as `location` in `GET /1.0`; defaults to the host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// cloud-init's `instance-id`; defaults to `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init_id: Option<String>,
+    /// How a connecting process is recognised as this instance.
+    #[serde(rename = "match")]
+    pub rule: MatchRule,
+    /// Host uid of the container's root user; defaults to the first uid of a
+    /// `uid_range` rule, else 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_uid: Option<u32>,
+    /// Which of the instance's uids may use the guest API.
+    #[serde(default)]
+    pub guest_access: GuestAccess,
+    /// Config keys; only `user.*` and `cloud-init.*` are ever shown to the guest.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Device name to its string fields.
+    #[serde(default)]
+    pub devices: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// What runs inside the instance, as `GET /1.0` reports it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceType {
+    /// A system or application container (the default).
+    #[default]
+    Container,
+    /// A virtual machine whose agent reaches the socket.
+    VirtualMachine,
+}
+
+impl InstanceType {
+    /// The wire name, as in `GET /1.0`'s `instance_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceType::Container => "container",
+            InstanceType::VirtualMachine => "virtual-machine",
+        }
+    }
+}
+
+/// Which uids of a recognised instance may use the guest API.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestAccess {
+    /// Only the container's root user (`root_uid`), as in LXD.
+    #[default]
+    Root,
+    /// Every uid of the instance.
+    Any,
+}
+
+/// How a caller is recognised as an instance: exactly one of three kinds.
+///
+/// Serialized externally tagged, which is exactly the section 4 shape:
+/// `{"cgroup": "/lxc.payload.c1"}`, `{"uid_range": [1000000, 65536]}`,
+/// `{"pid": 4242}`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum MatchRule {
+    /// The caller's cgroup v2 path is this one or lies beneath it.
+    Cgroup(String),
+    /// The caller's host uid is in `[first, first + count)`.
+    UidRange(u32, u32),
+    /// The caller shares the pid namespace of this process (as it was when the
+    /// instance was registered).
+    Pid(i32),
+}
+
+/// The kinds of match rule, as a small bit set: which facts about a caller
+/// are worth gathering depends on which kinds some instance uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleKinds(u8);
+
+impl RuleKinds {
+    /// Cgroup path rules.
+    pub const CGROUP: RuleKinds = RuleKinds(1);
+    /// Uid range rules.
+    pub const UID_RANGE: RuleKinds = RuleKinds(2);
+    /// Pid namespace rules.
+    pub const PID: RuleKinds = RuleKinds(4);
+
+    /// No kind at all.
+    pub const fn empty() -> RuleKinds {
+        RuleKinds(0)
+    }
+
+    /// Whether every kind in `other` is also in `self`.
+    pub fn contains(self, other: RuleKinds) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The kinds in either set.
+    pub fn union(self, other: RuleKinds) -> RuleKinds {
+        RuleKinds(self.0 | other.0)
+    }
+
+    /// Whether any of these kinds needs a read of `/proc/<pid>`.
+    pub fn needs_proc(self) -> bool {
+        self.0 & (Self::CGROUP.0 | Self::PID.0) != 0
+    }
+}
+
+/// Whether the guest has said it finished booting (`PATCH /1.0`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub enum GuestState {
+    /// The default, and what the host resets a guest to.
+    #[default]
+    Started,
+    /// Set by the guest; kept until the host resets it.
+    Ready,
+}
+
+impl GuestState {
+    /// The wire name (`"Started"` or `"Ready"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestState::Started => "Started",
+            GuestState::Ready => "Ready",
+        }
+    }
+}
+
+/// Why an instance description was refused: the field, then the reason.
+#[derive(Debug, PartialEq, Eq)]
+pub struct InvalidInstance {
+    /// A path into the object, like `match.cgroup` or `config["user.x"]`.
+    pub field: String,
+    /// What is wrong with it, for a person.
+    pub reason: String,
+}
+
+impl fmt::Display for InvalidInstance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidInstance {
+    InvalidInstance {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Whether `name` is a valid instance name: 1-63 of `a-z 0-9 -`, not starting
+/// or ending with `-` (a DNS label, as LXD requires).
+pub fn valid_instance_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// Characters a config key or device name may not hold, beyond spaces and
+/// control characters: each would stop `/1.0/config/<key>` from being a path
+/// that names the key unambiguously without percent-encoding, as LXD writes
+/// it in `GET /1.0/config`.
+const KEY_FORBIDDEN: &[u8] = b"/?#%\"\\";
+
+/// Whether `key` can name a config key or a device (or a device's field):
+/// 1-255 printable ASCII characters, none of `/ ? # % " \`.
+pub fn valid_key(key: &str) -> bool {
+    (1..=255).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !KEY_FORBIDDEN.contains(&b))
+}
+
+/// Checks a config key and its value; `field` names it in the error.
+pub fn check_config_entry(key: &str, value: &str) -> Result<(), InvalidInstance> {
+    if !valid_key(key) {
+        return Err(invalid(
+            format!("config[{key:?}]"),
+            "a key is 1-255 printable ASCII characters without spaces or any of / ? # % \" \\",
+        ));
+    }
+    check_value(&format!("config[{key:?}]"), value)
+}
+
+fn check_value(field: &str, value: &str) -> Result<(), InvalidInstance> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(invalid(
+            field,
+            format!(
+                "value is {} bytes, more than the limit of {MAX_VALUE_BYTES}",
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks one device: its name and every field.
+pub fn check_device(name: &str, fields: &BTreeMap<String, String>) -> Result<(), InvalidInstance> {
+    let field = format!("devices[{name:?}]");
+    if !valid_key(name) {
+        return Err(invalid(
+            field,
+            "a device name is 1-255 printable ASCII characters without spaces or any of / ? # % \" \\",
+        ));
+    }
+    for (key, value) in fields {
+        let field = format!("devices[{name:?}][{key:?}]");
+        if !valid_key(key) {
+            return Err(invalid(
+                field,
+                "a device field name is 1-255 printable ASCII characters without spaces or any of / ? # % \" \\",
+            ));
+        }
+        check_value(&field, value)?;
+    }
+    Ok(())
+}
+
+/// Checks a match rule on its own (not against other instances).
+fn check_rule(rule: &MatchRule) -> Result<(), InvalidInstance> {
+    match rule {
+        MatchRule::Cgroup(path) => {
+            let field = "match.cgroup";
+            if !path.starts_with('/') {
+                return Err(invalid(
+                    field,
+                    "must be an absolute cgroup v2 path, like /lxc.payload.c1",
+                ));
+            }
+            if path == "/" {
+                return Err(invalid(
+                    field,
+                    "the root cgroup would match every process on the host, guestsock's own callers included",
+                ));
+            }
+            if path.len() > 4096 {
+                return Err(invalid(field, "longer than 4096 bytes"));
+            }
+            let mut components = path[1..].split('/');
+            if path.ends_with('/')
+                || components.any(|c| c.is_empty() || c == "." || c == "..")
+                || path.bytes().any(|b| b.is_ascii_control())
+            {
+                return Err(invalid(
+                    field,
+                    "must be a normalised path: no empty, '.' or '..' components, no trailing '/', no control characters",
+                ));
+            }
+            Ok(())
+        }
+        MatchRule::UidRange(first, count) => {
+            if *count == 0 {
+                return Err(invalid("match.uid_range", "count must be at least 1"));
+            }
+            if u64::from(*first) + u64::from(*count) > u64::from(u32::MAX) {
+                return Err(invalid(
+                    "match.uid_range",
+                    "first + count must not pass 4294967295 (uid -1 is not a uid)",
+                ));
+            }
+            Ok(())
+        }
+        MatchRule::Pid(pid) => {
+            if *pid <= 0 {
+                return Err(invalid("match.pid", "must be a positive process id"));
+            }
+            Ok(())
+        }
+    }
+}
+
+impl InstanceSpec {
+    /// Checks every field and fills in the defaults of section 4 (`location`
+    /// from `host_name`, `cloud_init_id` from `name`, `root_uid` from the
+    /// rule), so that what is stored and shown is explicit.
+    pub fn validate(mut self, host_name: &str) -> Result<InstanceSpec, InvalidInstance> {
+        if !valid_instance_name(&self.name) {
+            return Err(invalid(
+                "name",
+                format!(
+                    "{:?} is not 1-63 characters of a-z, 0-9 and '-' that neither starts nor ends with '-'",
+                    self.name
+                ),
+            ));
+        }
+        check_rule(&self.rule)?;
+        for (field, value) in [
+            ("location", &self.location),
+            ("cloud_init_id", &self.cloud_init_id),
+        ] {
+            if let Some(value) = value
+                && (value.is_empty() || value.len() > 255 || value.chars().any(char::is_control))
+            {
+                return Err(invalid(
+                    field,
+                    "must be 1-255 characters with no control characters",
+                ));
+            }
+        }
+        for (key, value) in &self.config {
+            check_config_entry(key, value)?;
+        }
+        for (name, fields) in &self.devices {
+            check_device(name, fields)?;
+        }
+        self.location.get_or_insert_with(|| host_name.to_owned());
+        self.cloud_init_id.get_or_insert_with(|| self.name.clone());
+        if self.root_uid.is_none() {
+            self.root_uid = Some(match self.rule {
+                MatchRule::UidRange(first, _) => first,
+                _ => 0,
+            });
+        }
+        Ok(self)
+    }
+
+    /// The uid whose processes are the instance's root user.
+    pub fn root_uid(&self) -> u32 {
+        self.root_uid.unwrap_or(0)
+    }
+}
+
+/// Whether a guest may see this config key (`user.*` or `cloud-init.*`).
+pub fn guest_visible(key: &str) -> bool {
+    key.starts_with("user.") || key.starts_with("cloud-init.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Result<InstanceSpec, String> {
+        let spec: InstanceSpec = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        spec.validate("host1").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let s = spec(r#"{"name":"c1","match":{"uid_range":[1000000,65536]}}"#).unwrap();
+        assert_eq!(s.location.as_deref(), Some("host1"));
+        assert_eq!(s.cloud_init_id.as_deref(), Some("c1"));
+        assert_eq!(s.root_uid, Some(1000000));
+        assert_eq!(s.kind, InstanceType::Container);
+        assert_eq!(s.guest_access, GuestAccess::Root);
+        let s = spec(r#"{"name":"c1","match":{"cgroup":"/lxc.payload.c1"}}"#).unwrap();
+        assert_eq!(s.root_uid, Some(0));
+    }
+
+    #[test]
+    fn names() {
+        for good in ["a", "c1", "web-01", &"a".repeat(63)] {
+            assert!(valid_instance_name(good), "{good}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64), "ä"] {
+            assert!(!valid_instance_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys() {
+        for good in ["user.foo", "cloud-init.user-data", "user.a:b=c"] {
+            assert!(valid_key(good), "{good}");
+        }
+        for bad in [
+            "", "user.a b", "user/a", "user.a?", "user.%41", "user.\n", "user.é",
+        ] {
+            assert!(!valid_key(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn refused_descriptions() {
+        let cases = [
+            (r#"{"name":"c1"}"#, "missing field `match`"),
+            (r#"{"name":"c1","match":{}}"#, ""),
+            (r#"{"name":"c1","match":{"cgroup":"/a","pid":3}}"#, ""),
+            (
+                r#"{"name":"c1","match":{"cgroups":"/a"}}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"name":"c1","match":{"cgroup":"/a"},"extra":1}"#,
+                "unknown field `extra`",
+            ),
+            (r#"{"name":"c1","match":{"cgroup":"a"}}"#, "match.cgroup"),
+            (r#"{"name":"c1","match":{"cgroup":"/"}}"#, "root cgroup"),
+            (
+                r#"{"name":"c1","match":{"cgroup":"/a/../b"}}"#,
+                "normalised",
+            ),
+            (r#"{"name":"c1","match":{"cgroup":"/a/"}}"#, "normalised"),
+            (r#"{"name":"c1","match":{"uid_range":[5,0]}}"#, "at least 1"),
+            (
+                r#"{"name":"c1","match":{"uid_range":[4294967295,1]}}"#,
+                "first + count",
+            ),
+            (r#"{"name":"c1","match":{"pid":0}}"#, "positive"),
+            (r#"{"name":"C1","match":{"pid":1}}"#, "name"),
+            (
+                r#"{"name":"c1","match":{"pid":1},"config":{"user.a":1}}"#,
+                "invalid type",
+            ),
+            (
+                r#"{"name":"c1","match":{"pid":1},"config":{"a b":"x"}}"#,
+                "config[\"a b\"]",
+            ),
+            (
+                r#"{"name":"c1","match":{"pid":1},"devices":{"eth0":{"type":3}}}"#,
+                "invalid type",
+            ),
+            (
+                r#"{"name":"c1","match":{"pid":1},"devices":{"e/0":{}}}"#,
+                "devices[\"e/0\"]",
+            ),
+            (
+                r#"{"name":"c1","match":{"pid":1},"type":"vm"}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"name":"c1","match":{"pid":1},"guest_access":"all"}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"name":"c1","match":{"pid":1},"location":""}"#,
+                "location",
+            ),
+        ];
+        for (json, expected) in cases {
+            let err = spec(json).expect_err(json);
+            assert!(err.contains(expected), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn value_limit() {
+        let big = "x".repeat(MAX_VALUE_BYTES + 1);
+        assert!(
+            check_config_entry("user.big", &big)
+                .unwrap_err()
+                .reason
+                .contains("limit")
+        );
+        assert!(check_config_entry("user.ok", &big[1..]).is_ok());
+    }
+
+    #[test]
+    fn rule_round_trips_in_protocol_shape() {
+        let rule: MatchRule = serde_json::from_str(r#"{"uid_range":[1000000,65536]}"#).unwrap();
+        assert_eq!(rule, MatchRule::UidRange(1000000, 65536));
+        assert_eq!(
+            serde_json::to_string(&rule).unwrap(),
+            r#"{"uid_range":[1000000,65536]}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&MatchRule::Cgroup("/a".into())).unwrap(),
+            r#"{"cgroup":"/a"}"#
+        );
+    }
+}

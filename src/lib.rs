@@ -1,0 +1,19 @@
+//! guestsock: an LXD-compatible guest metadata socket for dense container
+//! hosts.
+//!
+//! The library is the whole server; the `guestsock` binary is a thin map
+//! over [`cli`]. It is a library so that fuzz targets and benchmarks can
+//! reach the pure parsers directly.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod conn;
+pub mod http;
+pub mod identity;
+pub mod instance;
+pub mod limits;
+pub mod log;
+pub mod registry;
+pub mod server;

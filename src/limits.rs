@@ -1,0 +1,60 @@
+//! Every bound guestsock enforces, in one place.
+//!
+//! Each constant says its default and why. Bounds a guest can push against are
+//! checked before anything is allocated for the input that would cross them.
+
+/// Largest request head (request line plus headers), in bytes: 8 KiB.
+///
+/// Guest requests are a request line and a handful of short headers; 8 KiB is
+/// what nginx and micro-http allow too, and a head past it is answered `431`.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+
+/// Most header fields in one request: 64. More is answered `431`.
+///
+/// httparse parses into a fixed array of this size, so it also bounds the
+/// stack used per parse.
+pub const MAX_HEADERS: usize = 64;
+
+/// Largest request body on the guest socket, in bytes: 16 KiB.
+///
+/// The only guest body is `PATCH /1.0`'s `{"state":"Ready"}`; anything near
+/// this size is not a real client. A larger declared length is answered `413`
+/// before a byte of it is read.
+pub const MAX_GUEST_BODY_BYTES: usize = 16 * 1024;
+
+/// Largest config value or device field, in bytes: 1 MiB.
+///
+/// Big enough for any cloud-init user-data in practice, small enough that one
+/// instance cannot make every answer about it enormous.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Bytes asked of the kernel per `read` on a connection: 4 KiB.
+///
+/// A whole guest request fits in one read; a connection's input buffer is
+/// released again as soon as it holds no partial request.
+pub const READ_CHUNK_BYTES: usize = 4 * 1024;
+
+/// Output queued on one connection before guestsock stops answering its
+/// pipelined requests until the peer reads: 256 KiB.
+///
+/// This is what keeps a client that pipelines without reading from making
+/// the server's memory grow: past it, its further requests wait in the
+/// kernel's socket buffer, not in ours. One response may exceed it (a large
+/// config value), but no second one is queued behind it.
+pub const MAX_PENDING_OUTPUT_BYTES: usize = 256 * 1024;
+
+/// Largest `--instances` file read at start: 256 MiB.
+///
+/// 4096 instances with generous config fit many times over; a larger file is
+/// refused rather than read into memory.
+pub const MAX_INSTANCES_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Readiness events taken from epoll per wake-up: 1024.
+pub const EVENTS_PER_POLL: usize = 1024;
+
+/// How long the accept loop waits before retrying after the process ran out
+/// of file descriptors (`EMFILE`/`ENFILE`): 100 ms.
+///
+/// Connections wait in the listen backlog meanwhile instead of spinning the
+/// loop on an error that only a closed connection can clear.
+pub const ACCEPT_RETRY_MS: u64 = 100;

@@ -1,0 +1,530 @@
+//! The registered instances and the indexes that map a caller to one of them.
+//!
+//! Owns conflict detection between match rules (PROTOCOL.md section 4) and the
+//! lookup from a caller's facts to at most one instance. It does not gather
+//! those facts (`identity` does) and does not decide what a caller may read
+//! (`api::guest` does).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use slab::Slab;
+
+use crate::identity::{self, PeerFacts};
+use crate::instance::{GuestState, InstanceSpec, InvalidInstance, MatchRule, RuleKinds};
+
+/// A registered instance's key in the registry. Stable while it is
+/// registered; reused after it is removed.
+pub type InstanceId = usize;
+
+/// One registered instance and what guestsock keeps beside its description.
+#[derive(Debug)]
+pub struct Instance {
+    /// The validated description, defaults filled in.
+    pub spec: InstanceSpec,
+    /// For a `pid` rule, the pid namespace (nsfs inode) the process was in at
+    /// registration: the rule means that namespace, whatever the pid is later.
+    pub pidns: Option<u64>,
+    /// `Ready` once the guest said so, until the host resets it.
+    pub state: GuestState,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RegistryError {
+    /// The description itself is wrong (the host's fault): `400`.
+    Invalid(InvalidInstance),
+    /// An instance of that name exists already: `409`.
+    NameTaken(String),
+    /// The match rule could claim a caller another instance's rule claims: `409`.
+    Conflict {
+        /// The instance already holding the rule.
+        other: String,
+        /// What the two rules share.
+        detail: String,
+    },
+}
+
+impl fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegistryError::Invalid(e) => e.fmt(f),
+            RegistryError::NameTaken(name) => {
+                write!(f, "an instance named {name:?} exists already")
+            }
+            RegistryError::Conflict { other, detail } => {
+                write!(f, "match rule conflicts with instance {other:?}: {detail}")
+            }
+        }
+    }
+}
+
+/// Why a caller is not served as any instance. Every variant is the caller's
+/// situation, not a server fault, and is answered `403`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No instance's rule claims the caller.
+    NoInstance { pid: i32, uid: u32 },
+    /// Rules of different kinds claim the caller for different instances.
+    Ambiguous {
+        pid: i32,
+        uid: u32,
+        first: String,
+        second: String,
+    },
+    /// A fact some rule needs could not be established safely.
+    Unverified {
+        pid: i32,
+        uid: u32,
+        reason: &'static str,
+    },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NoInstance { pid, uid } => {
+                write!(
+                    f,
+                    "pid {pid} (uid {uid}) is not part of any registered instance"
+                )
+            }
+            Refusal::Ambiguous {
+                pid,
+                uid,
+                first,
+                second,
+            } => write!(
+                f,
+                "pid {pid} (uid {uid}) matches both instance {first:?} and instance {second:?}; refusing to guess"
+            ),
+            Refusal::Unverified { pid, uid, reason } => {
+                write!(f, "pid {pid} (uid {uid}) could not be identified: {reason}")
+            }
+        }
+    }
+}
+
+/// All registered instances, with one index per kind of match rule.
+#[derive(Debug, Default)]
+pub struct Registry {
+    instances: Slab<Instance>,
+    by_name: HashMap<String, InstanceId>,
+    /// Exact cgroup path to instance; lookups walk the caller's path upwards.
+    by_cgroup: HashMap<String, InstanceId>,
+    /// First uid of each range to (end of range, exclusive; instance).
+    /// Ranges never overlap, so the range holding a uid is the last one that
+    /// starts at or before it.
+    by_uid: BTreeMap<u32, (u64, InstanceId)>,
+    /// Pid namespace inode to instance.
+    by_pidns: HashMap<u64, InstanceId>,
+    /// guestsock's own pid namespace: a `pid` rule naming it would claim
+    /// every host process.
+    own_pidns: Option<u64>,
+    /// Default `location`.
+    host_name: String,
+}
+
+impl Registry {
+    /// An empty registry; `host_name` is the default `location`.
+    pub fn new(host_name: String) -> Registry {
+        Registry {
+            own_pidns: identity::pid_namespace(std::process::id() as i32).ok(),
+            host_name,
+            ..Registry::default()
+        }
+    }
+
+    /// The default `location` of instances.
+    pub fn host_name(&self) -> &str {
+        &self.host_name
+    }
+
+    /// How many instances are registered.
+    pub fn len(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// Whether no instance is registered.
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+    }
+
+    /// The kinds of rule some instance uses: only these need facts gathered.
+    pub fn kinds_in_use(&self) -> RuleKinds {
+        let mut kinds = RuleKinds::empty();
+        if !self.by_cgroup.is_empty() {
+            kinds = kinds.union(RuleKinds::CGROUP);
+        }
+        if !self.by_uid.is_empty() {
+            kinds = kinds.union(RuleKinds::UID_RANGE);
+        }
+        if !self.by_pidns.is_empty() {
+            kinds = kinds.union(RuleKinds::PID);
+        }
+        kinds
+    }
+
+    /// The instance with this key.
+    pub fn get(&self, id: InstanceId) -> Option<&Instance> {
+        self.instances.get(id)
+    }
+
+    /// The instance with this key, to change it.
+    pub fn get_mut(&mut self, id: InstanceId) -> Option<&mut Instance> {
+        self.instances.get_mut(id)
+    }
+
+    /// The key of the instance with this name.
+    pub fn find(&self, name: &str) -> Option<InstanceId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Every instance, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (InstanceId, &Instance)> {
+        self.instances.iter()
+    }
+
+    /// Validates `spec` and registers it, refusing a taken name or a match
+    /// rule that conflicts with another instance's.
+    pub fn insert(&mut self, spec: InstanceSpec) -> Result<InstanceId, RegistryError> {
+        let spec = spec
+            .validate(&self.host_name)
+            .map_err(RegistryError::Invalid)?;
+        if self.by_name.contains_key(&spec.name) {
+            return Err(RegistryError::NameTaken(spec.name));
+        }
+        let pidns = self.check_rule(&spec.rule)?;
+        let name = spec.name.clone();
+        let rule = spec.rule.clone();
+        let id = self.instances.insert(Instance {
+            spec,
+            pidns,
+            state: GuestState::Started,
+        });
+        self.by_name.insert(name, id);
+        match rule {
+            MatchRule::Cgroup(path) => {
+                self.by_cgroup.insert(path, id);
+            }
+            MatchRule::UidRange(first, count) => {
+                self.by_uid
+                    .insert(first, (u64::from(first) + u64::from(count), id));
+            }
+            MatchRule::Pid(_) => {
+                if let Some(ns) = pidns {
+                    self.by_pidns.insert(ns, id);
+                }
+            }
+        }
+        Ok(id)
+    }
+
+    /// Unregisters the instance with this name and returns it.
+    pub fn remove(&mut self, name: &str) -> Option<(InstanceId, Instance)> {
+        let id = self.by_name.remove(name)?;
+        let instance = self.instances.remove(id);
+        match &instance.spec.rule {
+            MatchRule::Cgroup(path) => {
+                self.by_cgroup.remove(path);
+            }
+            MatchRule::UidRange(first, _) => {
+                self.by_uid.remove(first);
+            }
+            MatchRule::Pid(_) => {
+                if let Some(ns) = instance.pidns {
+                    self.by_pidns.remove(&ns);
+                }
+            }
+        }
+        Some((id, instance))
+    }
+
+    /// Checks a new rule against the others; for a `pid` rule, returns the
+    /// namespace it stands for.
+    fn check_rule(&self, rule: &MatchRule) -> Result<Option<u64>, RegistryError> {
+        let conflict = |id: InstanceId, detail: String| RegistryError::Conflict {
+            other: self.instances[id].spec.name.clone(),
+            detail,
+        };
+        match rule {
+            MatchRule::Cgroup(path) => match self.by_cgroup.get(path) {
+                Some(&id) => Err(conflict(id, format!("both match cgroup {path}"))),
+                None => Ok(None),
+            },
+            MatchRule::UidRange(first, count) => {
+                let end = u64::from(*first) + u64::from(*count);
+                let before = self.by_uid.range(..=*first).next_back();
+                let after = self.by_uid.range(*first..).next();
+                for (&other_first, &(other_end, id)) in before.into_iter().chain(after) {
+                    if u64::from(other_first) < end && u64::from(*first) < other_end {
+                        return Err(conflict(
+                            id,
+                            format!(
+                                "uid ranges [{first}, {end}) and [{other_first}, {other_end}) overlap"
+                            ),
+                        ));
+                    }
+                }
+                Ok(None)
+            }
+            MatchRule::Pid(pid) => {
+                let ns = identity::pid_namespace(*pid).map_err(|e| {
+                    RegistryError::Invalid(InvalidInstance {
+                        field: "match.pid".into(),
+                        reason: format!("cannot read the pid namespace of process {pid}: {e}"),
+                    })
+                })?;
+                if Some(ns) == self.own_pidns {
+                    return Err(RegistryError::Invalid(InvalidInstance {
+                        field: "match.pid".into(),
+                        reason: format!(
+                            "process {pid} shares guestsock's own pid namespace, so the rule would match every host process; name a process inside the container"
+                        ),
+                    }));
+                }
+                match self.by_pidns.get(&ns) {
+                    Some(&id) => Err(conflict(id, format!("both match pid namespace pid:[{ns}]"))),
+                    None => Ok(Some(ns)),
+                }
+            }
+        }
+    }
+
+    /// The one instance whose rule claims the caller, or why there is none.
+    ///
+    /// Each kind of rule in use is asked; if two kinds name different
+    /// instances the caller is refused rather than guessed (section 4).
+    pub fn identify(&self, peer: &PeerFacts) -> Result<InstanceId, Refusal> {
+        let kinds = self.kinds_in_use();
+        let (pid, uid) = (peer.pid, peer.uid);
+        if kinds.needs_proc() {
+            if !peer
+                .gathered
+                .contains(RuleKinds::CGROUP.union(RuleKinds::PID))
+            {
+                return Err(Refusal::Unverified {
+                    pid,
+                    uid,
+                    reason: "instances were registered since this connection was opened; reconnect",
+                });
+            }
+            if let Some(reason) = peer.proc_error {
+                return Err(Refusal::Unverified { pid, uid, reason });
+            }
+        }
+        let mut found: Option<InstanceId> = None;
+        let mut consider = |id: Option<InstanceId>| -> Result<(), Refusal> {
+            match (found, id) {
+                (Some(a), Some(b)) if a != b => Err(Refusal::Ambiguous {
+                    pid,
+                    uid,
+                    first: self.instances[a].spec.name.clone(),
+                    second: self.instances[b].spec.name.clone(),
+                }),
+                (None, Some(b)) => {
+                    found = Some(b);
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        };
+        if kinds.contains(RuleKinds::CGROUP) {
+            consider(
+                peer.cgroup
+                    .as_deref()
+                    .and_then(|path| self.by_cgroup_path(path)),
+            )?;
+        }
+        if kinds.contains(RuleKinds::UID_RANGE) {
+            consider(self.by_uid(uid))?;
+        }
+        if kinds.contains(RuleKinds::PID) {
+            consider(peer.pidns.and_then(|ns| self.by_pidns.get(&ns).copied()))?;
+        }
+        found.ok_or(Refusal::NoInstance { pid, uid })
+    }
+
+    /// The instance with the longest registered cgroup path that is `path` or
+    /// one of its ancestors, compared component by component.
+    fn by_cgroup_path(&self, path: &str) -> Option<InstanceId> {
+        let mut candidate = path;
+        loop {
+            if let Some(&id) = self.by_cgroup.get(candidate) {
+                return Some(id);
+            }
+            match candidate.rfind('/') {
+                Some(0) | None => return None,
+                Some(cut) => candidate = &candidate[..cut],
+            }
+        }
+    }
+
+    fn by_uid(&self, uid: u32) -> Option<InstanceId> {
+        let (_, &(end, id)) = self.by_uid.range(..=uid).next_back()?;
+        (u64::from(uid) < end).then_some(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, rule: &str) -> InstanceSpec {
+        serde_json::from_str(&format!(r#"{{"name":"{name}","match":{rule}}}"#)).unwrap()
+    }
+
+    fn facts(uid: u32, cgroup: Option<&str>) -> PeerFacts {
+        PeerFacts {
+            pid: 42,
+            uid,
+            gid: uid,
+            gathered: RuleKinds::CGROUP.union(RuleKinds::PID),
+            cgroup: cgroup.map(Into::into),
+            pidns: None,
+            proc_error: None,
+        }
+    }
+
+    fn registry(rules: &[(&str, &str)]) -> Registry {
+        let mut r = Registry::new("host".into());
+        for (name, rule) in rules {
+            r.insert(spec(name, rule)).unwrap();
+        }
+        r
+    }
+
+    fn name_of(r: &Registry, result: Result<InstanceId, Refusal>) -> Result<String, Refusal> {
+        result.map(|id| r.get(id).unwrap().spec.name.clone())
+    }
+
+    #[test]
+    fn cgroup_matching_is_component_wise_and_longest_wins() {
+        let r = registry(&[
+            ("a", r#"{"cgroup":"/a"}"#),
+            ("ab", r#"{"cgroup":"/a/b"}"#),
+            ("x", r#"{"cgroup":"/x.slice/c1.scope"}"#),
+        ]);
+        let table = [
+            ("/a", Some("a")),
+            ("/a/c", Some("a")),
+            ("/a/b", Some("ab")),
+            ("/a/b/c/d", Some("ab")),
+            ("/a/bc", Some("a")),
+            ("/ab", None),
+            ("/", None),
+            ("/x.slice/c1.scope/init", Some("x")),
+            ("/x.slice/c1.scopeX", None),
+            ("/x.slice", None),
+        ];
+        for (path, want) in table {
+            let got = name_of(&r, r.identify(&facts(0, Some(path)))).ok();
+            assert_eq!(got.as_deref(), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn uid_ranges() {
+        let r = registry(&[
+            ("a", r#"{"uid_range":[100000,65536]}"#),
+            ("b", r#"{"uid_range":[165536,65536]}"#),
+        ]);
+        for (uid, want) in [
+            (99999, None),
+            (100000, Some("a")),
+            (165535, Some("a")),
+            (165536, Some("b")),
+            (231071, Some("b")),
+            (231072, None),
+            (0, None),
+        ] {
+            let got = name_of(&r, r.identify(&facts(uid, None))).ok();
+            assert_eq!(got.as_deref(), want, "{uid}");
+        }
+    }
+
+    #[test]
+    fn conflicts_are_refused() {
+        let mut r = registry(&[
+            ("a", r#"{"uid_range":[100000,1000]}"#),
+            ("c", r#"{"cgroup":"/c"}"#),
+        ]);
+        for (name, rule) in [
+            ("b", r#"{"uid_range":[100999,5]}"#),
+            ("b", r#"{"uid_range":[99000,1001]}"#),
+            ("b", r#"{"uid_range":[100500,1]}"#),
+            ("b", r#"{"uid_range":[0,4294967295]}"#),
+            ("b", r#"{"cgroup":"/c"}"#),
+        ] {
+            assert!(
+                matches!(
+                    r.insert(spec(name, rule)),
+                    Err(RegistryError::Conflict { .. })
+                ),
+                "{rule}"
+            );
+        }
+        assert_eq!(
+            r.insert(spec("a", r#"{"uid_range":[1,1]}"#)),
+            Err(RegistryError::NameTaken("a".into()))
+        );
+        // Adjacent ranges and nested cgroups are not conflicts.
+        r.insert(spec("b", r#"{"uid_range":[99000,1000]}"#))
+            .unwrap();
+        r.insert(spec("d", r#"{"uid_range":[101000,1]}"#)).unwrap();
+        r.insert(spec("e", r#"{"cgroup":"/c/d"}"#)).unwrap();
+    }
+
+    #[test]
+    fn different_kinds_naming_different_instances_is_ambiguous() {
+        let r = registry(&[
+            ("a", r#"{"uid_range":[100000,1000]}"#),
+            ("c", r#"{"cgroup":"/c"}"#),
+        ]);
+        let refusal = r.identify(&facts(100001, Some("/c/x"))).unwrap_err();
+        assert!(matches!(refusal, Refusal::Ambiguous { .. }), "{refusal:?}");
+        assert!(refusal.to_string().contains("\"a\"") && refusal.to_string().contains("\"c\""));
+        assert_eq!(
+            name_of(&r, r.identify(&facts(100001, Some("/other")))).unwrap(),
+            "a"
+        );
+    }
+
+    #[test]
+    fn missing_proc_facts_fail_closed() {
+        let r = registry(&[("a", r#"{"uid_range":[0,1]}"#), ("c", r#"{"cgroup":"/c"}"#)]);
+        let mut f = facts(0, None);
+        f.proc_error = Some("the process exited");
+        assert!(matches!(r.identify(&f), Err(Refusal::Unverified { .. })));
+        let mut f = facts(0, None);
+        f.gathered = RuleKinds::empty();
+        assert!(matches!(r.identify(&f), Err(Refusal::Unverified { .. })));
+        // With only uid rules registered, /proc is never needed.
+        let r = registry(&[("a", r#"{"uid_range":[0,1]}"#)]);
+        assert_eq!(name_of(&r, r.identify(&f)).unwrap(), "a");
+    }
+
+    #[test]
+    fn removal_frees_name_and_rule() {
+        let mut r = registry(&[
+            ("a", r#"{"uid_range":[10,10]}"#),
+            ("c", r#"{"cgroup":"/c"}"#),
+        ]);
+        assert!(r.remove("a").is_some());
+        assert!(r.remove("a").is_none());
+        assert!(r.remove("c").is_some());
+        assert_eq!(r.kinds_in_use(), RuleKinds::empty());
+        r.insert(spec("a", r#"{"uid_range":[10,10]}"#)).unwrap();
+        r.insert(spec("c", r#"{"cgroup":"/c"}"#)).unwrap();
+    }
+
+    #[test]
+    fn pid_rule_in_own_namespace_is_refused() {
+        let mut r = Registry::new("host".into());
+        let own = std::process::id();
+        let err = r
+            .insert(spec("p", &format!(r#"{{"pid":{own}}}"#)))
+            .unwrap_err();
+        assert!(err.to_string().contains("own pid namespace"), "{err}");
+    }
+}
