@@ -1,0 +1,124 @@
+//! Callers told apart by their real cgroup v2 group: each process gets its own
+//! instance's answers and never another's (PROTOCOL.md sections 1 and 4).
+//! Needs root to create cgroups; skipped, loudly, otherwise.
+
+mod util;
+
+use serde_json::json;
+
+#[test]
+fn each_cgroup_sees_only_its_own_instance() {
+    require_root!();
+    const N: usize = 8;
+    let groups: Vec<util::Cgroup> = (0..N).map(|_| util::Cgroup::new()).collect();
+    let instances: Vec<_> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            json!({
+                "name": format!("c{i}"),
+                "match": {"cgroup": g.path},
+                "config": {"user.who": format!("c{i}"), (format!("user.only-c{i}")): "x"},
+                "devices": {format!("dev{i}"): {"type": "nic"}},
+            })
+        })
+        .collect();
+    let server = util::Server::start(json!(instances));
+    for round in 0..2 {
+        for (i, g) in groups.iter().enumerate() {
+            let (status, body) = g.curl(None, &server.socket, "/1.0/config/user.who");
+            assert_eq!(
+                (status, body.as_str()),
+                (200, format!("c{i}").as_str()),
+                "round {round}"
+            );
+
+            let (_, list) = g.curl(None, &server.socket, "/1.0/config");
+            let list: Vec<String> = serde_json::from_str(&list).unwrap();
+            assert_eq!(
+                list,
+                vec![
+                    format!("/1.0/config/user.only-c{i}"),
+                    "/1.0/config/user.who".to_string()
+                ]
+            );
+
+            let (_, meta) = g.curl(None, &server.socket, "/1.0/meta-data");
+            assert!(meta.contains(&format!("local-hostname: c{i}\n")), "{meta}");
+
+            // Another instance's key is simply not there.
+            let other = (i + 1) % N;
+            let (status, _) = g.curl(
+                None,
+                &server.socket,
+                &format!("/1.0/config/user.only-c{other}"),
+            );
+            assert_eq!(status, 404);
+        }
+    }
+}
+
+#[test]
+fn longest_cgroup_prefix_wins_component_wise() {
+    require_root!();
+    let parent = util::Cgroup::new();
+    let child = parent.child("inner");
+    let child2 = parent.child("inner2");
+    let server = util::Server::start(json!([
+        {"name": "outer", "match": {"cgroup": parent.path}, "config": {"user.who": "outer"}},
+        {"name": "inner", "match": {"cgroup": child.path}, "config": {"user.who": "inner"}},
+    ]));
+    let who = |g: &util::Cgroup| g.curl(None, &server.socket, "/1.0/config/user.who");
+    assert_eq!(who(&child).1, "inner");
+    // `/x/inner2` is beneath `/x`, not beneath `/x/inner`.
+    assert_eq!(who(&child2).1, "outer");
+    assert_eq!(who(&parent).1, "outer");
+}
+
+#[test]
+fn a_process_outside_every_instance_is_forbidden() {
+    require_root!();
+    let known = util::Cgroup::new();
+    let stranger = util::Cgroup::new();
+    let server = util::Server::start(json!([
+        {"name": "c1", "match": {"cgroup": known.path}, "config": {"user.who": "c1"}},
+    ]));
+    let (status, body) = stranger.curl(None, &server.socket, "/1.0/config/user.who");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("pid ") && body.contains("uid 0"), "{body}");
+    // This test process (in the root cgroup) is a stranger too.
+    assert_eq!(server.get("/1.0").status, 403);
+}
+
+#[test]
+fn non_root_uid_in_a_cgroup_instance_is_unauthorized() {
+    require_root!();
+    let g = util::Cgroup::new();
+    let server = util::Server::start(json!([
+        {"name": "c1", "match": {"cgroup": g.path}, "root_uid": 0, "config": {"user.who": "c1"}},
+    ]));
+    let (status, body) = g.curl(Some(1000), &server.socket, "/1.0/config/user.who");
+    assert_eq!(
+        (status, body.as_str()),
+        (401, "Access denied for non-root user\n")
+    );
+    assert_eq!(g.curl(None, &server.socket, "/1.0/config/user.who").1, "c1");
+}
+
+#[test]
+fn cgroup_and_uid_rules_that_disagree_are_refused_as_ambiguous() {
+    require_root!();
+    let g = util::Cgroup::new();
+    let server = util::Server::start(json!([
+        {"name": "by-cgroup", "match": {"cgroup": g.path}, "guest_access": "any"},
+        {"name": "by-uid", "match": {"uid_range": [4242, 1]}, "guest_access": "any"},
+    ]));
+    let (status, body) = g.curl(Some(4242), &server.socket, "/1.0");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("by-cgroup") && body.contains("by-uid"),
+        "{body}"
+    );
+    // Each rule alone still works.
+    assert_eq!(g.curl(Some(4243), &server.socket, "/1.0").0, 200);
+}

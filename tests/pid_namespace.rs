@@ -1,0 +1,110 @@
+//! Callers told apart by pid namespace: an instance registered with the pid
+//! of a container's init serves every process of that pid namespace, and no
+//! other (PROTOCOL.md section 4 `pid`). Needs root to unshare; skipped,
+//! loudly, otherwise.
+
+mod util;
+
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+/// A process in a new pid namespace, killed on drop.
+struct Namespace {
+    unshare: std::process::Child,
+    /// Host pid of the namespace's init (the sleep).
+    init: i32,
+}
+
+impl Namespace {
+    fn new() -> Namespace {
+        let unshare = Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "sleep", "300"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("unshare");
+        // Owned from here, so that Drop reaps it whatever happens.
+        let mut ns = Namespace { unshare, init: 0 };
+        let children = format!("/proc/{0}/task/{0}/children", ns.unshare.id());
+        let deadline = Instant::now() + util::PATIENCE;
+        while ns.init == 0 {
+            let text = std::fs::read_to_string(&children).unwrap_or_default();
+            match text.split_whitespace().next() {
+                Some(pid) => ns.init = pid.parse().expect("pid"),
+                None => {
+                    assert!(Instant::now() < deadline, "unshare never forked");
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        ns
+    }
+
+    /// curl from a new process inside the namespace.
+    fn curl(&self, socket: &std::path::Path, path: &str) -> (u16, String) {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["--target", &self.init.to_string(), "--pid", "--", "curl"]);
+        cmd.args(util::curl_args(socket, path));
+        util::curl_in(cmd)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}
+
+#[test]
+fn processes_of_a_pid_namespace_get_its_instance() {
+    require_root!();
+    let ns1 = Namespace::new();
+    let ns2 = Namespace::new();
+    let server = util::Server::start(json!([
+        {"name": "one", "match": {"pid": ns1.init}, "config": {"user.who": "one"}},
+        {"name": "two", "match": {"pid": ns2.init}, "config": {"user.who": "two"}},
+    ]));
+    assert_eq!(
+        ns1.curl(&server.socket, "/1.0/config/user.who"),
+        (200, "one".into())
+    );
+    assert_eq!(
+        ns2.curl(&server.socket, "/1.0/config/user.who"),
+        (200, "two".into())
+    );
+    // The host's own pid namespace belongs to neither.
+    assert_eq!(server.get("/1.0").status, 403);
+}
+
+#[test]
+fn a_pid_in_the_servers_own_namespace_is_refused() {
+    // Registering the host's init would hand every host process to one
+    // instance.
+    let dir = util::TempDir::new();
+    let file = dir.join("instances.json");
+    std::fs::write(
+        &file,
+        json!({"instances": [{"name": "host", "match": {"pid": 1}}]}).to_string(),
+    )
+    .unwrap();
+    let socket = dir.join("guest/sock");
+    let out = util::run_guestsock(
+        &[
+            "serve",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--instances",
+            file.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("instances[0]") && err.contains("namespace"),
+        "{err}"
+    );
+}

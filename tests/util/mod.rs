@@ -1,0 +1,481 @@
+//! Shared test harness: the real `guestsock` binary on a temporary socket,
+//! a raw HTTP client over unix sockets, and real cgroup v2 groups.
+//!
+//! Everything here cleans up after itself on drop: servers are killed,
+//! temporary directories removed, cgroups emptied and removed.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long anything in a test may take before it counts as hung.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A name unique to this test process and call.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_guestsock")
+}
+
+/// Whether this process runs as root (root-only tests skip otherwise).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Returns early from a test that needs root, saying so loudly.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !util::is_root() {
+            eprintln!(
+                "SKIPPED {}: needs root (CI runs as root and runs it)",
+                module_path!()
+            );
+            return;
+        }
+    };
+}
+
+/// This process's uid.
+pub fn my_uid() -> u32 {
+    nix::unistd::getuid().as_raw()
+}
+
+/// A directory removed with everything in it on drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let path = std::env::temp_dir().join(unique("guestsock-test"));
+        fs::create_dir_all(&path).expect("create temp dir");
+        // Children that drop privileges must reach the socket inside.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+        TempDir { path }
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A running `guestsock serve`, killed on drop.
+pub struct Server {
+    pub dir: TempDir,
+    pub socket: PathBuf,
+    child: Child,
+    stderr_path: PathBuf,
+}
+
+impl Server {
+    /// Starts `guestsock serve` on a fresh socket with `instances` (a JSON
+    /// array of section 4 objects) and waits until it accepts connections.
+    pub fn start(instances: serde_json::Value) -> Server {
+        Server::start_with(instances, &[])
+    }
+
+    /// Like [`Server::start`], with extra `serve` flags.
+    pub fn start_with(instances: serde_json::Value, extra: &[&str]) -> Server {
+        let dir = TempDir::new();
+        let socket = dir.join("guest/sock");
+        let file = dir.join("instances.json");
+        fs::write(
+            &file,
+            serde_json::json!({ "instances": instances }).to_string(),
+        )
+        .expect("write instances");
+        let stderr_path = dir.join("stderr.log");
+        let mut args = vec![
+            "serve".to_string(),
+            "--socket".into(),
+            socket.display().to_string(),
+            "--instances".into(),
+            file.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(bin())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .expect("spawn guestsock");
+        let mut server = Server {
+            dir,
+            socket,
+            child,
+            stderr_path,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("guestsock exited early ({status}): {}", self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "guestsock never started: {}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// What the server wrote to standard error so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A new connection to the guest socket.
+    pub fn connect(&self) -> Client {
+        Client::connect(&self.socket)
+    }
+
+    /// One request on a fresh connection.
+    pub fn get(&self, path: &str) -> Reply {
+        self.connect().request("GET", path, b"")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        wait_with_deadline(&mut self.child)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for a child, killing it if it takes longer than [`PATIENCE`].
+pub fn wait_with_deadline(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("child {} did not exit in time", child.id());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `guestsock` with `args` to completion.
+pub fn run_guestsock(args: &[&str], cwd: Option<&Path>) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).stdin(Stdio::null());
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn guestsock");
+    wait_with_deadline(&mut child);
+    child.wait_with_output().expect("output")
+}
+
+/// One parsed HTTP response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+    }
+}
+
+/// A raw HTTP/1.x client on one unix connection.
+pub struct Client {
+    pub stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Client {
+        let stream =
+            UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Sends one keep-alive HTTP/1.1 request and reads its answer.
+    pub fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Reply {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: lxd\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.send(head.as_bytes());
+        self.send(body);
+        self.read_reply(method == "HEAD")
+    }
+
+    /// Reads one response; `head_only` for answers to `HEAD`.
+    pub fn read_reply(&mut self, head_only: bool) -> Reply {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(head_len) =
+                resp.parse(&self.buf).expect("response head parses")
+            {
+                let status = resp.code.expect("status");
+                let headers: Vec<(String, String)> = resp
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let length = headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.parse::<usize>().expect("length"));
+                let body_len = if head_only || status == 304 || status == 101 {
+                    0
+                } else {
+                    length.expect("every answer carries Content-Length")
+                };
+                while self.buf.len() < head_len + body_len {
+                    self.fill().expect("body arrives");
+                }
+                let body = self.buf[head_len..head_len + body_len].to_vec();
+                self.buf.drain(..head_len + body_len);
+                return Reply {
+                    status,
+                    headers,
+                    body,
+                };
+            }
+            self.fill().expect("head arrives");
+        }
+    }
+
+    /// Reads whatever comes next into the buffer; an error at EOF.
+    fn fill(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("EOF with {:?} buffered", String::from_utf8_lossy(&self.buf)),
+            ));
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    /// Whether the server closed the connection (EOF with nothing more).
+    pub fn is_closed_by_server(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        self.buf.is_empty() && matches!(self.stream.read(&mut byte), Ok(0))
+    }
+}
+
+/// The cgroup v2 mount point, from /proc/self/mountinfo (it is not always
+/// /sys/fs/cgroup: hybrid hosts mount it at /sys/fs/cgroup/unified).
+pub fn cgroup2_mount() -> PathBuf {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    for line in info.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() == Some("cgroup2")
+            && let Some(mount) = left.split_whitespace().nth(4)
+        {
+            return PathBuf::from(mount);
+        }
+    }
+    panic!("no cgroup2 mount in /proc/self/mountinfo");
+}
+
+/// A real cgroup v2 group, created under the hierarchy's root (exempt from
+/// the no-internal-processes rule) and removed on drop after killing what
+/// is left in it.
+pub struct Cgroup {
+    /// The path as `/proc/PID/cgroup` shows it, e.g. `/guestsock-test-1-2`.
+    pub path: String,
+    pub dir: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new() -> Cgroup {
+        let name = unique("guestsock-test");
+        let dir = cgroup2_mount().join(&name);
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Cgroup {
+            path: format!("/{name}"),
+            dir,
+        }
+    }
+
+    /// A child group `name` below this one.
+    pub fn child(&self, name: &str) -> Cgroup {
+        let dir = self.dir.join(name);
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Cgroup {
+            path: format!("{}/{name}", self.path),
+            dir,
+        }
+    }
+
+    /// A command that runs `program args` inside this group, as `uid` when
+    /// given (through setpriv, a real setuid/setgid child).
+    pub fn command(&self, uid: Option<u32>, program: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("echo $$ > \"$0\" && exec \"$@\"")
+            .arg(self.dir.join("cgroup.procs"));
+        if let Some(uid) = uid {
+            cmd.args([
+                "setpriv",
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+            ]);
+        }
+        cmd.arg(program).args(args);
+        cmd
+    }
+
+    fn kill_all(&self) {
+        let _ = fs::write(self.dir.join("cgroup.kill"), "1");
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        self.kill_all();
+        let deadline = Instant::now() + PATIENCE;
+        while fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Runs curl against `socket` for `path`, returning (status, body). The
+/// child is run by `cmd` (so it can be placed in a cgroup or setuid).
+pub fn curl_in(mut cmd: Command) -> (u16, String) {
+    let out = cmd.output().expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let (body, status) = text.rsplit_once('\n').expect("status line");
+    (status.parse().expect("status"), body.to_string())
+}
+
+/// curl's arguments for one GET over `socket`, printing the body, a newline
+/// and the status.
+pub fn curl_args(socket: &Path, path: &str) -> Vec<String> {
+    vec![
+        "-sS".into(),
+        "--unix-socket".into(),
+        socket.display().to_string(),
+        "-w".into(),
+        "\n%{http_code}".into(),
+        format!("http://lxd{path}"),
+    ]
+}
+
+impl Cgroup {
+    /// `GET path` with curl from a process in this group (as `uid` if
+    /// given): (status, body).
+    pub fn curl(&self, uid: Option<u32>, socket: &Path, path: &str) -> (u16, String) {
+        let args = curl_args(socket, path);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl_in(self.command(uid, "curl", &args))
+    }
+}
+
+/// `GET path` with curl from a child that setuid/setgid to `uid` (through
+/// setpriv), in this process's own cgroup: (status, body).
+pub fn curl_as(uid: u32, socket: &Path, path: &str) -> (u16, String) {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={uid}"),
+        &format!("--regid={uid}"),
+        "--clear-groups",
+        "curl",
+    ]);
+    cmd.args(curl_args(socket, path));
+    curl_in(cmd)
+}
