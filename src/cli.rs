@@ -2,7 +2,8 @@
 //! each command run.
 //!
 //! Owns argument parsing, the `--instances` file and the demo set-up, and the
-//! `query` client. The server itself is `server`'s business.
+//! client commands' output (tables for people, `--json` for scripts). The
+//! server is `server`'s business; talking to it, `client`'s.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -10,46 +11,110 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde_json::Value;
 
+use crate::client::{self, encode_segment, table};
 use crate::instance::{InstanceSpec, MatchRule};
-use crate::limits::MAX_INSTANCES_FILE_BYTES;
-use crate::registry::Registry;
-use crate::server::{self, ServeConfig};
+use crate::limits::{MAX_ADMIN_BODY_BYTES, MAX_INSTANCES_FILE_BYTES};
+use crate::server::{self, Seed, ServeConfig};
 
 /// Default guest socket path.
 pub const DEFAULT_SOCKET: &str = "/run/guestsock/guest/sock";
+/// Default admin socket path.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/guestsock/admin.sock";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/guestsock";
 /// Where `--demo` puts everything.
 const DEMO_DIR: &str = "guestsock-demo";
 
 const USAGE: &str = "\
 usage:
-  guestsock serve [--socket PATH] [--instances FILE] [--demo]
+  guestsock serve [--socket PATH] [--admin-socket PATH] [--admin-uid UID]...
+                  [--state-dir DIR] [--instances FILE] [--demo]
+  guestsock instance list | show NAME | add FILE|- | remove NAME
+  guestsock config get NAME KEY | set NAME KEY VALUE|- | unset NAME KEY | show NAME
+  guestsock device add NAME DEV KEY=VALUE... | remove NAME DEV | list NAME
+  guestsock state NAME Started
   guestsock query [--socket PATH] PATH      (a guest-side GET, for scripts inside containers)
 
 serve:
-  --socket PATH      guest socket (default /run/guestsock/guest/sock); bind-mount its
-                     DIRECTORY into containers at /dev/lxd
-  --instances FILE   JSON file {\"instances\":[...]} of instances to serve
-  --demo             everything under ./guestsock-demo/, with one instance `demo`
-                     matching your own uid
+  --socket PATH        guest socket (default /run/guestsock/guest/sock); bind-mount its
+                       DIRECTORY into containers at /dev/lxd
+  --admin-socket PATH  admin socket, mode 0600 (default /run/guestsock/admin.sock)
+  --admin-uid UID      a uid besides root that may use the admin socket (repeatable)
+  --state-dir DIR      durable state (default /var/lib/guestsock)
+  --instances FILE     JSON file {\"instances\":[...]} registered at start; instances the
+                       state directory already has keep their saved version
+  --demo               everything under ./guestsock-demo/, with one instance `demo`
+                       matching your own uid
+client commands (instance, config, device, state):
+  --admin PATH         admin socket (default $GUESTSOCK_ADMIN, else /run/guestsock/admin.sock)
+  --json               print the server's answer as JSON instead of a table
+  config set NAME KEY -   reads the value from standard input
 query:
-  --socket PATH      guest socket (default $GUESTSOCK_SOCKET, else /dev/lxd/sock if it
-                     exists, else /run/guestsock/guest/sock)
+  --socket PATH        guest socket (default $GUESTSOCK_SOCKET, else /dev/lxd/sock if it
+                       exists, else /run/guestsock/guest/sock)
 ";
+
+/// `serve`'s flags.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ServeArgs {
+    /// `--socket`.
+    pub socket: Option<PathBuf>,
+    /// `--admin-socket`.
+    pub admin_socket: Option<PathBuf>,
+    /// `--admin-uid`, each time given.
+    pub admin_uids: Vec<u32>,
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `--instances`.
+    pub instances: Option<PathBuf>,
+    /// `--demo`.
+    pub demo: bool,
+}
+
+/// A config value given on the command line or to be read from stdin.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ValueSource {
+    /// The argument itself.
+    Given(String),
+    /// `-`: standard input, exactly as read.
+    Stdin,
+}
+
+/// One call of the admin API.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AdminCall {
+    InstanceList,
+    InstanceShow(String),
+    /// A file name, or `-` for standard input.
+    InstanceAdd(String),
+    InstanceRemove(String),
+    ConfigGet(String, String),
+    ConfigSet(String, String, ValueSource),
+    ConfigUnset(String, String),
+    ConfigShow(String),
+    DeviceAdd(String, String, BTreeMap<String, String>),
+    DeviceRemove(String, String),
+    DeviceList(String),
+    State(String, String),
+}
 
 /// One parsed command line.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     /// Run the server.
-    Serve {
-        socket: Option<PathBuf>,
-        instances: Option<PathBuf>,
-        demo: bool,
-    },
+    Serve(ServeArgs),
     /// A guest-side `GET`, printing the body.
     Query {
         socket: Option<PathBuf>,
         path: String,
+    },
+    /// A client command of the admin socket.
+    Admin {
+        admin: Option<PathBuf>,
+        json: bool,
+        call: AdminCall,
     },
     /// Print the usage.
     Help,
@@ -61,24 +126,31 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
         return Ok(Command::Help);
     };
     let mut flags = Flags::new(rest);
-    let command = match command.as_str() {
+    match command.as_str() {
         "serve" => {
-            let mut socket = None;
-            let mut instances = None;
-            let mut demo = false;
+            let mut serve = ServeArgs::default();
             while let Some(flag) = flags.next_flag()? {
                 match flag.as_str() {
-                    "--socket" => socket = Some(flags.value(&flag)?.into()),
-                    "--instances" => instances = Some(flags.value(&flag)?.into()),
-                    "--demo" => demo = true,
+                    "--socket" => serve.socket = Some(flags.value(&flag)?.into()),
+                    "--admin-socket" => serve.admin_socket = Some(flags.value(&flag)?.into()),
+                    "--admin-uid" => {
+                        let value = flags.value(&flag)?;
+                        serve.admin_uids.push(
+                            value
+                                .parse()
+                                .map_err(|_| format!("--admin-uid: {value:?} is not a uid"))?,
+                        );
+                    }
+                    "--state-dir" => serve.state_dir = Some(flags.value(&flag)?.into()),
+                    "--instances" => serve.instances = Some(flags.value(&flag)?.into()),
+                    "--demo" => serve.demo = true,
                     other => return Err(format!("serve: unknown flag {other}")),
                 }
             }
-            Command::Serve {
-                socket,
-                instances,
-                demo,
+            if let Some(extra) = flags.positionals.first() {
+                return Err(format!("serve: unexpected argument {extra:?}"));
             }
+            Ok(Command::Serve(serve))
         }
         "query" => {
             let mut socket = None;
@@ -91,25 +163,75 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
             let [path] = flags.positionals.as_slice() else {
                 return Err("query: give exactly one PATH, like /1.0/config".into());
             };
-            Command::Query {
+            Ok(Command::Query {
                 socket,
                 path: path.clone(),
-            }
+            })
         }
-        "help" | "--help" | "-h" => Command::Help,
-        other => return Err(format!("unknown command {other:?}")),
-    };
-    if !matches!(command, Command::Query { .. }) && !flags.positionals.is_empty() {
-        return Err(format!("unexpected argument {:?}", flags.positionals[0]));
+        "instance" | "config" | "device" | "state" => {
+            let mut admin = None;
+            let mut json = false;
+            while let Some(flag) = flags.next_flag()? {
+                match flag.as_str() {
+                    "--admin" => admin = Some(flags.value(&flag)?.into()),
+                    "--json" => json = true,
+                    other => return Err(format!("{command}: unknown flag {other}")),
+                }
+            }
+            let call = admin_call(command, &flags.positionals)?;
+            Ok(Command::Admin { admin, json, call })
+        }
+        "help" | "--help" | "-h" => Ok(Command::Help),
+        other => Err(format!("unknown command {other:?}; see guestsock help")),
     }
-    Ok(command)
 }
 
-/// A cursor over `--flag value`, `--flag=value` and positional arguments.
+/// The admin call a client command line names.
+fn admin_call(command: &str, args: &[String]) -> Result<AdminCall, String> {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let own = |s: &str| s.to_owned();
+    Ok(match (command, words.as_slice()) {
+        ("instance", ["list"]) => AdminCall::InstanceList,
+        ("instance", ["show", name]) => AdminCall::InstanceShow(own(name)),
+        ("instance", ["add", source]) => AdminCall::InstanceAdd(own(source)),
+        ("instance", ["remove", name]) => AdminCall::InstanceRemove(own(name)),
+        ("config", ["get", name, key]) => AdminCall::ConfigGet(own(name), own(key)),
+        ("config", ["set", name, key, "-"]) => {
+            AdminCall::ConfigSet(own(name), own(key), ValueSource::Stdin)
+        }
+        ("config", ["set", name, key, value]) => {
+            AdminCall::ConfigSet(own(name), own(key), ValueSource::Given(own(value)))
+        }
+        ("config", ["unset", name, key]) => AdminCall::ConfigUnset(own(name), own(key)),
+        ("config", ["show", name]) => AdminCall::ConfigShow(own(name)),
+        ("device", ["add", name, dev, fields @ ..]) if !fields.is_empty() => {
+            let mut map = BTreeMap::new();
+            for field in fields {
+                let Some((key, value)) = field.split_once('=') else {
+                    return Err(format!("device add: {field:?} is not KEY=VALUE"));
+                };
+                map.insert(own(key), own(value));
+            }
+            AdminCall::DeviceAdd(own(name), own(dev), map)
+        }
+        ("device", ["remove", name, dev]) => AdminCall::DeviceRemove(own(name), own(dev)),
+        ("device", ["list", name]) => AdminCall::DeviceList(own(name)),
+        ("state", [name, state]) => AdminCall::State(own(name), own(state)),
+        _ => {
+            return Err(format!(
+                "{command}: wrong arguments {words:?}; see guestsock help"
+            ));
+        }
+    })
+}
+
+/// A cursor over `--flag value`, `--flag=value` and positional arguments;
+/// everything after `--` is positional (for values that start with `--`).
 struct Flags<'a> {
     args: std::slice::Iter<'a, String>,
     inline_value: Option<String>,
     positionals: Vec<String>,
+    rest_positional: bool,
 }
 
 impl<'a> Flags<'a> {
@@ -118,6 +240,7 @@ impl<'a> Flags<'a> {
             args: args.iter(),
             inline_value: None,
             positionals: Vec::new(),
+            rest_positional: false,
         }
     }
 
@@ -127,7 +250,9 @@ impl<'a> Flags<'a> {
             return Err(format!("unexpected value {value:?}"));
         }
         for arg in self.args.by_ref() {
-            if arg.starts_with("--") {
+            if !self.rest_positional && arg == "--" {
+                self.rest_positional = true;
+            } else if !self.rest_positional && arg.starts_with("--") {
                 return Ok(Some(match arg.split_once('=') {
                     Some((flag, value)) => {
                         self.inline_value = Some(value.to_owned());
@@ -135,8 +260,9 @@ impl<'a> Flags<'a> {
                     }
                     None => arg.clone(),
                 }));
+            } else {
+                self.positionals.push(arg.clone());
             }
-            self.positionals.push(arg.clone());
         }
         Ok(None)
     }
@@ -157,44 +283,66 @@ pub fn run(command: Command) -> Result<(), String> {
             print!("{USAGE}");
             Ok(())
         }
-        Command::Serve {
-            socket,
-            instances,
-            demo,
-        } => serve(socket, instances, demo),
+        Command::Serve(args) => serve(args),
         Command::Query { socket, path } => query(&guest_socket_for_client(socket), &path),
+        Command::Admin { admin, json, call } => {
+            let socket = admin
+                .or_else(|| std::env::var_os("GUESTSOCK_ADMIN").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
+            run_admin(&socket, json, call)
+        }
     }
 }
 
-fn serve(socket: Option<PathBuf>, instances: Option<PathBuf>, demo: bool) -> Result<(), String> {
+fn serve(args: ServeArgs) -> Result<(), String> {
     let host_name = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
-    let mut registry = Registry::new(host_name);
-    if let Some(file) = &instances {
+    let mut seeds = Vec::new();
+    if let Some(file) = &args.instances {
         for (index, spec) in load_instances(file)?.into_iter().enumerate() {
-            let name = spec.name.clone();
-            registry
-                .insert(spec)
-                .map_err(|e| format!("{}: instances[{index}] ({name:?}): {e}", file.display()))?;
+            seeds.push(Seed {
+                origin: format!("{}: instances[{index}] ({:?})", file.display(), spec.name),
+                spec,
+            });
         }
     }
-    let socket = match (socket, demo) {
-        (Some(socket), _) => socket,
-        (None, true) => Path::new(DEMO_DIR).join("guest/sock"),
-        (None, false) => PathBuf::from(DEFAULT_SOCKET),
+    let demo_dir = Path::new(DEMO_DIR);
+    let pick = |flag: Option<PathBuf>, demo: &str, default: &str| match (flag, args.demo) {
+        (Some(path), _) => path,
+        (None, true) => demo_dir.join(demo),
+        (None, false) => PathBuf::from(default),
     };
-    if demo {
+    let socket = pick(args.socket.clone(), "guest/sock", DEFAULT_SOCKET);
+    let admin_socket = pick(
+        args.admin_socket.clone(),
+        "admin.sock",
+        DEFAULT_ADMIN_SOCKET,
+    );
+    let state_dir = pick(args.state_dir.clone(), "state", DEFAULT_STATE_DIR);
+    let mut admin_uids = args.admin_uids;
+    if args.demo {
         let uid = nix::unistd::getuid().as_raw();
-        registry
-            .insert(demo_instance(uid))
-            .map_err(|e| format!("cannot register the demo instance: {e}"))?;
+        seeds.push(Seed {
+            origin: "the demo instance".into(),
+            spec: demo_instance(uid),
+        });
+        // The newcomer running the demo drives it with the CLI too.
+        admin_uids.push(uid);
         println!(
-            "guestsock demo: instance `demo` answers processes of uid {uid}. Try:\n  curl --unix-socket {0} http://lxd/1.0/config\n  curl --unix-socket {0} http://lxd/1.0/config/user.greeting\n  curl --unix-socket {0} http://lxd/1.0/meta-data\nStop with Ctrl-C.",
-            socket.display()
+            "guestsock demo: instance `demo` answers processes of uid {uid}. Try:\n  curl --unix-socket {0} http://lxd/1.0/config\n  curl --unix-socket {0} http://lxd/1.0/config/user.greeting\n  GUESTSOCK_ADMIN={1} cargo run -- config set demo user.greeting hi\nStop with Ctrl-C.",
+            socket.display(),
+            admin_socket.display()
         );
     }
-    server::serve(ServeConfig { socket, registry })
+    server::serve(ServeConfig {
+        socket,
+        admin_socket,
+        admin_uids,
+        state_dir,
+        host_name,
+        seeds,
+    })
 }
 
 /// The `--instances` file: `{"instances": [...]}`.
@@ -286,33 +434,242 @@ fn query(socket: &Path, path: &str) -> Result<(), String> {
     {
         return Err(format!("query: {path:?} is not a path like /1.0/config"));
     }
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: lxd\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("cannot send the request: {e}"))?;
-    let mut reply = Vec::new();
-    stream
-        .read_to_end(&mut reply)
-        .map_err(|e| format!("cannot read the answer: {e}"))?;
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut response = httparse::Response::new(&mut headers);
-    let Ok(httparse::Status::Complete(head_len)) = response.parse(&reply) else {
-        return Err("the server's answer is not HTTP".into());
-    };
-    let status = response.code.unwrap_or(0);
-    let body = &reply[head_len..];
-    if (200..300).contains(&status) {
+    let reply = client::call(socket, "GET", path, b"")?;
+    if (200..300).contains(&reply.status) {
         std::io::stdout()
-            .write_all(body)
+            .write_all(&reply.body)
             .map_err(|e| format!("cannot write the answer: {e}"))
     } else {
         Err(format!(
-            "{status}: {}",
-            String::from_utf8_lossy(body).trim_end()
+            "{}: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body).trim_end()
         ))
+    }
+}
+
+/// Reads standard input to its end, within the admin body limit.
+fn read_stdin(what: &str) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .take(MAX_ADMIN_BODY_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {what} from standard input: {e}"))?;
+    if bytes.len() > MAX_ADMIN_BODY_BYTES {
+        return Err(format!(
+            "{what} on standard input is larger than {MAX_ADMIN_BODY_BYTES} bytes"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Prints `value` as JSON (for `--json`).
+fn print_json(value: &Value) -> Result<(), String> {
+    println!("{value}");
+    Ok(())
+}
+
+/// A config value or device field as one table cell: the first line, marked
+/// when there is more.
+fn cell(value: &str) -> String {
+    match value.split_once('\n') {
+        Some((first, rest)) if !rest.is_empty() => format!("{first} [...]"),
+        Some((first, _)) => first.to_owned(),
+        None => value.to_owned(),
+    }
+}
+
+/// The `match` rule in the form the instances file uses.
+fn rule_cell(rule: &Value) -> String {
+    match rule.as_object().and_then(|o| o.iter().next()) {
+        Some((kind, arg)) => format!("{kind}={arg}"),
+        None => String::new(),
+    }
+}
+
+fn instance_path(name: &str) -> String {
+    format!("/1.0/instances/{}", encode_segment(name))
+}
+
+/// Runs one client command against the admin socket.
+fn run_admin(socket: &Path, json: bool, call: AdminCall) -> Result<(), String> {
+    let admin = |method: &str, path: &str, body: &[u8]| client::admin(socket, method, path, body);
+    match call {
+        AdminCall::InstanceList => {
+            let list = admin("GET", "/1.0/instances?recursion=1", b"")?;
+            if json {
+                return print_json(&list);
+            }
+            let rows: Vec<Vec<String>> = list
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|i| {
+                    let count =
+                        |field: &str| i[field].as_object().map_or(0, |o| o.len()).to_string();
+                    vec![
+                        i["name"].as_str().unwrap_or_default().to_owned(),
+                        i["type"].as_str().unwrap_or_default().to_owned(),
+                        rule_cell(&i["match"]),
+                        i["state"].as_str().unwrap_or_default().to_owned(),
+                        count("config"),
+                        count("devices"),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &["NAME", "TYPE", "MATCH", "STATE", "KEYS", "DEVICES"],
+                    &rows
+                )
+            );
+            Ok(())
+        }
+        AdminCall::InstanceShow(name) => {
+            let instance = admin("GET", &instance_path(&name), b"")?;
+            if json {
+                return print_json(&instance);
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&instance).unwrap_or_default()
+            );
+            Ok(())
+        }
+        AdminCall::InstanceAdd(source) => {
+            let body = if source == "-" {
+                read_stdin("the instance")?
+            } else {
+                let mut bytes = Vec::new();
+                fs::File::open(&source)
+                    .and_then(|f| {
+                        f.take(MAX_ADMIN_BODY_BYTES as u64 + 1)
+                            .read_to_end(&mut bytes)
+                    })
+                    .map_err(|e| format!("{source}: {e}"))?;
+                bytes
+            };
+            let instance = admin("POST", "/1.0/instances", &body)?;
+            if json {
+                return print_json(&instance);
+            }
+            println!(
+                "instance {} registered",
+                instance["name"].as_str().unwrap_or_default()
+            );
+            Ok(())
+        }
+        AdminCall::InstanceRemove(name) => {
+            let result = admin("DELETE", &instance_path(&name), b"")?;
+            if json {
+                return print_json(&result);
+            }
+            Ok(())
+        }
+        AdminCall::ConfigGet(name, key) => {
+            let path = format!("{}/config/{}", instance_path(&name), encode_segment(&key));
+            let reply = client::call(socket, "GET", &path, b"")?;
+            if !(200..300).contains(&reply.status) {
+                // Errors come in the envelope; let `admin` word them.
+                return admin("GET", &path, b"").map(|_| ());
+            }
+            let value = String::from_utf8_lossy(&reply.body);
+            if json {
+                return print_json(&Value::String(value.into_owned()));
+            }
+            println!("{value}");
+            Ok(())
+        }
+        AdminCall::ConfigSet(name, key, source) => {
+            let value = match source {
+                ValueSource::Given(value) => value.into_bytes(),
+                ValueSource::Stdin => read_stdin("the value")?,
+            };
+            let path = format!("{}/config/{}", instance_path(&name), encode_segment(&key));
+            let instance = admin("PUT", &path, &value)?;
+            if json {
+                return print_json(&instance);
+            }
+            Ok(())
+        }
+        AdminCall::ConfigUnset(name, key) => {
+            let path = format!("{}/config/{}", instance_path(&name), encode_segment(&key));
+            let instance = admin("DELETE", &path, b"")?;
+            if json {
+                return print_json(&instance);
+            }
+            Ok(())
+        }
+        AdminCall::ConfigShow(name) => {
+            let config = admin("GET", &format!("{}/config", instance_path(&name)), b"")?;
+            if json {
+                return print_json(&config);
+            }
+            let rows: Vec<Vec<String>> = config
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| vec![k.clone(), cell(v.as_str().unwrap_or_default())])
+                .collect();
+            print!("{}", table(&["KEY", "VALUE"], &rows));
+            Ok(())
+        }
+        AdminCall::DeviceAdd(name, dev, fields) => {
+            let body = serde_json::to_vec(&fields).unwrap_or_default();
+            let path = format!("{}/devices/{}", instance_path(&name), encode_segment(&dev));
+            let instance = admin("PUT", &path, &body)?;
+            if json {
+                return print_json(&instance);
+            }
+            Ok(())
+        }
+        AdminCall::DeviceRemove(name, dev) => {
+            let path = format!("{}/devices/{}", instance_path(&name), encode_segment(&dev));
+            let instance = admin("DELETE", &path, b"")?;
+            if json {
+                return print_json(&instance);
+            }
+            Ok(())
+        }
+        AdminCall::DeviceList(name) => {
+            let instance = admin("GET", &instance_path(&name), b"")?;
+            let devices = &instance["devices"];
+            if json {
+                return print_json(devices);
+            }
+            let rows: Vec<Vec<String>> = devices
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(dev, device)| {
+                    let fields: Vec<String> = device
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .filter(|(k, _)| k.as_str() != "type")
+                        .map(|(k, v)| format!("{k}={}", cell(v.as_str().unwrap_or_default())))
+                        .collect();
+                    vec![
+                        dev.clone(),
+                        cell(device["type"].as_str().unwrap_or_default()),
+                        fields.join(" "),
+                    ]
+                })
+                .collect();
+            print!("{}", table(&["DEVICE", "TYPE", "FIELDS"], &rows));
+            Ok(())
+        }
+        AdminCall::State(name, state) => {
+            let body =
+                serde_json::to_vec(&serde_json::json!({ "state": state })).unwrap_or_default();
+            let instance = admin("PUT", &format!("{}/state", instance_path(&name)), &body)?;
+            if json {
+                return print_json(&instance);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -327,12 +684,17 @@ mod tests {
     #[test]
     fn parses_commands() {
         assert_eq!(
-            parse_args(&args("serve --socket /x/sock --instances=/i.json --demo")),
-            Ok(Command::Serve {
+            parse_args(&args(
+                "serve --socket /x/sock --instances=/i.json --demo --admin-uid 5 --admin-uid=6 --state-dir /s"
+            )),
+            Ok(Command::Serve(ServeArgs {
                 socket: Some("/x/sock".into()),
                 instances: Some("/i.json".into()),
-                demo: true
-            })
+                demo: true,
+                admin_uids: vec![5, 6],
+                state_dir: Some("/s".into()),
+                admin_socket: None,
+            }))
         );
         assert_eq!(
             parse_args(&args("query /1.0 --socket=/s")),
@@ -341,15 +703,62 @@ mod tests {
                 path: "/1.0".into()
             })
         );
+        assert_eq!(
+            parse_args(&args("config set c1 user.x -- --odd")),
+            Ok(Command::Admin {
+                admin: None,
+                json: false,
+                call: AdminCall::ConfigSet(
+                    "c1".into(),
+                    "user.x".into(),
+                    ValueSource::Given("--odd".into())
+                ),
+            })
+        );
+        assert_eq!(
+            parse_args(&args("--json config set c1 user.x -")).ok(),
+            None,
+            "flags belong after the command"
+        );
+        assert_eq!(
+            parse_args(&args("config set c1 user.x - --json --admin /a")),
+            Ok(Command::Admin {
+                admin: Some("/a".into()),
+                json: true,
+                call: AdminCall::ConfigSet("c1".into(), "user.x".into(), ValueSource::Stdin),
+            })
+        );
+        assert_eq!(
+            parse_args(&args("device add c1 eth0 type=nic name=eth0")),
+            Ok(Command::Admin {
+                admin: None,
+                json: false,
+                call: AdminCall::DeviceAdd(
+                    "c1".into(),
+                    "eth0".into(),
+                    BTreeMap::from([
+                        ("type".into(), "nic".into()),
+                        ("name".into(), "eth0".into())
+                    ])
+                ),
+            })
+        );
         assert_eq!(parse_args(&[]), Ok(Command::Help));
         for bad in [
             "serve --bogus",
             "serve --socket",
             "serve extra",
+            "serve --admin-uid x",
             "query",
             "query a b",
             "frobnicate",
             "serve --demo=1",
+            "instance",
+            "instance show",
+            "config set c1 k",
+            "device add c1 eth0",
+            "device add c1 eth0 novalue",
+            "state c1",
         ] {
             assert!(parse_args(&args(bad)).is_err(), "{bad}");
         }
@@ -357,7 +766,7 @@ mod tests {
 
     #[test]
     fn demo_instance_is_valid() {
-        let mut registry = Registry::new("h".into());
+        let mut registry = crate::registry::Registry::new("h".into());
         registry.insert(demo_instance(1234)).unwrap();
     }
 }

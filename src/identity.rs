@@ -54,7 +54,7 @@ pub fn peer_facts<S: AsFd>(stream: &S, kinds: RuleKinds) -> io::Result<PeerFacts
     };
     if kinds.needs_proc() {
         facts.gathered = RuleKinds::CGROUP.union(RuleKinds::PID);
-        if let Err(reason) = read_proc_facts(stream, &mut facts, kinds) {
+        if let Err(reason) = read_proc_facts(stream, &mut facts) {
             facts.cgroup = None;
             facts.pidns = None;
             facts.proc_error = Some(reason);
@@ -63,12 +63,10 @@ pub fn peer_facts<S: AsFd>(stream: &S, kinds: RuleKinds) -> io::Result<PeerFacts
     Ok(facts)
 }
 
-/// Fills in the `/proc` facts `kinds` asks for, then checks the pidfd.
-fn read_proc_facts<S: AsFd>(
-    stream: &S,
-    facts: &mut PeerFacts,
-    kinds: RuleKinds,
-) -> Result<(), &'static str> {
+/// Fills in both `/proc` facts, then checks the pidfd. Both are read even if
+/// only one kind of rule is in use, so that a rule of the other kind
+/// registered later is evaluated against a real fact.
+fn read_proc_facts<S: AsFd>(stream: &S, facts: &mut PeerFacts) -> Result<(), &'static str> {
     if facts.pid <= 0 {
         // A peer in a pid namespace we cannot see is reported as pid 0.
         return Err("its pid is not visible from guestsock's pid namespace");
@@ -78,17 +76,13 @@ fn read_proc_facts<S: AsFd>(
     let pidfd = getsockopt(stream, sockopt::PeerPidfd).map_err(
         |_| "the kernel does not provide SO_PEERPIDFD (Linux >= 6.5), so a pid cannot be proved",
     )?;
-    if kinds.contains(RuleKinds::CGROUP) {
-        facts.cgroup = Some(
-            cgroup_of(facts.pid)
-                .map_err(|_| "its cgroup could not be read")?
-                .into(),
-        );
-    }
-    if kinds.contains(RuleKinds::PID) {
-        facts.pidns =
-            Some(pid_namespace(facts.pid).map_err(|_| "its pid namespace could not be read")?);
-    }
+    facts.cgroup = Some(
+        cgroup_of(facts.pid)
+            .map_err(|_| "its cgroup could not be read")?
+            .into(),
+    );
+    facts.pidns =
+        Some(pid_namespace(facts.pid).map_err(|_| "its pid namespace could not be read")?);
     if exited(&pidfd) {
         return Err("the connecting process exited, so its pid may name another process now");
     }

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod conn;
 pub mod http;
 pub mod identity;
@@ -17,3 +18,4 @@ pub mod limits;
 pub mod log;
 pub mod registry;
 pub mod server;
+pub mod store;

@@ -58,3 +58,11 @@ pub const EVENTS_PER_POLL: usize = 1024;
 /// Connections wait in the listen backlog meanwhile instead of spinning the
 /// loop on an error that only a closed connection can clear.
 pub const ACCEPT_RETRY_MS: u64 = 100;
+
+/// Largest request body on the admin socket, in bytes: 8 MiB.
+///
+/// Admin bodies are instance objects, whose config values may each be up to
+/// [`MAX_VALUE_BYTES`]; 8 MiB leaves room for several large values in one
+/// object while keeping what one admin request can make the server buffer
+/// bounded. A larger declared length is answered `413` before it is read.
+pub const MAX_ADMIN_BODY_BYTES: usize = 8 * 1024 * 1024;

@@ -29,6 +29,25 @@ pub struct Instance {
     pub state: GuestState,
 }
 
+impl Instance {
+    /// Whether this instance's own rule claims the caller, whatever other
+    /// instances' rules say (used to find the connections of a removed
+    /// instance).
+    pub fn claims(&self, peer: &PeerFacts) -> bool {
+        match &self.spec.rule {
+            MatchRule::Cgroup(path) => peer.cgroup.as_deref().is_some_and(|cgroup| {
+                cgroup
+                    .strip_prefix(path.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }),
+            MatchRule::UidRange(first, count) => {
+                peer.uid >= *first && u64::from(peer.uid) < u64::from(*first) + u64::from(*count)
+            }
+            MatchRule::Pid(_) => self.pidns.is_some() && peer.pidns == self.pidns,
+        }
+    }
+}
+
 /// Why a registration was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RegistryError {
@@ -194,14 +213,102 @@ impl Registry {
         if self.by_name.contains_key(&spec.name) {
             return Err(RegistryError::NameTaken(spec.name));
         }
-        let pidns = self.check_rule(&spec.rule)?;
-        let name = spec.name.clone();
-        let rule = spec.rule.clone();
-        let id = self.instances.insert(Instance {
+        let pidns = self.check_rule(&spec.rule, None)?;
+        Ok(self.attach(Instance {
             spec,
             pidns,
             state: GuestState::Started,
-        });
+        }))
+    }
+
+    /// Registers an instance read back from the state directory, with the
+    /// guest state and pid namespace it was saved with.
+    ///
+    /// A `pid` rule's namespace is kept only if process `pid` is still in it:
+    /// namespace inodes are reused once a namespace dies, so a recorded one
+    /// whose process is gone could later name a stranger's namespace. Such an
+    /// instance stays registered but matches no caller until re-registered
+    /// (the returned warning says so).
+    pub fn restore(
+        &mut self,
+        spec: InstanceSpec,
+        state: GuestState,
+        recorded_pidns: Option<u64>,
+    ) -> Result<(InstanceId, Option<String>), RegistryError> {
+        let spec = spec
+            .validate(&self.host_name)
+            .map_err(RegistryError::Invalid)?;
+        if self.by_name.contains_key(&spec.name) {
+            return Err(RegistryError::NameTaken(spec.name));
+        }
+        let mut warning = None;
+        let pidns = match &spec.rule {
+            MatchRule::Pid(pid) => {
+                let now = identity::pid_namespace(*pid).ok();
+                if now.is_some() && now == recorded_pidns {
+                    self.check_rule(&spec.rule, None)?
+                } else {
+                    warning = Some(format!(
+                        "instance {:?}: process {pid} is no longer in the pid namespace it was registered with; it matches no caller until it is registered again",
+                        spec.name
+                    ));
+                    None
+                }
+            }
+            rule => self.check_rule(rule, None)?,
+        };
+        let id = self.attach(Instance { spec, pidns, state });
+        Ok((id, warning))
+    }
+
+    /// Replaces the description of the instance `id`, keeping its guest
+    /// state. Refused, leaving it as it was, if the new description is
+    /// invalid, renames it, or conflicts with another instance.
+    pub fn replace(&mut self, id: InstanceId, spec: InstanceSpec) -> Result<(), RegistryError> {
+        let Some(old) = self.instances.get(id) else {
+            return Err(RegistryError::Invalid(InvalidInstance {
+                field: "name".into(),
+                reason: "no such instance".into(),
+            }));
+        };
+        let spec = spec
+            .validate(&self.host_name)
+            .map_err(RegistryError::Invalid)?;
+        if spec.name != old.spec.name {
+            return Err(RegistryError::Invalid(InvalidInstance {
+                field: "name".into(),
+                reason: format!(
+                    "{:?} differs from the instance being replaced, {:?}; instances cannot be renamed",
+                    spec.name, old.spec.name
+                ),
+            }));
+        }
+        // An unchanged pid rule keeps its namespace: the process may have
+        // gone, but the rule still means the namespace it named.
+        let pidns = if spec.rule == old.spec.rule {
+            old.pidns
+        } else {
+            self.check_rule(&spec.rule, Some(id))?
+        };
+        let mut instance = self.detach(id);
+        instance.spec = spec;
+        instance.pidns = pidns;
+        self.attach(instance);
+        Ok(())
+    }
+
+    /// Unregisters the instance with this name and returns it.
+    pub fn remove(&mut self, name: &str) -> Option<(InstanceId, Instance)> {
+        let id = *self.by_name.get(name)?;
+        Some((id, self.detach(id)))
+    }
+
+    /// Stores an instance whose rule was checked, and indexes it.
+    fn attach(&mut self, instance: Instance) -> InstanceId {
+        let name = instance.spec.name.clone();
+        let rule = instance.spec.rule.clone();
+        let pidns = instance.pidns;
+        let id = self.instances.insert(instance);
         self.by_name.insert(name, id);
         match rule {
             MatchRule::Cgroup(path) => {
@@ -217,13 +324,13 @@ impl Registry {
                 }
             }
         }
-        Ok(id)
+        id
     }
 
-    /// Unregisters the instance with this name and returns it.
-    pub fn remove(&mut self, name: &str) -> Option<(InstanceId, Instance)> {
-        let id = self.by_name.remove(name)?;
+    /// Takes an instance out of the slab and every index.
+    fn detach(&mut self, id: InstanceId) -> Instance {
         let instance = self.instances.remove(id);
+        self.by_name.remove(&instance.spec.name);
         match &instance.spec.rule {
             MatchRule::Cgroup(path) => {
                 self.by_cgroup.remove(path);
@@ -237,19 +344,28 @@ impl Registry {
                 }
             }
         }
-        Some((id, instance))
+        instance
     }
 
-    /// Checks a new rule against the others; for a `pid` rule, returns the
-    /// namespace it stands for.
-    fn check_rule(&self, rule: &MatchRule) -> Result<Option<u64>, RegistryError> {
-        let conflict = |id: InstanceId, detail: String| RegistryError::Conflict {
-            other: self.instances[id].spec.name.clone(),
-            detail,
+    /// Checks a rule against the other instances' (all but `except`); for a
+    /// `pid` rule, returns the namespace it stands for.
+    fn check_rule(
+        &self,
+        rule: &MatchRule,
+        except: Option<InstanceId>,
+    ) -> Result<Option<u64>, RegistryError> {
+        let conflict = |id: InstanceId, detail: String| -> Result<Option<u64>, RegistryError> {
+            if Some(id) == except {
+                return Ok(None);
+            }
+            Err(RegistryError::Conflict {
+                other: self.instances[id].spec.name.clone(),
+                detail,
+            })
         };
         match rule {
             MatchRule::Cgroup(path) => match self.by_cgroup.get(path) {
-                Some(&id) => Err(conflict(id, format!("both match cgroup {path}"))),
+                Some(&id) => conflict(id, format!("both match cgroup {path}")),
                 None => Ok(None),
             },
             MatchRule::UidRange(first, count) => {
@@ -258,12 +374,12 @@ impl Registry {
                 let after = self.by_uid.range(*first..).next();
                 for (&other_first, &(other_end, id)) in before.into_iter().chain(after) {
                     if u64::from(other_first) < end && u64::from(*first) < other_end {
-                        return Err(conflict(
+                        conflict(
                             id,
                             format!(
                                 "uid ranges [{first}, {end}) and [{other_first}, {other_end}) overlap"
                             ),
-                        ));
+                        )?;
                     }
                 }
                 Ok(None)
@@ -283,10 +399,10 @@ impl Registry {
                         ),
                     }));
                 }
-                match self.by_pidns.get(&ns) {
-                    Some(&id) => Err(conflict(id, format!("both match pid namespace pid:[{ns}]"))),
-                    None => Ok(Some(ns)),
+                if let Some(&id) = self.by_pidns.get(&ns) {
+                    conflict(id, format!("both match pid namespace pid:[{ns}]"))?;
                 }
+                Ok(Some(ns))
             }
         }
     }

@@ -1,20 +1,24 @@
 //! The event loop: one thread, one mio `Poll`, every connection in a slab
 //! keyed by its token.
 //!
-//! Owns accepting, the listening socket's set-up and tear-down, signals, and
-//! the sweep that removes finished connections. What happens on a connection
-//! is `conn`'s business; who the peer is, `identity`'s.
+//! Owns accepting on the guest and admin sockets, their set-up and
+//! tear-down, signals, the sweep that removes finished connections, and the
+//! bookkeeping that holds an answer until the writer thread (`store`) says
+//! its change is durable. What happens on a connection is `conn`'s
+//! business; who the peer is, `identity`'s.
 
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use mio::net::UnixListener;
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{
@@ -22,43 +26,96 @@ use nix::sys::socket::{
 };
 use slab::Slab;
 
-use crate::api::guest::GuestChange;
-use crate::conn::{Conn, Next};
+use crate::api::Change;
+use crate::api::admin::{Connections, ServerFacts};
+use crate::conn::{Conn, Ctx, Hold, Next, Side};
 use crate::identity;
+use crate::instance::{InstanceSpec, RuleKinds};
 use crate::limits::{ACCEPT_RETRY_MS, EVENTS_PER_POLL};
 use crate::log;
-use crate::registry::Registry;
+use crate::registry::{Instance, Registry};
+use crate::store::{self, Committed, Job, StoredInstance, Writer};
 
 /// The guest socket's listener. Connection tokens are slab keys, counted up
 /// from 0, so the fixed tokens sit at the far end of the range.
 const GUEST_LISTENER: Token = Token(usize::MAX - 1);
 /// The signalfd delivering SIGTERM and SIGINT.
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// The admin socket's listener.
+const ADMIN_LISTENER: Token = Token(usize::MAX - 3);
+/// The state writer thread's wake-up: a batch was committed.
+const WRITER: Token = Token(usize::MAX - 4);
+
+/// An instance to register at start unless the state directory has one of
+/// that name already (the `--instances` file, the demo).
+#[derive(Debug)]
+pub struct Seed {
+    /// Where it comes from, for messages: `FILE: instances[3] ("c1")`.
+    pub origin: String,
+    /// The description.
+    pub spec: InstanceSpec,
+}
 
 /// Everything `serve` needs, resolved from the command line.
 #[derive(Debug)]
 pub struct ServeConfig {
     /// Where the guest socket is created.
     pub socket: PathBuf,
-    /// The instances to serve.
-    pub registry: Registry,
+    /// Where the admin socket is created.
+    pub admin_socket: PathBuf,
+    /// Uids besides 0 that may use the admin socket.
+    pub admin_uids: Vec<u32>,
+    /// Where state is kept.
+    pub state_dir: PathBuf,
+    /// The default `location` of instances.
+    pub host_name: String,
+    /// Instances to register unless the state directory has them already.
+    pub seeds: Vec<Seed>,
+}
+
+/// A listening socket and the file it is bound to, removed on exit only if
+/// it is still the one this process created.
+struct Listener {
+    socket: UnixListener,
+    path: PathBuf,
+    ino: u64,
+}
+
+impl Listener {
+    fn bind(path: PathBuf, mode: u32) -> Result<Listener, String> {
+        let socket = bind_socket(&path, mode)?;
+        let ino = fs::symlink_metadata(&path).map(|m| m.ino()).unwrap_or(0);
+        Ok(Listener { socket, path, ino })
+    }
+
+    fn remove(&self) {
+        if fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// The running server.
 struct Server {
     poll: Poll,
-    guest: UnixListener,
-    /// The guest socket's path and inode, to remove it on exit only if it is
-    /// still ours.
-    socket_path: PathBuf,
-    socket_ino: u64,
+    guest: Listener,
+    admin: Listener,
+    admin_uids: Vec<u32>,
     signals: SignalFd,
     conns: Slab<Conn>,
     registry: Registry,
+    facts: ServerFacts,
     /// Set while accepting is paused after running out of file descriptors.
     accept_retry_at: Option<Instant>,
-    /// Guest-made changes gathered during one pass of the loop.
-    changes: Vec<GuestChange>,
+    /// Changes made during one pass of the loop.
+    changes: Vec<Change>,
+    writer: Writer,
+    committed: Receiver<Committed>,
+    /// Connections with an answer held until a sequence number is durable,
+    /// in sequence order.
+    waiting: Vec<(u64, usize)>,
+    /// Connections to drop at the end of this pass.
+    finished: Vec<usize>,
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -74,25 +131,86 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("cannot create a signalfd: {e}"))?;
 
-    let guest = bind_socket(&config.socket, 0o666)?;
-    let socket_ino = fs::symlink_metadata(&config.socket)
-        .map(|m| m.ino())
-        .unwrap_or(0);
+    let (state, stored) = store::open(&config.state_dir)?;
+    let mut registry = Registry::new(config.host_name);
+    for stored in stored {
+        let name = stored.instance.name.clone();
+        let (_, warning) = registry
+            .restore(stored.instance, stored.state, stored.pidns)
+            .map_err(|e| {
+                format!(
+                    "{}: instance {name:?} cannot be restored: {e}",
+                    config
+                        .state_dir
+                        .join("instances")
+                        .join(format!("{name}.json"))
+                        .display()
+                )
+            })?;
+        if let Some(warning) = warning {
+            log::warn(format_args!("{warning}"));
+        }
+    }
+    let restored: std::collections::HashSet<String> =
+        registry.iter().map(|(_, i)| i.spec.name.clone()).collect();
+    let mut seeded = Vec::new();
+    for seed in config.seeds {
+        if restored.contains(&seed.spec.name) {
+            log::info(format_args!(
+                "{}: the state directory already has this instance; keeping its version",
+                seed.origin
+            ));
+            continue;
+        }
+        let id = registry
+            .insert(seed.spec)
+            .map_err(|e| format!("{}: {e}", seed.origin))?;
+        seeded.push(id);
+    }
+
+    let guest = Listener::bind(config.socket, 0o666)?;
+    let admin = Listener::bind(config.admin_socket, 0o600)?;
     let poll = Poll::new().map_err(|e| format!("cannot create epoll instance: {e}"))?;
+    let waker = Arc::new(
+        Waker::new(poll.registry(), WRITER).map_err(|e| format!("cannot create a waker: {e}"))?,
+    );
+    let (writer, committed) = state
+        .spawn_writer(Arc::new(move || {
+            let _ = waker.wake();
+        }))
+        .map_err(|e| format!("cannot start the state writer: {e}"))?;
+    let facts = ServerFacts {
+        version: env!("CARGO_PKG_VERSION"),
+        guest_socket: guest.path.display().to_string(),
+        admin_socket: admin.path.display().to_string(),
+        state_dir: config.state_dir.display().to_string(),
+        connections: Connections::default(),
+    };
     let mut server = Server {
         poll,
         guest,
-        socket_path: config.socket,
-        socket_ino,
+        admin,
+        admin_uids: config.admin_uids,
         signals,
         conns: Slab::new(),
-        registry: config.registry,
+        registry,
+        facts,
         accept_retry_at: None,
         changes: Vec::new(),
+        writer,
+        committed,
+        waiting: Vec::new(),
+        finished: Vec::new(),
     };
+    for id in seeded {
+        server.save(id);
+    }
     let registry = server.poll.registry();
     registry
-        .register(&mut server.guest, GUEST_LISTENER, Interest::READABLE)
+        .register(&mut server.guest.socket, GUEST_LISTENER, Interest::READABLE)
+        .and_then(|()| {
+            registry.register(&mut server.admin.socket, ADMIN_LISTENER, Interest::READABLE)
+        })
         .and_then(|()| {
             registry.register(
                 &mut SourceFd(&server.signals.as_raw_fd()),
@@ -102,19 +220,23 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot register with epoll: {e}"))?;
     log::info(format_args!(
-        "serving {} instance(s) on {}",
+        "serving {} instance(s) ({} from {}) on {}; admin socket {}",
         server.registry.len(),
-        server.socket_path.display()
+        restored.len(),
+        server.facts.state_dir,
+        server.guest.path.display(),
+        server.admin.path.display(),
     ));
     let result = server.run();
-    server.remove_socket();
+    server.writer.finish();
+    server.guest.remove();
+    server.admin.remove();
     result
 }
 
 impl Server {
     fn run(&mut self) -> Result<(), String> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
-        let mut finished = Vec::new();
         loop {
             let timeout = self
                 .accept_retry_at
@@ -127,11 +249,14 @@ impl Server {
             }
             if self.accept_retry_at.is_some_and(|at| at <= Instant::now()) {
                 self.accept_retry_at = None;
-                self.accept();
+                self.accept(Side::Guest);
+                self.accept(Side::Admin { authorized: false });
             }
             for event in events.iter() {
                 match event.token() {
-                    GUEST_LISTENER => self.accept(),
+                    GUEST_LISTENER => self.accept(Side::Guest),
+                    ADMIN_LISTENER => self.accept(Side::Admin { authorized: false }),
+                    WRITER => self.take_commits(),
                     SIGNALS => {
                         if let Some(signal) = self.take_signal() {
                             log::info(format_args!("{signal}: stopping"));
@@ -139,37 +264,121 @@ impl Server {
                         }
                     }
                     Token(key) => {
-                        let Some(conn) = self.conns.get_mut(key) else {
-                            continue;
-                        };
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        if let Some(conn) = self.conns.get_mut(key)
+                            && (event.is_readable() || event.is_read_closed() || event.is_error())
+                        {
                             conn.on_readable();
                         }
-                        if conn.drive(&mut self.registry, &mut self.changes) == Next::Close {
-                            finished.push(key);
-                        }
+                        self.drive(key);
                     }
                 }
             }
             // Removed after the batch, so a key freed and reused within one
             // batch never receives an event meant for its previous owner.
-            for key in finished.drain(..) {
-                if self.conns.contains(key) {
-                    self.conns.remove(key);
+            for key in std::mem::take(&mut self.finished) {
+                if let Some(conn) = self.conns.try_remove(key) {
+                    match conn.side {
+                        Side::Guest => self.facts.connections.guest -= 1,
+                        Side::Admin { .. } => self.facts.connections.admin -= 1,
+                    }
                 }
             }
-            self.changes.clear();
+        }
+    }
+
+    /// Drives one connection, then makes what it changed durable.
+    fn drive(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut ctx = Ctx {
+            registry: &mut self.registry,
+            changes: &mut self.changes,
+            facts: &self.facts,
+        };
+        if conn.drive(&mut ctx) == Next::Close {
+            self.finished.push(key);
+        }
+        if self.changes.is_empty() {
+            return;
+        }
+        let mut seq = None;
+        for change in std::mem::take(&mut self.changes) {
+            seq = self.apply(change).or(seq);
+        }
+        if let (Some(seq), Some(conn)) = (seq, self.conns.get_mut(key)) {
+            conn.assign_hold(seq);
+            self.waiting.push((seq, key));
+        }
+    }
+
+    /// Persists one change (and closes what it ends); returns the sequence
+    /// number of its write.
+    fn apply(&mut self, change: Change) -> Option<u64> {
+        match change {
+            Change::Saved(id) => self.save(id),
+            // The hook for the admin event stream's `instance-ready`.
+            Change::GuestState(id, _state) => self.save(id),
+            Change::Removed { name, instance } => {
+                self.close_guests_of(&instance);
+                Some(self.writer.submit(Job::Remove { name }))
+            }
+        }
+    }
+
+    /// Queues the current version of instance `id` for writing.
+    fn save(&mut self, id: usize) -> Option<u64> {
+        let instance = self.registry.get(id)?;
+        let bytes = StoredInstance::encode(&instance.spec, instance.state, instance.pidns);
+        Some(self.writer.submit(Job::Write {
+            name: instance.spec.name.clone(),
+            bytes,
+        }))
+    }
+
+    /// Ends every guest connection the removed instance claimed.
+    fn close_guests_of(&mut self, instance: &Instance) {
+        for (key, conn) in self.conns.iter() {
+            if conn.side == Side::Guest && instance.claims(&conn.peer) {
+                self.finished.push(key);
+            }
+        }
+    }
+
+    /// Takes the writer's reports and lets the answers they make durable go.
+    fn take_commits(&mut self) {
+        while let Ok(Committed { seq, error }) = self.committed.try_recv() {
+            let ready = self.waiting.partition_point(|&(s, _)| s <= seq);
+            for (s, key) in self.waiting.drain(..ready).collect::<Vec<_>>() {
+                let Some(conn) = self.conns.get_mut(key) else {
+                    continue;
+                };
+                // The key may have been reused by a connection holding
+                // another answer.
+                if !matches!(conn.hold(), Some(Hold::Waiting { seq: held, .. }) if held == s) {
+                    continue;
+                }
+                match &error {
+                    None => conn.release_hold(),
+                    Some(error) => conn.fail_hold(error),
+                }
+                self.drive(key);
+            }
         }
     }
 
     /// Accepts until the backlog is empty (edge-triggered: nothing would
     /// wake us for connections left behind).
-    fn accept(&mut self) {
+    fn accept(&mut self, side: Side) {
         if self.accept_retry_at.is_some() {
             return;
         }
         loop {
-            let stream = match self.guest.accept() {
+            let listener = match side {
+                Side::Guest => &self.guest.socket,
+                Side::Admin { .. } => &self.admin.socket,
+            };
+            let stream = match listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -190,7 +399,11 @@ impl Server {
                 // ECONNABORTED and the like concern one connection only.
                 Err(_) => continue,
             };
-            let peer = match identity::peer_facts(&stream, self.registry.kinds_in_use()) {
+            let kinds = match side {
+                Side::Guest => self.registry.kinds_in_use(),
+                Side::Admin { .. } => RuleKinds::empty(),
+            };
+            let peer = match identity::peer_facts(&stream, kinds) {
                 Ok(peer) => peer,
                 Err(e) => {
                     log::warn(format_args!(
@@ -199,16 +412,33 @@ impl Server {
                     continue;
                 }
             };
+            let side = match side {
+                Side::Guest => {
+                    self.facts.connections.guest += 1;
+                    Side::Guest
+                }
+                Side::Admin { .. } => {
+                    self.facts.connections.admin += 1;
+                    let authorized = peer.uid == 0 || self.admin_uids.contains(&peer.uid);
+                    if !authorized {
+                        log::warn(format_args!(
+                            "admin socket: refusing pid {} (uid {}), which is neither root nor an --admin-uid",
+                            peer.pid, peer.uid
+                        ));
+                    }
+                    Side::Admin { authorized }
+                }
+            };
             let entry = self.conns.vacant_entry();
             let key = entry.key();
-            let conn = entry.insert(Conn::new(stream, peer));
+            let conn = entry.insert(Conn::new(stream, peer, side));
             if let Err(e) = self.poll.registry().register(
                 conn.stream_mut(),
                 Token(key),
                 Interest::READABLE | Interest::WRITABLE,
             ) {
                 log::warn(format_args!("cannot register a connection with epoll: {e}"));
-                self.conns.remove(key);
+                self.finished.push(key);
             }
         }
     }
@@ -218,14 +448,6 @@ impl Server {
         match self.signals.read_signal() {
             Ok(Some(info)) => Signal::try_from(info.ssi_signo as i32).ok(),
             _ => None,
-        }
-    }
-
-    /// Removes the guest socket file if it is still the one this process
-    /// created (another server may have replaced it).
-    fn remove_socket(&self) {
-        if fs::symlink_metadata(&self.socket_path).is_ok_and(|m| m.ino() == self.socket_ino) {
-            let _ = fs::remove_file(&self.socket_path);
         }
     }
 }

@@ -91,16 +91,10 @@ fn a_pid_in_the_servers_own_namespace_is_refused() {
     )
     .unwrap();
     let socket = dir.join("guest/sock");
-    let out = util::run_guestsock(
-        &[
-            "serve",
-            "--socket",
-            socket.to_str().unwrap(),
-            "--instances",
-            file.to_str().unwrap(),
-        ],
-        None,
-    );
+    let mut args = util::serve_args(&dir.path, &socket);
+    args.extend(["--instances".into(), file.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = util::run_guestsock(&args, None);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -11,10 +11,11 @@ use std::path::Path;
 use serde_json::json;
 
 fn serve_fails(socket: &Path, instances: Option<&Path>) -> String {
-    let mut args = vec!["serve", "--socket", socket.to_str().unwrap()];
+    let mut args = util::serve_args(socket.parent().unwrap(), socket);
     if let Some(file) = instances {
-        args.extend(["--instances", file.to_str().unwrap()]);
+        args.extend(["--instances".into(), file.display().to_string()]);
     }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = util::run_guestsock(&args, None);
     assert!(!out.status.success(), "serve started anyway");
     let err = String::from_utf8(out.stderr).unwrap();
@@ -71,13 +72,8 @@ fn replaces_a_stale_socket_and_removes_its_own_on_exit() {
     let file = dir2.join("instances.json");
     fs::write(&file, json!({"instances": [{"name": "c1", "match": {"uid_range": [util::my_uid(), 1]}, "root_uid": util::my_uid()}]}).to_string()).unwrap();
     let mut child = std::process::Command::new(util::bin())
-        .args([
-            "serve",
-            "--socket",
-            socket.to_str().unwrap(),
-            "--instances",
-            file.to_str().unwrap(),
-        ])
+        .args(util::serve_args(&dir2.path, &socket))
+        .args(["--instances", file.to_str().unwrap()])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -209,9 +205,9 @@ fn raises_the_open_file_soft_limit_to_the_hard_limit() {
     // Start from a low soft limit, so that the test can fail.
     let mut child = std::process::Command::new("sh")
         .arg("-c")
-        .arg("ulimit -Sn 256 && exec \"$0\" serve --socket \"$1\"")
+        .arg("ulimit -Sn 256 && exec \"$0\" \"$@\"")
         .arg(util::bin())
-        .arg(&socket)
+        .args(util::serve_args(&dir.path, &socket))
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

@@ -7,11 +7,12 @@
 
 use serde::Serialize;
 
+use crate::api::Change;
 use crate::http::request::{Request, percent_decode};
 use crate::http::response::Response;
 use crate::identity::PeerFacts;
 use crate::instance::{GuestAccess, GuestState, guest_visible};
-use crate::registry::{Instance, InstanceId, Registry};
+use crate::registry::{Instance, Registry};
 
 /// `GET /1.0`'s body, fields in LXD's order.
 #[derive(Serialize)]
@@ -23,19 +24,12 @@ struct ApiInfo<'a> {
     state: &'static str,
 }
 
-/// What an answered request changed, for the server to persist and announce.
-#[derive(Debug, PartialEq, Eq)]
-pub enum GuestChange {
-    /// The guest set its state (`PATCH /1.0`) to a different value.
-    State(InstanceId, GuestState),
-}
-
 /// Answers one guest request from `peer`.
 pub fn answer(
     req: &Request<'_>,
     peer: &PeerFacts,
     registry: &mut Registry,
-) -> (Response, Option<GuestChange>) {
+) -> (Response, Option<Change>) {
     let id = match registry.identify(peer) {
         Ok(id) => id,
         Err(refusal) => return (Response::error(403, refusal), None),
@@ -61,7 +55,7 @@ pub fn answer(
                     instance.state = state;
                     (
                         Response::raw(Vec::new()),
-                        changed.then_some(GuestChange::State(id, state)),
+                        changed.then_some(Change::GuestState(id, state)),
                     )
                 }
                 Err(response) => (response, None),
@@ -290,11 +284,11 @@ mod tests {
         );
         assert!(matches!(
             change,
-            Some(GuestChange::State(_, GuestState::Ready))
+            Some(Change::GuestState(_, GuestState::Ready))
         ));
         assert!(ok(&mut r, 1000, "/1.0").contains("\"state\":\"Ready\""));
         let (_, change) = answer(&req, &peer(1000), &mut r);
-        assert_eq!(change, None, "no change, nothing to announce");
+        assert!(change.is_none(), "no change, nothing to announce");
         assert!(
             ok(&mut r, 2000, "/1.0").contains("\"state\":\"Started\""),
             "other instance untouched"

@@ -117,6 +117,46 @@ impl Response {
         }
     }
 
+    /// The admin socket's form of this response: LXD's main-API envelope
+    /// (PROTOCOL.md section 6). A JSON answer becomes `metadata` of a
+    /// `sync` success; an error becomes an `error` object with its status.
+    /// Raw answers are left as they are.
+    pub fn enveloped(self) -> Response {
+        let body = match self.kind {
+            BodyKind::Raw => return self,
+            BodyKind::Json if self.status < 400 => {
+                let metadata = self.body.strip_suffix(b"\n").unwrap_or(&self.body);
+                let mut body = Vec::with_capacity(metadata.len() + 64);
+                let _ = write!(
+                    body,
+                    "{{\"type\":\"sync\",\"status\":\"Success\",\"status_code\":{},\"metadata\":",
+                    self.status
+                );
+                body.extend_from_slice(metadata);
+                body
+            }
+            BodyKind::Json | BodyKind::Error => {
+                let text = String::from_utf8_lossy(&self.body);
+                serde_json::to_vec(&serde_json::json!({
+                    "type": "error",
+                    "error": text.trim_end(),
+                    "error_code": self.status,
+                }))
+                .unwrap_or_default()
+            }
+        };
+        let mut body = body;
+        if self.kind == BodyKind::Json && self.status < 400 {
+            body.push(b'}');
+        }
+        body.push(b'\n');
+        Response {
+            kind: BodyKind::Json,
+            body,
+            ..self
+        }
+    }
+
     /// Appends the response to `out`. `head_only` answers a `HEAD`;
     /// `keep_alive` says whether the connection stays open after it, and
     /// `http10` whether that needs saying (HTTP/1.0 closes by default).
@@ -154,6 +194,7 @@ fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -207,6 +248,24 @@ mod tests {
             t.ends_with("Content-Length: 3\r\nConnection: keep-alive\r\n\r\n"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn admin_envelope() {
+        let r = Response::json(&serde_json::json!({"a": 1})).enveloped();
+        assert_eq!(
+            String::from_utf8(r.body).unwrap(),
+            "{\"type\":\"sync\",\"status\":\"Success\",\"status_code\":200,\"metadata\":{\"a\":1}}\n"
+        );
+        let r = Response::error(409, "taken \"x\"").enveloped();
+        assert_eq!((r.status, r.kind), (409, BodyKind::Json));
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "error", "error": "taken \"x\"", "error_code": 409})
+        );
+        let r = Response::method_not_allowed("GET").enveloped();
+        assert_eq!((r.status, r.allow), (405, Some("GET")));
     }
 
     #[test]

@@ -80,7 +80,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_dir_all(&self.path);
+        }
     }
 }
 
@@ -88,6 +90,8 @@ impl Drop for TempDir {
 pub struct Server {
     pub dir: TempDir,
     pub socket: PathBuf,
+    pub admin_socket: PathBuf,
+    pub state_dir: PathBuf,
     child: Child,
     stderr_path: PathBuf,
 }
@@ -102,22 +106,34 @@ impl Server {
     /// Like [`Server::start`], with extra `serve` flags.
     pub fn start_with(instances: serde_json::Value, extra: &[&str]) -> Server {
         let dir = TempDir::new();
-        let socket = dir.join("guest/sock");
         let file = dir.join("instances.json");
         fs::write(
             &file,
             serde_json::json!({ "instances": instances }).to_string(),
         )
         .expect("write instances");
-        let stderr_path = dir.join("stderr.log");
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        extra.extend(["--instances".into(), file.display().to_string()]);
+        Server::start_in(dir, &extra)
+    }
+
+    /// Starts `guestsock serve` with its sockets and state under `dir`
+    /// (which may hold state from an earlier server) and `extra` flags.
+    pub fn start_in(dir: TempDir, extra: &[String]) -> Server {
+        let socket = dir.join("guest/sock");
+        let admin_socket = dir.join("admin.sock");
+        let state_dir = dir.join("state");
+        let stderr_path = dir.join(&unique("stderr"));
         let mut args = vec![
             "serve".to_string(),
             "--socket".into(),
             socket.display().to_string(),
-            "--instances".into(),
-            file.display().to_string(),
+            "--admin-socket".into(),
+            admin_socket.display().to_string(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
         ];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(extra.iter().cloned());
         let child = Command::new(bin())
             .args(&args)
             .stdin(Stdio::null())
@@ -128,6 +144,8 @@ impl Server {
         let mut server = Server {
             dir,
             socket,
+            admin_socket,
+            state_dir,
             child,
             stderr_path,
         };
@@ -135,10 +153,41 @@ impl Server {
         server
     }
 
+    /// Kills the server with SIGKILL and returns its directory, state and
+    /// all, for a restart.
+    pub fn kill9(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        TempDir {
+            path: std::mem::take(&mut self.dir.path),
+        }
+    }
+
+    /// Stops the server with SIGTERM and returns its directory.
+    pub fn stop_keep(mut self) -> TempDir {
+        let status = self.stop();
+        assert!(status.success(), "{status}: {}", self.stderr());
+        TempDir {
+            path: std::mem::take(&mut self.dir.path),
+        }
+    }
+
+    /// A new connection to the admin socket.
+    pub fn admin(&self) -> Client {
+        Client::connect(&self.admin_socket)
+    }
+
+    /// One admin call on a fresh connection.
+    pub fn admin_call(&self, method: &str, path: &str, body: &[u8]) -> Reply {
+        self.admin().request(method, path, body)
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if UnixStream::connect(&self.socket).is_ok() {
+            if UnixStream::connect(&self.socket).is_ok()
+                && UnixStream::connect(&self.admin_socket).is_ok()
+            {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -478,4 +527,19 @@ pub fn curl_as(uid: u32, socket: &Path, path: &str) -> (u16, String) {
     ]);
     cmd.args(curl_args(socket, path));
     curl_in(cmd)
+}
+
+/// `serve` arguments with the guest socket at `socket` and the admin socket
+/// and state directory under `dir`, so that no test touches the host's
+/// defaults.
+pub fn serve_args(dir: &Path, socket: &Path) -> Vec<String> {
+    vec![
+        "serve".into(),
+        "--socket".into(),
+        socket.display().to_string(),
+        "--admin-socket".into(),
+        dir.join(unique("admin")).display().to_string(),
+        "--state-dir".into(),
+        dir.join(unique("state")).display().to_string(),
+    ]
 }

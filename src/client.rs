@@ -1,0 +1,155 @@
+//! The client side of both sockets, for the command line: one HTTP/1.1
+//! request per connection, the answer read to EOF, and the admin envelope
+//! unwrapped.
+//!
+//! Owns nothing of the server; it speaks to it only over the socket, like
+//! any other client would.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a client command waits for the server before giving up.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A server's answer.
+#[derive(Debug)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// Sends one request to the server at `socket` and reads its answer.
+pub fn call(socket: &Path, method: &str, path: &str, body: &[u8]) -> Result<Reply, String> {
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+    let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: guestsock\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !body.is_empty() {
+        request.extend_from_slice(b"Content-Type: application/octet-stream\r\n");
+    }
+    request.extend_from_slice(b"\r\n");
+    request.extend_from_slice(body);
+    stream
+        .write_all(&request)
+        .map_err(|e| format!("cannot send the request: {e}"))?;
+    let mut reply = Vec::new();
+    stream
+        .read_to_end(&mut reply)
+        .map_err(|e| format!("cannot read the answer: {e}"))?;
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(head_len)) = response.parse(&reply) else {
+        return Err("the server's answer is not HTTP".into());
+    };
+    Ok(Reply {
+        status: response.code.unwrap_or(0),
+        body: reply[head_len..].to_vec(),
+    })
+}
+
+/// An admin call: the envelope's `metadata` on success, the server's
+/// message (with its status) on error.
+pub fn admin(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<serde_json::Value, String> {
+    let reply = call(socket, method, path, body)?;
+    let envelope: serde_json::Value = serde_json::from_slice(&reply.body).map_err(|_| {
+        format!(
+            "{}: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body).trim_end()
+        )
+    })?;
+    if (200..300).contains(&reply.status) {
+        Ok(envelope
+            .get("metadata")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null))
+    } else {
+        let message = envelope
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("error without a message");
+        Err(format!("{}: {message}", reply.status))
+    }
+}
+
+/// Percent-encodes one path segment (everything but RFC 3986's unreserved
+/// characters).
+pub fn encode_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Lines of aligned columns: each column as wide as its widest cell, two
+/// spaces between, no trailing spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            if i + 1 < row.len() {
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let t = table(
+            &["NAME", "STATE"],
+            &[
+                vec!["c1".into(), "Ready".into()],
+                vec!["longer-name".into(), "".into()],
+            ],
+        );
+        assert_eq!(t, "NAME         STATE\nc1           Ready\nlonger-name\n");
+    }
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(encode_segment("user.foo-bar_1~"), "user.foo-bar_1~");
+        assert_eq!(encode_segment("a b/é"), "a%20b%2F%C3%A9");
+    }
+}

@@ -1,0 +1,425 @@
+//! Durable state: the state directory, and the writer thread that makes a
+//! change durable before the admin call that made it is answered.
+//!
+//! Layout: `<state-dir>/instances/<name>.json`, one file per instance
+//! holding its section 4 object, its guest state and, for a `pid` rule, the
+//! pid namespace it was registered with. A file is replaced by writing
+//! `<name>.json.tmp`, fsyncing it, renaming it over the old one and fsyncing
+//! the directory, so a file is always either the old or the new version,
+//! never torn. A corrupt file can therefore only come from outside
+//! guestsock, and it stops the start rather than being taken for "no
+//! instance".
+//!
+//! The writer thread takes every job queued since its last pass, coalesces
+//! jobs for the same instance, and commits them together (one directory
+//! fsync per batch), so a slow disk delays the answers that wait for it,
+//! never the event loop, and a burst of changes costs few fsyncs. It reports
+//! back through a channel and wakes the loop with a `mio::Waker`.
+//!
+//! This module owns the files and the thread; which change produces which
+//! job is `server`'s business.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::{self, JoinHandle};
+
+use serde::{Deserialize, Serialize};
+
+use crate::instance::{GuestState, InstanceSpec, valid_instance_name};
+use crate::log;
+
+/// The version of the instance file format written by this build.
+const FORMAT_VERSION: u32 = 1;
+
+/// One instance file's contents.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoredInstance {
+    /// Always [`FORMAT_VERSION`] for files this build writes.
+    pub version: u32,
+    /// The section 4 object, defaults filled in.
+    pub instance: InstanceSpec,
+    /// The guest's state (`Ready` survives restarts).
+    pub state: GuestState,
+    /// For a `pid` rule, the pid namespace inode recorded at registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pidns: Option<u64>,
+}
+
+impl StoredInstance {
+    /// The bytes of an instance file.
+    pub fn encode(instance: &InstanceSpec, state: GuestState, pidns: Option<u64>) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            version: u32,
+            instance: &'a InstanceSpec,
+            state: GuestState,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pidns: Option<u64>,
+        }
+        let mut bytes = serde_json::to_vec_pretty(&Borrowed {
+            version: FORMAT_VERSION,
+            instance,
+            state,
+            pidns,
+        })
+        .unwrap_or_default();
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+/// A change to write: the new contents of an instance file, or its removal.
+#[derive(Debug)]
+pub enum Job {
+    /// Write the instance file of `name` with these bytes.
+    Write { name: String, bytes: Vec<u8> },
+    /// Remove the instance file of `name`.
+    Remove { name: String },
+}
+
+/// What the writer thread reports for a batch: every job with a sequence
+/// number up to `seq` is durable, or failed with `error`.
+#[derive(Debug)]
+pub struct Committed {
+    /// The highest sequence number in the batch.
+    pub seq: u64,
+    /// Why the batch could not be made durable, if it could not.
+    pub error: Option<String>,
+}
+
+/// The open state directory: holds its lock for as long as it lives.
+#[derive(Debug)]
+pub struct StateDir {
+    instances_dir: PathBuf,
+    /// `flock`ed: a second guestsock on the same directory is refused.
+    _lock: nix::fcntl::Flock<File>,
+}
+
+/// Opens (creating if needed, mode 0700) the state directory, takes its
+/// lock and reads every instance file. Fails, naming the file and the
+/// problem, on anything it cannot read with certainty.
+pub fn open(dir: &Path) -> Result<(StateDir, Vec<StoredInstance>), String> {
+    let instances_dir = dir.join("instances");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&instances_dir)
+        .map_err(|e| format!("cannot create {}: {e}", instances_dir.display()))?;
+    let lock_path = dir.join("lock");
+    let lock_file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+    let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| {
+            format!(
+                "{} is in use by another guestsock ({e}); stop it or choose another --state-dir",
+                dir.display()
+            )
+        })?;
+    let mut loaded = Vec::new();
+    let entries =
+        fs::read_dir(&instances_dir).map_err(|e| format!("{}: {e}", instances_dir.display()))?;
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", instances_dir.display()))?;
+        paths.push(entry.path());
+    }
+    paths.sort();
+    for path in paths {
+        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if file_name.ends_with(".json.tmp") {
+            // A write that never reached its rename: its change was never
+            // acknowledged, so dropping it loses nothing that was promised.
+            log::warn(format_args!(
+                "removing {}, an unfinished write from before a crash",
+                path.display()
+            ));
+            fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            continue;
+        }
+        let Some(name) = file_name.strip_suffix(".json") else {
+            return Err(format!(
+                "{}: unexpected file in the state directory; move it away",
+                path.display()
+            ));
+        };
+        loaded.push(read_instance(&path, name)?);
+    }
+    Ok((
+        StateDir {
+            instances_dir,
+            _lock: lock,
+        },
+        loaded,
+    ))
+}
+
+fn read_instance(path: &Path, name: &str) -> Result<StoredInstance, String> {
+    let shown = path.display();
+    let bytes = fs::read(path).map_err(|e| format!("{shown}: {e}"))?;
+    if bytes.is_empty() {
+        return Err(format!(
+            "{shown}: empty file (corrupt state; restore it from a backup or remove it to drop the instance)"
+        ));
+    }
+    let stored: StoredInstance = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{shown}: corrupt state ({e}); restore it from a backup or remove it to drop the instance"))?;
+    if stored.version != FORMAT_VERSION {
+        return Err(format!(
+            "{shown}: format version {} is not {FORMAT_VERSION}, which this guestsock reads",
+            stored.version
+        ));
+    }
+    if !valid_instance_name(name) || stored.instance.name != name {
+        return Err(format!(
+            "{shown}: holds instance {:?}, which does not match its file name",
+            stored.instance.name
+        ));
+    }
+    Ok(stored)
+}
+
+impl StateDir {
+    /// Starts the writer thread. `wake` is called after each batch, once its
+    /// result is on `Committed`'s channel.
+    pub fn spawn_writer(
+        self,
+        wake: Arc<dyn Fn() + Send + Sync>,
+    ) -> io::Result<(Writer, Receiver<Committed>)> {
+        let (jobs_tx, jobs_rx) = mpsc::channel::<(u64, Job)>();
+        let (done_tx, done_rx) = mpsc::channel();
+        let thread = thread::Builder::new()
+            .name("guestsock-writer".into())
+            .spawn(move || self.run(jobs_rx, done_tx, wake))?;
+        Ok((
+            Writer {
+                jobs: Some(jobs_tx),
+                thread: Some(thread),
+                next_seq: 1,
+            },
+            done_rx,
+        ))
+    }
+
+    fn run(
+        self,
+        jobs: Receiver<(u64, Job)>,
+        done: Sender<Committed>,
+        wake: Arc<dyn Fn() + Send + Sync>,
+    ) {
+        // Blocks for the first job of a batch, then takes whatever else is
+        // queued: under load batches grow and fsyncs per change fall.
+        while let Ok(first) = jobs.recv() {
+            let mut batch: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+            let mut seq = 0;
+            for (job_seq, job) in std::iter::once(first).chain(jobs.try_iter()) {
+                seq = job_seq;
+                match job {
+                    Job::Write { name, bytes } => batch.insert(name, Some(bytes)),
+                    Job::Remove { name } => batch.insert(name, None),
+                };
+            }
+            let error = self
+                .commit(&batch)
+                .err()
+                .map(|e| format!("cannot write the state directory: {e}"));
+            if let Some(error) = &error {
+                log::warn(format_args!("{error}"));
+            }
+            if done.send(Committed { seq, error }).is_err() {
+                return;
+            }
+            wake();
+        }
+    }
+
+    /// Writes a batch: every new file written and fsynced under a temporary
+    /// name, then renamed into place, removals done, and the directory
+    /// fsynced once so that the renames and removals are durable too.
+    fn commit(&self, batch: &BTreeMap<String, Option<Vec<u8>>>) -> io::Result<()> {
+        for (name, bytes) in batch {
+            if let Some(bytes) = bytes {
+                let tmp = self.instances_dir.join(format!("{name}.json.tmp"));
+                let mut file = OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                file.write_all(bytes)?;
+                file.sync_all()?;
+            }
+        }
+        for (name, bytes) in batch {
+            let path = self.instances_dir.join(format!("{name}.json"));
+            if bytes.is_some() {
+                fs::rename(self.instances_dir.join(format!("{name}.json.tmp")), &path)?;
+            } else {
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+        let dir = File::open(&self.instances_dir)?;
+        nix::unistd::fsync(dir.as_fd()).map_err(io::Error::from)
+    }
+}
+
+/// The event loop's handle on the writer thread.
+#[derive(Debug)]
+pub struct Writer {
+    jobs: Option<Sender<(u64, Job)>>,
+    thread: Option<JoinHandle<()>>,
+    next_seq: u64,
+}
+
+impl Writer {
+    /// Queues a job; returns its sequence number, durable once a
+    /// [`Committed`] with `seq` at least this arrives.
+    pub fn submit(&mut self, job: Job) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(jobs) = &self.jobs {
+            // Only fails if the thread died; its absence of a report then
+            // leaves the waiting answer unsent, which `finish` reports.
+            let _ = jobs.send((seq, job));
+        }
+        seq
+    }
+
+    /// Whether jobs are queued that have not been reported back.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Stops taking jobs and waits until everything queued is written.
+    pub fn finish(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::warn(format_args!("the state writer thread panicked"));
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::MatchRule;
+
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "guestsock-store-{}-{:?}",
+            std::process::id(),
+            thread::current().id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn spec(name: &str) -> InstanceSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "match": {"uid_range": [1000, 1]}, "config": {"user.a": "b"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn writes_coalesces_removes_and_reloads() {
+        let dir = temp_dir();
+        let (state, loaded) = open(&dir).unwrap();
+        assert!(loaded.is_empty());
+        let (tx, rx) = mpsc::channel();
+        let (mut writer, done) = state
+            .spawn_writer(Arc::new(move || {
+                let _ = tx.send(());
+            }))
+            .unwrap();
+        let a = StoredInstance::encode(&spec("a"), GuestState::Ready, None);
+        writer.submit(Job::Write {
+            name: "a".into(),
+            bytes: a,
+        });
+        writer.submit(Job::Write {
+            name: "b".into(),
+            bytes: b"junk".to_vec(),
+        });
+        let last = writer.submit(Job::Remove { name: "b".into() });
+        let mut seen = 0;
+        while seen < last {
+            rx.recv().unwrap();
+            let committed = done.recv().unwrap();
+            assert_eq!(committed.error, None);
+            seen = committed.seq;
+        }
+        writer.finish();
+        drop(writer);
+        let (_state, loaded) = open(&dir).unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].instance.name, "a");
+        assert_eq!(loaded[0].state, GuestState::Ready);
+        assert_eq!(loaded[0].instance.rule, MatchRule::UidRange(1000, 1));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_files_stop_the_start_and_tmp_files_are_dropped() {
+        let dir = temp_dir();
+        drop(open(&dir).unwrap());
+        let instances = dir.join("instances");
+        fs::write(instances.join("x.json.tmp"), "half").unwrap();
+        drop(open(&dir).unwrap());
+        assert!(!instances.join("x.json.tmp").exists());
+
+        for (file, text, needle) in [
+            ("x.json", "{\"version\":1,\"inst", "corrupt state"),
+            ("x.json", "", "empty file"),
+            (
+                "y.json",
+                &String::from_utf8(StoredInstance::encode(
+                    &spec("x"),
+                    GuestState::Started,
+                    None,
+                ))
+                .unwrap(),
+                "does not match its file name",
+            ),
+            ("notes.txt", "hi", "unexpected file"),
+        ] {
+            fs::write(instances.join(file), text).unwrap();
+            let err = open(&dir).unwrap_err();
+            assert!(err.contains(file) && err.contains(needle), "{err}");
+            fs::remove_file(instances.join(file)).unwrap();
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_server_on_the_same_directory_is_refused() {
+        let dir = temp_dir();
+        let first = open(&dir).unwrap();
+        let err = open(&dir).unwrap_err();
+        assert!(err.contains("in use by another guestsock"), "{err}");
+        drop(first);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
