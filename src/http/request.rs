@@ -73,10 +73,19 @@ fn next_scan_from(buf: &[u8]) -> usize {
 
 /// Whether the head (up to its blank line) is in `buf`, looking from `from`.
 /// httparse accepts both `\r\n` and bare `\n` line ends, so both are looked
-/// for.
+/// for. Stops at the first blank line: with a large body behind the head,
+/// the cost is the head's length, not the buffer's.
 fn has_head_end(buf: &[u8], from: usize) -> bool {
-    let tail = &buf[from.min(buf.len())..];
-    tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
+    let from = from.min(buf.len());
+    buf[from..].iter().enumerate().any(|(i, &b)| {
+        let at = from + i;
+        b == b'\n'
+            && match buf.get(at + 1) {
+                Some(b'\n') => true,
+                Some(b'\r') => buf.get(at + 2) == Some(&b'\n'),
+                _ => false,
+            }
+    })
 }
 
 /// Parses the request at the start of `buf`. `scan_from` is the hint an
