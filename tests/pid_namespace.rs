@@ -5,6 +5,7 @@
 
 mod util;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -100,5 +101,47 @@ fn a_pid_in_the_servers_own_namespace_is_refused() {
     assert!(
         err.contains("instances[0]") && err.contains("namespace"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_pid_rule_survives_a_restart_only_while_its_namespace_lives() {
+    require_root!();
+    let ns = Namespace::new();
+    let server = util::Server::start(json!([]));
+    let body = json!({"name": "one", "match": {"pid": ns.init}, "config": {"user.who": "one"}});
+    let reply = server.admin_call("POST", "/1.0/instances", body.to_string().as_bytes());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let dir = server.stop_keep();
+    let server = util::Server::start_in(dir, &[]);
+    assert_eq!(
+        ns.curl(&server.socket, "/1.0/config/user.who"),
+        (200, "one".into())
+    );
+
+    // The namespace dies with its init; its inode may be reused by another
+    // namespace, so after a restart the rule must match no one.
+    let socket = server.socket.clone();
+    let other = Namespace::new();
+    let init = format!("/proc/{}", ns.init);
+    drop(ns);
+    let deadline = Instant::now() + util::PATIENCE;
+    while Path::new(&init).exists() {
+        assert!(Instant::now() < deadline, "the namespace's init lingers");
+        thread::sleep(Duration::from_millis(5));
+    }
+    let dir = server.stop_keep();
+    let server = util::Server::start_in(dir, &[]);
+    assert!(
+        server.stderr().contains("matches no caller"),
+        "{}",
+        server.stderr()
+    );
+    assert_eq!(other.curl(&socket, "/1.0/config/user.who").0, 403);
+    let listed = server.admin_call("GET", "/1.0/instances", b"").json();
+    assert_eq!(
+        listed["metadata"],
+        json!(["/1.0/instances/one"]),
+        "still registered"
     );
 }

@@ -241,3 +241,30 @@ fn query_prints_the_body_and_fails_on_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
 }
+
+#[test]
+fn a_corrupt_state_file_stops_the_start_and_names_it() {
+    let server = util::Server::start(json!([{"name": "c1", "match": {"uid_range": [1000, 1]}}]));
+    let dir = server.stop_keep();
+    let file = dir.join("state/instances/c1.json");
+    let text = fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\"c1\""), "{text}");
+    // Torn in the middle, as no guestsock write can leave it.
+    fs::write(&file, &text[..text.len() / 2]).unwrap();
+    let mut args = vec!["serve".to_string()];
+    for (flag, rel) in [
+        ("--socket", "guest/sock"),
+        ("--admin-socket", "admin.sock"),
+        ("--state-dir", "state"),
+    ] {
+        args.extend([flag.to_string(), dir.join(rel).display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = util::run_guestsock(&args, None);
+    assert!(!out.status.success(), "started on a corrupt state file");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(file.to_str().unwrap()) && err.contains("corrupt state"),
+        "{err}"
+    );
+}
