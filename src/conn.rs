@@ -1,5 +1,6 @@
-//! One guest connection's state machine: bytes in, requests answered in
-//! order, bytes out, never blocking.
+//! One connection's state machine: bytes in, requests answered in order,
+//! bytes out, never blocking; and, once it subscribes, an event stream or a
+//! websocket.
 //!
 //! Owns the connection's buffers and the edge-triggered read/write
 //! discipline: read until `WouldBlock`, keep partial writes and resume them,
@@ -11,19 +12,27 @@
 //! durable (PROTOCOL.md section 6: a 2xx means it is on disk).
 
 use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
 
 use mio::net::UnixStream;
 
-use crate::api::admin::{self, ServerFacts};
-use crate::api::{Change, guest};
-use crate::http::request::{self, Parsed};
+use crate::api::Change;
+use crate::api::admin::{self, AdminAnswer, ServerFacts};
+use crate::api::guest::{self, GuestAnswer};
+use crate::events::TypeFilter;
+use crate::http::request::{self, Parsed, Request, WebSocketHeaders, percent_decode, query_param};
 use crate::http::response::Response;
 use crate::identity::{self, PeerFacts};
 use crate::instance::RuleKinds;
 use crate::limits::{
-    MAX_ADMIN_BODY_BYTES, MAX_GUEST_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES, READ_CHUNK_BYTES,
+    MAX_ADMIN_BODY_BYTES, MAX_GUEST_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES,
+    MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES,
 };
-use crate::registry::Registry;
+use crate::registry::{InstanceId, Registry};
+use crate::ws::close_code;
+use crate::ws::frame::{self, opcode};
+use crate::ws::handshake::{self, HandshakeError};
+use crate::ws::reader::{Action, Reader};
 
 /// Which socket a connection came from, which decides its API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,11 +75,52 @@ pub struct Ctx<'a> {
     pub facts: &'a ServerFacts,
 }
 
-/// Where a connection is in its life.
+/// Whose events a subscriber receives, and which types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    /// The instance; `None` on the admin socket (every instance).
+    pub instance: Option<InstanceId>,
+    /// The `?type=` filter.
+    pub filter: TypeFilter,
+}
+
+/// A guest request held until its answer's tag moves (`wait_for_change`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeWait {
+    /// The caller's instance.
+    pub instance: InstanceId,
+    /// The path asked for (without its query).
+    path: String,
+    /// The tag the answer must move away from.
+    etag: String,
+    /// When to answer the unchanged value anyway.
+    pub deadline: Instant,
+    /// The request was `HEAD`.
+    head_only: bool,
+    /// The request asked to keep the connection.
+    keep_alive: bool,
+    /// The request was HTTP/1.0.
+    http10: bool,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnState {
     /// Reading requests and answering them in order (keep-alive).
     Open,
+    /// A guest request waits for a change (boxed: rare, and it holds a path).
+    Waiting(Box<ChangeWait>),
+    /// An event stream of JSON lines; any byte from the client ends it.
+    Stream(Subscription),
+    /// A websocket of events.
+    WebSocket {
+        /// What it is subscribed to.
+        subscription: Subscription,
+        /// The client's side of the protocol.
+        reader: Reader,
+        /// When the client last sent anything (a pong included).
+        last_heard: Instant,
+    },
     /// The last answer is queued (the client asked to close, sent EOF, or
     /// sent something unreadable): flush it, then close.
     Closing,
@@ -85,7 +135,25 @@ pub enum Next {
     Close,
 }
 
-/// One accepted guest connection.
+/// Whose list a connection is on, so that it is taken off when it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listed {
+    /// An event subscriber of this instance (`None`: the admin stream).
+    Subscriber(Option<InstanceId>),
+    /// A guest request waiting for a change of this instance.
+    Waiter(InstanceId),
+}
+
+/// What the server must register for a connection after driving it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    /// It became a subscriber.
+    Subscribed(Subscription),
+    /// It waits for a change of its instance until a deadline.
+    Waiting(InstanceId, Instant),
+}
+
+/// One accepted connection.
 #[derive(Debug)]
 pub struct Conn {
     stream: UnixStream,
@@ -110,6 +178,10 @@ pub struct Conn {
     readable: bool,
     /// The peer shut its writing side.
     peer_eof: bool,
+    /// A subscription or wait the server has not registered yet.
+    registration: Option<Registration>,
+    /// The server's list this connection is on (kept by the server).
+    pub listed: Option<Listed>,
 }
 
 /// Whether an I/O error only means "not now".
@@ -133,6 +205,8 @@ impl Conn {
             // A request may be waiting already: the first drive reads.
             readable: true,
             peer_eof: false,
+            registration: None,
+            listed: None,
         }
     }
 
@@ -145,6 +219,26 @@ impl Conn {
     /// `WouldBlock` whatever it said.
     pub fn on_readable(&mut self) {
         self.readable = true;
+    }
+
+    /// The connection's state.
+    pub fn state(&self) -> &ConnState {
+        &self.state
+    }
+
+    /// What the server must register since the last call.
+    pub fn take_registration(&mut self) -> Option<Registration> {
+        self.registration.take()
+    }
+
+    /// The subscription, if the connection is a subscriber.
+    pub fn subscription(&self) -> Option<Subscription> {
+        match &self.state {
+            ConnState::Stream(subscription) | ConnState::WebSocket { subscription, .. } => {
+                Some(*subscription)
+            }
+            _ => None,
+        }
     }
 
     /// The held answer, if one waits for durability.
@@ -172,17 +266,122 @@ impl Conn {
         };
         self.output.truncate(at);
         let response = Response::error(500, format!("the change was applied but {error}"));
-        let response = match self.side {
-            Side::Guest => response,
-            Side::Admin { .. } => response.enveloped(),
-        };
-        response.write_to(&mut self.output, false, false, false);
+        self.side_response(response)
+            .write_to(&mut self.output, false, false, false);
         self.state = ConnState::Closing;
     }
 
-    /// Whether the connection holds no buffer and waits for a request.
+    /// Whether the connection holds no buffer and waits for a request or
+    /// an event.
     pub fn is_idle(&self) -> bool {
-        self.input.capacity() == 0 && self.output.capacity() == 0 && self.state == ConnState::Open
+        self.input.capacity() == 0 && self.output.capacity() == 0 && self.hold.is_none()
+    }
+
+    /// Bytes queued and not yet taken by the kernel.
+    pub fn pending_output(&self) -> usize {
+        self.output.len() - self.written
+    }
+
+    /// Queues one event for a subscriber: `json` is the event object. A
+    /// subscriber whose queue would pass [`MAX_SUBSCRIBER_QUEUE_BYTES`] is cut
+    /// off instead (websocket close 1008, or just closed in stream mode), so
+    /// one that does not read never makes the server's memory grow. Returns
+    /// `false` if it was cut off.
+    pub fn push_event(&mut self, json: &[u8]) -> bool {
+        let websocket = match &self.state {
+            ConnState::Stream(_) => false,
+            ConnState::WebSocket { .. } => true,
+            _ => return true,
+        };
+        if self.pending_output() + json.len() + 14 > MAX_SUBSCRIBER_QUEUE_BYTES {
+            self.cut_off(close_code::POLICY);
+            return false;
+        }
+        if websocket {
+            frame::write_frame(&mut self.output, opcode::TEXT, json);
+        } else {
+            self.output.extend_from_slice(json);
+            self.output.push(b'\n');
+        }
+        let _ = self.flush();
+        true
+    }
+
+    /// Ends a websocket with `code` (best effort: the close frame replaces
+    /// what is queued only if no frame is half written) or an event stream;
+    /// the connection is closed after one try to write.
+    pub fn cut_off(&mut self, code: u16) {
+        if matches!(self.state, ConnState::WebSocket { .. }) && self.written == 0 {
+            self.output.clear();
+            frame::write_close(&mut self.output, Some(code));
+            let _ = self.flush();
+        }
+        self.state = ConnState::Closing;
+    }
+
+    /// Sends a websocket ping, unless the client has been silent for longer
+    /// than `silence`: then it is dropped (`false`).
+    pub fn ping(&mut self, now: Instant, silence: Duration) -> bool {
+        let ConnState::WebSocket { last_heard, .. } = &self.state else {
+            return true;
+        };
+        if now.saturating_duration_since(*last_heard) > silence {
+            self.state = ConnState::Closing;
+            return false;
+        }
+        if self.pending_output() < MAX_SUBSCRIBER_QUEUE_BYTES {
+            frame::write_frame(&mut self.output, opcode::PING, b"guestsock");
+            let _ = self.flush();
+        }
+        true
+    }
+
+    /// Ends a websocket or stream because the server is going away.
+    pub fn going_away(&mut self) {
+        match self.state {
+            ConnState::WebSocket { .. } => {
+                frame::write_close(&mut self.output, Some(close_code::GOING_AWAY));
+                let _ = self.flush();
+                self.state = ConnState::Closing;
+            }
+            ConnState::Stream(_) => self.state = ConnState::Closing,
+            _ => {}
+        }
+    }
+
+    /// For a connection waiting for a change: answers if the answer's tag
+    /// moved, or anyway when `timed_out`. Returns whether it answered.
+    pub fn recheck_wait(&mut self, registry: &mut Registry, timed_out: bool) -> bool {
+        let ConnState::Waiting(wait) = &self.state else {
+            return false;
+        };
+        let req = Request {
+            method: "GET",
+            path: &wait.path,
+            query: "",
+            http10: wait.http10,
+            keep_alive: wait.keep_alive,
+            if_none_match: None,
+            websocket: WebSocketHeaders::default(),
+            body: &[],
+            len: 0,
+        };
+        let response = match guest::answer(&req, &self.peer, registry) {
+            GuestAnswer::Respond(response, _) => response,
+            // Cannot happen for the tagged paths; answer what is there.
+            _ => Response::error(500, "the wait could not be answered"),
+        };
+        if !timed_out && response.etag.as_ref() == Some(&wait.etag) {
+            return false;
+        }
+        let (head_only, keep_alive, http10) = (wait.head_only, wait.keep_alive, wait.http10);
+        response.write_to(&mut self.output, head_only, keep_alive, http10);
+        self.state = if keep_alive {
+            ConnState::Open
+        } else {
+            ConnState::Closing
+        };
+        true
     }
 
     /// Does all the work that readiness allows: flush, answer buffered
@@ -199,10 +398,27 @@ impl Conn {
                 Ok(false) => return Next::Wait,
                 Err(_) => return Next::Close,
             }
-            if self.state == ConnState::Closing {
-                return Next::Close;
-            }
-            if self.answer_buffered(ctx) {
+            let progressed = match self.state {
+                ConnState::Closing => return Next::Close,
+                ConnState::Open => self.answer_buffered(ctx),
+                ConnState::WebSocket { .. } => self.read_frames(),
+                ConnState::Stream(_) => {
+                    // "any byte from the client, or EOF, ends it".
+                    if !self.input.is_empty() || self.peer_eof {
+                        self.state = ConnState::Closing;
+                        continue;
+                    }
+                    false
+                }
+                ConnState::Waiting(_) => {
+                    // The client gave up: nobody will read the answer.
+                    if self.peer_eof {
+                        return Next::Close;
+                    }
+                    false
+                }
+            };
+            if progressed {
                 continue;
             }
             if self.peer_eof {
@@ -211,7 +427,11 @@ impl Conn {
                 self.state = ConnState::Closing;
                 continue;
             }
-            if !self.readable {
+            // A waiting request's pipelined successors wait in the kernel's
+            // buffer, not ours, beyond one chunk (enough to see EOF).
+            let input_full =
+                matches!(self.state, ConnState::Waiting(_)) && self.input.len() >= READ_CHUNK_BYTES;
+            if !self.readable || input_full {
                 return Next::Wait;
             }
             match self.read_some() {
@@ -240,9 +460,17 @@ impl Conn {
         Ok(true)
     }
 
+    /// The admin socket's envelope around `response`, on that socket.
+    fn side_response(&self, response: Response) -> Response {
+        match self.side {
+            Side::Guest => response,
+            Side::Admin { .. } => response.enveloped(),
+        }
+    }
+
     /// Answers the complete requests in `input`, in order, until the input
-    /// holds none or the output bound is reached. Returns whether it queued
-    /// any output.
+    /// holds none, the output bound is reached or the connection changes
+    /// state. Returns whether it did anything.
     fn answer_buffered(&mut self, ctx: &mut Ctx<'_>) -> bool {
         let mut answered = false;
         let max_body = match self.side {
@@ -254,61 +482,221 @@ impl Conn {
             && !self.input.is_empty()
             && self.output.len() - self.written < MAX_PENDING_OUTPUT_BYTES
         {
-            match request::parse(&self.input, self.scan_from, max_body) {
+            let req = match request::parse(&self.input, self.scan_from, max_body) {
                 Ok(Parsed::Partial { scan_from }) => {
                     self.scan_from = scan_from;
                     break;
                 }
-                Ok(Parsed::Complete(req)) => {
-                    let (response, change) = match self.side {
-                        Side::Guest => {
-                            refresh_peer(&self.stream, &mut self.peer, ctx.registry);
-                            guest::answer(&req, &self.peer, ctx.registry)
-                        }
-                        Side::Admin { authorized: true } => {
-                            let (response, change) = admin::answer(&req, ctx.registry, ctx.facts);
-                            (response.enveloped(), change)
-                        }
-                        Side::Admin { authorized: false } => (
-                            Response::error(
-                                403,
-                                format!("uid {} may not use the admin socket", self.peer.uid),
-                            )
-                            .enveloped(),
-                            None,
-                        ),
-                    };
-                    let keep_alive = req.keep_alive && !response.close;
-                    let at = self.output.len();
-                    response.write_to(
-                        &mut self.output,
-                        req.method == "HEAD",
-                        keep_alive,
-                        req.http10,
-                    );
-                    let used = req.len;
-                    self.consume(used);
-                    if !keep_alive {
-                        self.state = ConnState::Closing;
-                    }
-                    if let Some(change) = change {
-                        ctx.changes.push(change);
-                        self.hold = Some(Hold::Unassigned { at });
-                    }
-                }
+                Ok(Parsed::Complete(req)) => req,
                 Err(e) => {
-                    let response = Response::for_request_error(e);
-                    let response = match self.side {
-                        Side::Guest => response,
-                        Side::Admin { .. } => response.enveloped(),
-                    };
-                    response.write_to(&mut self.output, false, false, false);
+                    self.side_response(Response::for_request_error(e)).write_to(
+                        &mut self.output,
+                        false,
+                        false,
+                        false,
+                    );
                     self.state = ConnState::Closing;
+                    return true;
                 }
-            }
+            };
             answered = true;
+            let (response, change) = match self.side {
+                Side::Guest => {
+                    refresh_peer(&self.stream, &mut self.peer, ctx.registry);
+                    match guest::answer(&req, &self.peer, ctx.registry) {
+                        GuestAnswer::Respond(response, change) => (response, change),
+                        GuestAnswer::Subscribe(id) => {
+                            let used = req.len;
+                            let outcome = Self::subscribe(
+                                &mut self.output,
+                                &mut self.state,
+                                &mut self.registration,
+                                &req,
+                                Some(id),
+                            );
+                            self.consume(used);
+                            if let Err(response) = outcome {
+                                response.write_to(&mut self.output, false, false, false);
+                                self.state = ConnState::Closing;
+                            }
+                            return true;
+                        }
+                        GuestAnswer::Wait { id, etag, timeout } => {
+                            let deadline = Instant::now() + timeout;
+                            self.state = ConnState::Waiting(Box::new(ChangeWait {
+                                instance: id,
+                                path: req.path.to_owned(),
+                                etag,
+                                deadline,
+                                head_only: req.method == "HEAD",
+                                keep_alive: req.keep_alive,
+                                http10: req.http10,
+                            }));
+                            self.registration = Some(Registration::Waiting(id, deadline));
+                            let used = req.len;
+                            self.consume(used);
+                            return true;
+                        }
+                    }
+                }
+                Side::Admin { authorized: true } => {
+                    match admin::answer(&req, ctx.registry, ctx.facts) {
+                        AdminAnswer::Respond(response, change) => (response.enveloped(), change),
+                        AdminAnswer::Subscribe => {
+                            let used = req.len;
+                            let outcome = Self::subscribe(
+                                &mut self.output,
+                                &mut self.state,
+                                &mut self.registration,
+                                &req,
+                                None,
+                            );
+                            self.consume(used);
+                            if let Err(response) = outcome {
+                                response.enveloped().write_to(
+                                    &mut self.output,
+                                    false,
+                                    false,
+                                    false,
+                                );
+                                self.state = ConnState::Closing;
+                            }
+                            return true;
+                        }
+                    }
+                }
+                Side::Admin { authorized: false } => (
+                    Response::error(
+                        403,
+                        format!("uid {} may not use the admin socket", self.peer.uid),
+                    )
+                    .enveloped(),
+                    None,
+                ),
+            };
+            let keep_alive = req.keep_alive && !response.close;
+            let at = self.output.len();
+            response.write_to(
+                &mut self.output,
+                req.method == "HEAD",
+                keep_alive,
+                req.http10,
+            );
+            let used = req.len;
+            self.consume(used);
+            if !keep_alive {
+                self.state = ConnState::Closing;
+            }
+            if let Some(change) = change {
+                ctx.changes.push(change);
+                self.hold = Some(Hold::Unassigned { at });
+            }
         }
         answered
+    }
+
+    /// Turns the connection into a subscriber (PROTOCOL.md section 5): a
+    /// websocket if the request asks for one, else a stream of JSON lines.
+    /// Takes the connection's parts, since `req` borrows its input.
+    fn subscribe(
+        output: &mut Vec<u8>,
+        state: &mut ConnState,
+        registration: &mut Option<Registration>,
+        req: &Request<'_>,
+        instance: Option<InstanceId>,
+    ) -> Result<(), Response> {
+        let accept = handshake::check(req).map_err(|e| {
+            let mut response = Response::error(
+                match e {
+                    HandshakeError::UnsupportedVersion => 426,
+                    HandshakeError::MissingUpgrade | HandshakeError::BadKey => 400,
+                },
+                e.message(),
+            );
+            if e == HandshakeError::UnsupportedVersion {
+                response.extra_header = Some("Sec-WebSocket-Version: 13");
+            }
+            response
+        })?;
+        let types = query_param(req.query, "type").map(percent_decode);
+        let filter = match types {
+            Some(None) => return Err(Response::error(400, "bad percent-encoding in type")),
+            Some(Some(list)) => TypeFilter::parse(Some(&list), instance.is_none()),
+            None => TypeFilter::parse(None, instance.is_none()),
+        };
+        let subscription = Subscription { instance, filter };
+        match accept {
+            Some(accept) => {
+                // The subscription is live from the moment the 101 is queued.
+                let _ = write!(
+                    output,
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                *state = ConnState::WebSocket {
+                    subscription,
+                    reader: Reader::new(MAX_WS_MESSAGE_BYTES),
+                    last_heard: Instant::now(),
+                };
+            }
+            None => {
+                output.extend_from_slice(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
+                );
+                *state = ConnState::Stream(subscription);
+            }
+        }
+        *registration = Some(Registration::Subscribed(subscription));
+        Ok(())
+    }
+
+    /// Reads the client's frames from `input`: answers pings, echoes a
+    /// close, fails the connection on a protocol error. Returns whether it
+    /// consumed anything.
+    fn read_frames(&mut self) -> bool {
+        let ConnState::WebSocket {
+            reader, last_heard, ..
+        } = &mut self.state
+        else {
+            return false;
+        };
+        let mut progressed = false;
+        loop {
+            let (used, action) = reader.feed(&mut self.input);
+            if used > 0 {
+                self.input.drain(..used);
+                *last_heard = Instant::now();
+                progressed = true;
+            }
+            match action {
+                None if used == 0 => break,
+                None => {}
+                Some(Action::Alive) => *last_heard = Instant::now(),
+                // A client pinging faster than it reads gets no more pongs
+                // than the queue holds.
+                Some(Action::Pong(payload))
+                    if self.output.len() - self.written < MAX_SUBSCRIBER_QUEUE_BYTES =>
+                {
+                    frame::write_frame(&mut self.output, opcode::PONG, &payload);
+                }
+                Some(Action::Pong(_)) => {}
+                Some(Action::Close(code)) => {
+                    frame::write_close(&mut self.output, code);
+                    self.state = ConnState::Closing;
+                    self.input = Vec::new();
+                    return true;
+                }
+                Some(Action::Fail(code)) => {
+                    frame::write_close(&mut self.output, Some(code));
+                    self.state = ConnState::Closing;
+                    self.input = Vec::new();
+                    return true;
+                }
+            }
+        }
+        if self.input.is_empty() {
+            self.input = Vec::new();
+        }
+        progressed
     }
 
     /// Drops `n` answered bytes from the front of `input`.

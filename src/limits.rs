@@ -66,3 +66,21 @@ pub const ACCEPT_RETRY_MS: u64 = 100;
 /// object while keeping what one admin request can make the server buffer
 /// bounded. A larger declared length is answered `413` before it is read.
 pub const MAX_ADMIN_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Largest data message a websocket client may send, in bytes: 64 KiB.
+///
+/// Subscribers have nothing to tell guestsock; what they send is read and
+/// discarded as it arrives (never buffered), and a message past this is
+/// answered with close code 1009.
+pub const MAX_WS_MESSAGE_BYTES: u64 = 64 * 1024;
+
+/// Events queued for one subscriber that does not read, in bytes: 256 KiB.
+///
+/// On top of the kernel's socket buffer. A subscriber whose queue would pass
+/// it is cut off (websocket close 1008, or closed in stream mode) instead of
+/// making the server's memory grow; a reading subscriber never gets near it.
+pub const MAX_SUBSCRIBER_QUEUE_BYTES: usize = 256 * 1024;
+
+/// How often the server pings a websocket subscriber: 10 s. A subscriber
+/// silent for three intervals is dropped (PROTOCOL.md section 5).
+pub const PING_INTERVAL_SECS: u64 = 10;

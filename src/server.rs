@@ -7,6 +7,7 @@
 //! its change is durable. What happens on a connection is `conn`'s
 //! business; who the peer is, `identity`'s.
 
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -28,13 +29,15 @@ use slab::Slab;
 
 use crate::api::Change;
 use crate::api::admin::{Connections, ServerFacts};
-use crate::conn::{Conn, Ctx, Hold, Next, Side};
+use crate::conn::{Conn, ConnState, Ctx, Hold, Listed, Next, Registration, Side};
+use crate::events::{self, Event};
 use crate::identity;
-use crate::instance::{InstanceSpec, RuleKinds};
-use crate::limits::{ACCEPT_RETRY_MS, EVENTS_PER_POLL};
+use crate::instance::{GuestState, InstanceSpec, RuleKinds};
+use crate::limits::{ACCEPT_RETRY_MS, EVENTS_PER_POLL, PING_INTERVAL_SECS};
 use crate::log;
-use crate::registry::{Instance, Registry};
+use crate::registry::{Instance, InstanceId, Registry};
 use crate::store::{self, Committed, Job, StoredInstance, Writer};
+use crate::ws::close_code;
 
 /// The guest socket's listener. Connection tokens are slab keys, counted up
 /// from 0, so the fixed tokens sit at the far end of the range.
@@ -45,6 +48,8 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 3);
 /// The state writer thread's wake-up: a batch was committed.
 const WRITER: Token = Token(usize::MAX - 4);
+/// How often websocket subscribers are pinged.
+const PING_INTERVAL: Duration = Duration::from_secs(PING_INTERVAL_SECS);
 
 /// An instance to register at start unless the state directory has one of
 /// that name already (the `--instances` file, the demo).
@@ -116,6 +121,19 @@ struct Server {
     waiting: Vec<(u64, usize)>,
     /// Connections to drop at the end of this pass.
     finished: Vec<usize>,
+    /// Connections to drive again in this pass (a wait was answered).
+    ready: Vec<usize>,
+    /// Each instance's event subscribers: an event costs work for its own
+    /// subscribers only.
+    subscribers: HashMap<InstanceId, Vec<usize>>,
+    /// The admin event stream's subscribers.
+    admin_subscribers: Vec<usize>,
+    /// Each instance's guest requests waiting for a change.
+    waiters: HashMap<InstanceId, Vec<usize>>,
+    /// Wait deadlines, earliest first; stale entries are skipped when due.
+    timers: BTreeSet<(Instant, usize)>,
+    /// When websocket subscribers are next pinged.
+    next_ping: Instant,
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -201,6 +219,12 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         committed,
         waiting: Vec::new(),
         finished: Vec::new(),
+        ready: Vec::new(),
+        subscribers: HashMap::new(),
+        admin_subscribers: Vec::new(),
+        waiters: HashMap::new(),
+        timers: BTreeSet::new(),
+        next_ping: Instant::now() + PING_INTERVAL,
     };
     for id in seeded {
         server.save(id);
@@ -238,16 +262,24 @@ impl Server {
     fn run(&mut self) -> Result<(), String> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
-            let timeout = self
-                .accept_retry_at
-                .map(|at| at.saturating_duration_since(Instant::now()));
+            let now = Instant::now();
+            let wake_at = [
+                self.accept_retry_at,
+                self.timers.first().map(|&(at, _)| at),
+                Some(self.next_ping),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout = wake_at.map(|at| at.saturating_duration_since(now));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(format!("epoll failed: {e}"));
             }
-            if self.accept_retry_at.is_some_and(|at| at <= Instant::now()) {
+            let now = Instant::now();
+            if self.accept_retry_at.is_some_and(|at| at <= now) {
                 self.accept_retry_at = None;
                 self.accept(Side::Guest);
                 self.accept(Side::Admin { authorized: false });
@@ -260,6 +292,9 @@ impl Server {
                     SIGNALS => {
                         if let Some(signal) = self.take_signal() {
                             log::info(format_args!("{signal}: stopping"));
+                            for (_, conn) in self.conns.iter_mut() {
+                                conn.going_away();
+                            }
                             return Ok(());
                         }
                     }
@@ -273,17 +308,134 @@ impl Server {
                     }
                 }
             }
+            self.fire_timers(now);
+            if self.next_ping <= now {
+                self.ping_subscribers(now);
+            }
+            while let Some(key) = self.ready.pop() {
+                self.drive(key);
+            }
             // Removed after the batch, so a key freed and reused within one
             // batch never receives an event meant for its previous owner.
             for key in std::mem::take(&mut self.finished) {
-                if let Some(conn) = self.conns.try_remove(key) {
-                    match conn.side {
-                        Side::Guest => self.facts.connections.guest -= 1,
-                        Side::Admin { .. } => self.facts.connections.admin -= 1,
-                    }
-                }
+                self.remove_conn(key);
             }
         }
+    }
+
+    /// Takes a finished connection out of the slab and every list.
+    fn remove_conn(&mut self, key: usize) {
+        let Some(conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        match conn.side {
+            Side::Guest => self.facts.connections.guest -= 1,
+            Side::Admin { .. } => self.facts.connections.admin -= 1,
+        }
+        match conn.listed {
+            Some(Listed::Subscriber(Some(id))) => unlist(self.subscribers.get_mut(&id), key),
+            Some(Listed::Subscriber(None)) => unlist(Some(&mut self.admin_subscribers), key),
+            Some(Listed::Waiter(id)) => unlist(self.waiters.get_mut(&id), key),
+            None => {}
+        }
+    }
+
+    /// Answers the waits whose deadline passed.
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(&(at, key)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            let due = matches!(conn.state(), ConnState::Waiting(wait) if wait.deadline == at);
+            if due && conn.recheck_wait(&mut self.registry, true) {
+                if let Some(Listed::Waiter(id)) = conn.listed.take() {
+                    unlist(self.waiters.get_mut(&id), key);
+                }
+                self.ready.push(key);
+            }
+        }
+    }
+
+    /// Pings every websocket subscriber; drops those silent for three
+    /// intervals.
+    fn ping_subscribers(&mut self, now: Instant) {
+        self.next_ping = now + PING_INTERVAL;
+        let keys: Vec<usize> = self
+            .subscribers
+            .values()
+            .flatten()
+            .chain(&self.admin_subscribers)
+            .copied()
+            .collect();
+        for key in keys {
+            if let Some(conn) = self.conns.get_mut(key)
+                && !conn.ping(now, PING_INTERVAL * 3)
+            {
+                log::info(format_args!(
+                    "dropping a websocket subscriber (pid {}) silent for {} s",
+                    conn.peer.pid,
+                    PING_INTERVAL.as_secs() * 3
+                ));
+                self.finished.push(key);
+            }
+        }
+    }
+
+    /// Delivers `events` of instance `id` (named `name`) to its guest
+    /// subscribers (guest-visible ones only) and to the admin stream.
+    fn publish(&mut self, id: InstanceId, name: &str, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        let timestamp = events::timestamp_now();
+        let guests = self
+            .subscribers
+            .get(&id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for event in events {
+            if event.guest_visible() && !guests.is_empty() {
+                let json = event.to_json(&timestamp, None);
+                deliver(&mut self.conns, guests, event, &json, &mut self.finished);
+            }
+            if !self.admin_subscribers.is_empty() {
+                let json = event.to_json(&timestamp, Some(name));
+                deliver(
+                    &mut self.conns,
+                    &self.admin_subscribers,
+                    event,
+                    &json,
+                    &mut self.finished,
+                );
+            }
+        }
+    }
+
+    /// Answers the guest requests of instance `id` waiting for a change
+    /// whose answer moved.
+    fn recheck_waiters(&mut self, id: InstanceId) {
+        let Some(keys) = self.waiters.get_mut(&id) else {
+            return;
+        };
+        let conns = &mut self.conns;
+        let registry = &mut self.registry;
+        let ready = &mut self.ready;
+        keys.retain(|&key| {
+            let Some(conn) = conns.get_mut(key) else {
+                return false;
+            };
+            if conn.recheck_wait(registry, false) {
+                conn.listed = None;
+                ready.push(key);
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Drives one connection, then makes what it changed durable.
@@ -299,6 +451,22 @@ impl Server {
         if conn.drive(&mut ctx) == Next::Close {
             self.finished.push(key);
         }
+        if let Some(registration) = conn.take_registration() {
+            match registration {
+                Registration::Subscribed(subscription) => {
+                    conn.listed = Some(Listed::Subscriber(subscription.instance));
+                    match subscription.instance {
+                        Some(id) => self.subscribers.entry(id).or_default().push(key),
+                        None => self.admin_subscribers.push(key),
+                    }
+                }
+                Registration::Waiting(id, deadline) => {
+                    conn.listed = Some(Listed::Waiter(id));
+                    self.waiters.entry(id).or_default().push(key);
+                    self.timers.insert((deadline, key));
+                }
+            }
+        }
         if self.changes.is_empty() {
             return;
         }
@@ -312,17 +480,62 @@ impl Server {
         }
     }
 
-    /// Persists one change (and closes what it ends); returns the sequence
-    /// number of its write.
+    /// Persists one change, announces it and closes what it ends; returns
+    /// the sequence number of its write.
     fn apply(&mut self, change: Change) -> Option<u64> {
         match change {
-            Change::Saved(id) => self.save(id),
-            // The hook for the admin event stream's `instance-ready`.
-            Change::GuestState(id, _state) => self.save(id),
-            Change::Removed { name, instance } => {
+            Change::Saved { id, events } => {
+                let seq = self.save(id);
+                if let Some(name) = self.registry.get(id).map(|i| i.spec.name.clone()) {
+                    self.publish(id, &name, &events);
+                }
+                self.recheck_waiters(id);
+                seq
+            }
+            Change::GuestState(id, state) => {
+                let seq = self.save(id);
+                if state == GuestState::Ready
+                    && let Some(name) = self.registry.get(id).map(|i| i.spec.name.clone())
+                {
+                    self.publish(id, &name, &[Event::InstanceReady]);
+                }
+                self.recheck_waiters(id);
+                seq
+            }
+            Change::Removed { id, name, instance } => {
                 self.close_guests_of(&instance);
+                // Its subscribers and waiters go with it: the id may be
+                // reused by the next registration.
+                let subs = self.subscribers.remove(&id).unwrap_or_default();
+                let waits = self.waiters.remove(&id).unwrap_or_default();
+                for key in subs.into_iter().chain(waits) {
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.listed = None;
+                        conn.cut_off(close_code::GOING_AWAY);
+                    }
+                    self.finished.push(key);
+                }
+                self.publish_admin_only(&name, &[Event::InstanceRemoved]);
                 Some(self.writer.submit(Job::Remove { name }))
             }
+        }
+    }
+
+    /// Delivers events to the admin stream only (the instance is gone).
+    fn publish_admin_only(&mut self, name: &str, events: &[Event]) {
+        if self.admin_subscribers.is_empty() {
+            return;
+        }
+        let timestamp = events::timestamp_now();
+        for event in events {
+            let json = event.to_json(&timestamp, Some(name));
+            deliver(
+                &mut self.conns,
+                &self.admin_subscribers,
+                event,
+                &json,
+                &mut self.finished,
+            );
         }
     }
 
@@ -346,6 +559,9 @@ impl Server {
     }
 
     /// Takes the writer's reports and lets the answers they make durable go.
+    ///
+    /// Answers released here are driven at once: the connection may have
+    /// more pipelined requests behind them.
     fn take_commits(&mut self) {
         while let Ok(Committed { seq, error }) = self.committed.try_recv() {
             let ready = self.waiting.partition_point(|&(s, _)| s <= seq);
@@ -448,6 +664,41 @@ impl Server {
         match self.signals.read_signal() {
             Ok(Some(info)) => Signal::try_from(info.ssi_signo as i32).ok(),
             _ => None,
+        }
+    }
+}
+
+/// Takes `key` off a list.
+fn unlist(list: Option<&mut Vec<usize>>, key: usize) {
+    if let Some(list) = list
+        && let Some(at) = list.iter().position(|&k| k == key)
+    {
+        list.swap_remove(at);
+    }
+}
+
+/// Queues one event on each of `keys` that wants it; subscribers cut off
+/// for being too slow are marked finished.
+fn deliver(
+    conns: &mut Slab<Conn>,
+    keys: &[usize],
+    event: &Event,
+    json: &[u8],
+    finished: &mut Vec<usize>,
+) {
+    for &key in keys {
+        let Some(conn) = conns.get_mut(key) else {
+            continue;
+        };
+        let Some(subscription) = conn.subscription() else {
+            continue;
+        };
+        if subscription.filter.wants(event) && !conn.push_event(json) {
+            log::warn(format_args!(
+                "cut off a slow event subscriber (pid {}, uid {}): it stopped reading",
+                conn.peer.pid, conn.peer.uid
+            ));
+            finished.push(key);
         }
     }
 }

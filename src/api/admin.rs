@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::Change;
+use crate::events::{self, Event};
 use crate::http::request::{Request, percent_decode};
 use crate::http::response::Response;
 use crate::instance::{GuestState, InstanceSpec, check_config_entry, check_device, valid_key};
@@ -42,9 +43,74 @@ pub struct Connections {
     pub admin: usize,
 }
 
-/// Answers one admin request from an authorized peer. The response is not
-/// yet enveloped.
-pub fn answer(
+/// What an admin request calls for.
+#[derive(Debug)]
+pub enum AdminAnswer {
+    /// An answer now (not yet enveloped), and what the request changed.
+    Respond(Response, Option<Change>),
+    /// `GET /1.0/events`: subscribe to every instance's events.
+    Subscribe,
+}
+
+/// Answers one admin request from an authorized peer.
+pub fn answer(req: &Request<'_>, registry: &mut Registry, facts: &ServerFacts) -> AdminAnswer {
+    if req.path == "/1.0/events" {
+        return match req.method {
+            "GET" => AdminAnswer::Subscribe,
+            _ => AdminAnswer::Respond(Response::method_not_allowed("GET"), None),
+        };
+    }
+    // What the instance was, to tell subscribers what changed.
+    let before = instance_name(req.path)
+        .and_then(|name| registry.find(name))
+        .and_then(|id| registry.get(id))
+        .filter(|_| !matches!(req.method, "GET" | "HEAD"))
+        .map(|i| (i.spec.clone(), i.state));
+    let (response, change) = route(req, registry, facts);
+    let change = change.map(|change| match change {
+        Change::Saved { id, .. } => Change::Saved {
+            id,
+            events: events_for(req, before, registry.get(id)),
+        },
+        other => other,
+    });
+    AdminAnswer::Respond(response, change)
+}
+
+/// The `{name}` of an `/1.0/instances/{name}...` path.
+fn instance_name(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/1.0/instances/")?;
+    Some(rest.split('/').next().unwrap_or(rest))
+}
+
+/// The events a change made: registration, replacement and host state
+/// changes for the admin stream, then one per config key and device that
+/// differs.
+fn events_for(
+    req: &Request<'_>,
+    before: Option<(InstanceSpec, GuestState)>,
+    after: Option<&Instance>,
+) -> Vec<Event> {
+    let Some(after) = after else {
+        return Vec::new();
+    };
+    let Some((spec, state)) = before else {
+        return vec![Event::InstanceCreated];
+    };
+    let mut events = Vec::new();
+    if req.method == "PUT" && instance_name(req.path) == req.path.strip_prefix("/1.0/instances/") {
+        events.push(Event::InstanceUpdated);
+    }
+    if state != after.state {
+        events.push(Event::State {
+            state: after.state.as_str(),
+        });
+    }
+    events.extend(events::diff(Some(&spec), Some(&after.spec)));
+    events
+}
+
+fn route(
     req: &Request<'_>,
     registry: &mut Registry,
     facts: &ServerFacts,
@@ -85,9 +151,13 @@ pub fn answer(
             "DELETE" => {
                 let name = name.to_owned();
                 match registry.remove(&name) {
-                    Some((_, instance)) => (
+                    Some((id, instance)) => (
                         Response::json(&serde_json::json!({})),
-                        Some(Change::Removed { name, instance }),
+                        Some(Change::Removed {
+                            id,
+                            name,
+                            instance: Box::new(instance),
+                        }),
                     ),
                     None => (instance_not_found(&name), None),
                 }
@@ -240,8 +310,16 @@ fn list_instances(registry: &Registry, query: &str) -> Response {
     }
 }
 
+/// The answer to a change: the instance as it is now. Its events are
+/// filled in by `answer`, which saw it before.
 fn saved(registry: &Registry, id: InstanceId) -> (Response, Option<Change>) {
-    (view(registry, id), Some(Change::Saved(id)))
+    (
+        view(registry, id),
+        Some(Change::Saved {
+            id,
+            events: Vec::new(),
+        }),
+    )
 }
 
 fn create_instance(registry: &mut Registry, body: &[u8]) -> (Response, Option<Change>) {

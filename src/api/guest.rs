@@ -8,11 +8,13 @@
 use serde::Serialize;
 
 use crate::api::Change;
-use crate::http::request::{Request, percent_decode};
+use std::time::Duration;
+
+use crate::http::request::{Request, percent_decode, query_param};
 use crate::http::response::Response;
 use crate::identity::PeerFacts;
 use crate::instance::{GuestAccess, GuestState, guest_visible};
-use crate::registry::{Instance, Registry};
+use crate::registry::{Instance, InstanceId, Registry};
 
 /// `GET /1.0`'s body, fields in LXD's order.
 #[derive(Serialize)]
@@ -24,27 +26,56 @@ struct ApiInfo<'a> {
     state: &'static str,
 }
 
+/// What a guest request calls for.
+#[derive(Debug)]
+pub enum GuestAnswer {
+    /// An answer now, and what the request changed.
+    Respond(Response, Option<Change>),
+    /// `GET /1.0/events` from an authorized caller: subscribe it.
+    Subscribe(InstanceId),
+    /// `?wait_for_change=true` with the current tag: hold the request until
+    /// the answer's tag differs from `etag`, or `timeout` passes.
+    Wait {
+        /// The caller's instance.
+        id: InstanceId,
+        /// The tag the answer must move away from.
+        etag: String,
+        /// When to answer anyway.
+        timeout: Duration,
+    },
+}
+
+/// Longest `timeout_sec` of a change wait (PROTOCOL.md section 5).
+const MAX_WAIT_SECS: u64 = 300;
+/// `timeout_sec` when none is given.
+const DEFAULT_WAIT_SECS: u64 = 60;
+
+/// The caller's instance, or the `403`/`401` that refuses it.
+pub fn authorize(peer: &PeerFacts, registry: &Registry) -> Result<InstanceId, Response> {
+    let id = registry
+        .identify(peer)
+        .map_err(|refusal| Response::error(403, refusal))?;
+    let instance = registry
+        .get(id)
+        .ok_or_else(|| Response::error(403, "instance vanished"))?;
+    if instance.spec.guest_access == GuestAccess::Root && peer.uid != instance.spec.root_uid() {
+        return Err(Response::error(401, "Access denied for non-root user"));
+    }
+    Ok(id)
+}
+
 /// Answers one guest request from `peer`.
-pub fn answer(
-    req: &Request<'_>,
-    peer: &PeerFacts,
-    registry: &mut Registry,
-) -> (Response, Option<Change>) {
-    let id = match registry.identify(peer) {
+pub fn answer(req: &Request<'_>, peer: &PeerFacts, registry: &mut Registry) -> GuestAnswer {
+    let id = match authorize(peer, registry) {
         Ok(id) => id,
-        Err(refusal) => return (Response::error(403, refusal), None),
+        Err(response) => return GuestAnswer::Respond(response, None),
     };
     let Some(instance) = registry.get_mut(id) else {
-        return (Response::error(403, "instance vanished"), None);
+        return GuestAnswer::Respond(Response::error(403, "instance vanished"), None);
     };
-    if instance.spec.guest_access == GuestAccess::Root && peer.uid != instance.spec.root_uid() {
-        return (
-            Response::error(401, "Access denied for non-root user"),
-            None,
-        );
-    }
     let read = matches!(req.method, "GET" | "HEAD");
-    let response = match req.path {
+    // The answers that carry an ETag and can be waited on.
+    let tagged = match req.path {
         "/" if read => Response::json(&["/1.0"]),
         "/" => Response::method_not_allowed("GET, HEAD"),
         "/1.0" if read => api_info(instance),
@@ -53,18 +84,20 @@ pub fn answer(
                 Ok(state) => {
                     let changed = instance.state != state;
                     instance.state = state;
-                    (
+                    GuestAnswer::Respond(
                         Response::raw(Vec::new()),
                         changed.then_some(Change::GuestState(id, state)),
                     )
                 }
-                Err(response) => (response, None),
+                Err(response) => GuestAnswer::Respond(response, None),
             };
         }
         "/1.0" => Response::method_not_allowed("GET, HEAD, PATCH"),
-        "/1.0/config" if read => config_list(instance),
-        "/1.0/meta-data" if read => meta_data(instance),
-        "/1.0/devices" if read => Response::json(&instance.spec.devices),
+        "/1.0/events" if req.method == "GET" => return GuestAnswer::Subscribe(id),
+        "/1.0/events" => Response::method_not_allowed("GET"),
+        "/1.0/config" if read => config_list(instance).with_etag(),
+        "/1.0/meta-data" if read => meta_data(instance).with_etag(),
+        "/1.0/devices" if read => Response::json(&instance.spec.devices).with_etag(),
         "/1.0/config" | "/1.0/meta-data" | "/1.0/devices" => {
             Response::method_not_allowed("GET, HEAD")
         }
@@ -74,7 +107,67 @@ pub fn answer(
             _ => Response::error(404, "not found"),
         },
     };
-    (response, None)
+    conditional(req, id, tagged)
+}
+
+/// Applies `If-None-Match` and `?wait_for_change=` to an answer that may
+/// carry an ETag (PROTOCOL.md section 5, "Change notification without a
+/// websocket").
+fn conditional(req: &Request<'_>, id: InstanceId, response: Response) -> GuestAnswer {
+    let Some(etag) = response.etag.clone() else {
+        return GuestAnswer::Respond(response, None);
+    };
+    let wait = match wait_request(req.query) {
+        Ok(wait) => wait,
+        Err(message) => return GuestAnswer::Respond(Response::error(400, message), None),
+    };
+    let last_etag = query_param(req.query, "last_etag")
+        .and_then(percent_decode)
+        .map(|tag| tag.into_owned());
+    let known = req.if_none_match.map(str::to_owned).or(last_etag);
+    let matches = known
+        .as_deref()
+        .is_some_and(|known| etag_matches(known, &etag));
+    match wait {
+        Some(timeout) if matches => GuestAnswer::Wait { id, etag, timeout },
+        // A waited-for answer that changed is the new body, not a 304.
+        Some(_) => GuestAnswer::Respond(response, None),
+        None if matches && req.if_none_match.is_some() => {
+            GuestAnswer::Respond(Response::not_modified(etag), None)
+        }
+        None => GuestAnswer::Respond(response, None),
+    }
+}
+
+/// `?wait_for_change=true&timeout_sec=N`: `Ok(Some(timeout))` to wait,
+/// `Ok(None)` not to, or what is wrong with the parameters.
+fn wait_request(query: &str) -> Result<Option<Duration>, String> {
+    match query_param(query, "wait_for_change") {
+        None | Some("false" | "0") => return Ok(None),
+        Some("true" | "1") => {}
+        Some(other) => return Err(format!("wait_for_change={other:?}: use true or false")),
+    }
+    let secs = match query_param(query, "timeout_sec") {
+        None => DEFAULT_WAIT_SECS,
+        Some(text) => match text.parse::<u64>() {
+            Ok(secs) if secs <= MAX_WAIT_SECS => secs,
+            _ => {
+                return Err(format!(
+                    "timeout_sec={text:?}: give whole seconds from 0 to {MAX_WAIT_SECS}"
+                ));
+            }
+        },
+    };
+    Ok(Some(Duration::from_secs(secs)))
+}
+
+/// Whether an `If-None-Match` value (a list of tags, possibly weak, or `*`)
+/// names `etag` (RFC 9110 13.1.2, weak comparison).
+fn etag_matches(header: &str, etag: &str) -> bool {
+    header.split(',').any(|candidate| {
+        let candidate = candidate.trim();
+        candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == etag
+    })
 }
 
 fn api_info(instance: &Instance) -> Response {
@@ -121,9 +214,11 @@ fn config_value(instance: &Instance, raw_key: &str) -> Response {
     if !guest_visible(&key) {
         return Response::error(403, "only user.* and cloud-init.* keys are readable");
     }
+    // A missing key has a tag too, so that a guest can wait for it to be
+    // set.
     match instance.spec.config.get(key.as_ref()) {
-        Some(value) => Response::raw(value.as_bytes().to_vec()),
-        None => Response::error(404, "not found"),
+        Some(value) => Response::raw(value.as_bytes().to_vec()).with_etag(),
+        None => Response::error(404, "not found").with_etag(),
     }
 }
 
@@ -177,6 +272,13 @@ mod tests {
         }
     }
 
+    fn respond(answer: GuestAnswer) -> (Response, Option<Change>) {
+        match answer {
+            GuestAnswer::Respond(response, change) => (response, change),
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn ask(r: &mut Registry, uid: u32, method: &str, path: &str, body: &str) -> Response {
         let text = format!(
             "{method} {path} HTTP/1.1\r\nHost: lxd\r\nContent-Length: {}\r\n\r\n{body}",
@@ -185,7 +287,7 @@ mod tests {
         let Ok(Parsed::Complete(req)) = parse(text.as_bytes(), 0, 1024) else {
             panic!("{text}")
         };
-        answer(&req, &peer(uid), r).0
+        respond(answer(&req, &peer(uid), r)).0
     }
 
     fn ok(r: &mut Registry, uid: u32, path: &str) -> String {
@@ -277,7 +379,7 @@ mod tests {
         let Ok(Parsed::Complete(req)) = parse(text.as_bytes(), 0, 1024) else {
             panic!()
         };
-        let (resp, change) = answer(&req, &peer(1000), &mut r);
+        let (resp, change) = respond(answer(&req, &peer(1000), &mut r));
         assert_eq!(
             (resp.status, resp.body.len(), resp.kind),
             (200, 0, BodyKind::Raw)
@@ -287,7 +389,7 @@ mod tests {
             Some(Change::GuestState(_, GuestState::Ready))
         ));
         assert!(ok(&mut r, 1000, "/1.0").contains("\"state\":\"Ready\""));
-        let (_, change) = answer(&req, &peer(1000), &mut r);
+        let (_, change) = respond(answer(&req, &peer(1000), &mut r));
         assert!(change.is_none(), "no change, nothing to announce");
         assert!(
             ok(&mut r, 2000, "/1.0").contains("\"state\":\"Started\""),

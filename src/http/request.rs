@@ -24,10 +24,25 @@ pub struct Request<'b> {
     pub keep_alive: bool,
     /// The `If-None-Match` header, if sent.
     pub if_none_match: Option<&'b str>,
+    /// What the headers say about a websocket upgrade.
+    pub websocket: WebSocketHeaders<'b>,
     /// The body (`Content-Length` bytes after the head).
     pub body: &'b [u8],
     /// Bytes of input this request used, head and body.
     pub len: usize,
+}
+
+/// The headers of RFC 6455's opening handshake, as sent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WebSocketHeaders<'b> {
+    /// `Upgrade` lists the `websocket` token (case-insensitive).
+    pub upgrade_websocket: bool,
+    /// `Connection` lists the `upgrade` token (case-insensitive).
+    pub connection_upgrade: bool,
+    /// `Sec-WebSocket-Version`, trimmed.
+    pub version: Option<&'b str>,
+    /// `Sec-WebSocket-Key`, trimmed.
+    pub key: Option<&'b str>,
 }
 
 /// The result of looking at the bytes received so far.
@@ -133,6 +148,7 @@ pub fn parse(buf: &[u8], scan_from: usize, max_body: usize) -> Result<Parsed<'_>
     let mut close = false;
     let mut keep_alive_token = false;
     let mut if_none_match = None;
+    let mut websocket = WebSocketHeaders::default();
     for header in req.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("host") {
@@ -154,7 +170,16 @@ pub fn parse(buf: &[u8], scan_from: usize, max_body: usize) -> Result<Parsed<'_>
                 let token = token.trim();
                 close |= token.eq_ignore_ascii_case("close");
                 keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
+                websocket.connection_upgrade |= token.eq_ignore_ascii_case("upgrade");
             }
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            websocket.upgrade_websocket |= header_str(header.value)?
+                .split(',')
+                .any(|token| token.trim().eq_ignore_ascii_case("websocket"));
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            websocket.version = Some(header_str(header.value)?.trim());
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            websocket.key = Some(header_str(header.value)?.trim());
         } else if name.eq_ignore_ascii_case("if-none-match") {
             if_none_match = Some(header_str(header.value)?.trim());
         }
@@ -185,6 +210,7 @@ pub fn parse(buf: &[u8], scan_from: usize, max_body: usize) -> Result<Parsed<'_>
             !close
         },
         if_none_match,
+        websocket,
         body: &buf[head_len..len],
         len,
     }))
@@ -231,6 +257,18 @@ fn split_target(target: &str) -> Result<(&str, &str), RequestError> {
         Some((path, query)) => (path, query),
         None => (origin, ""),
     })
+}
+
+/// The value of `name` in a query string (`a=1&b=2`), not decoded; the
+/// first occurrence wins.
+pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .find_map(|pair| match pair.split_once('=') {
+            Some((key, value)) if key == name => Some(value),
+            None if pair == name => Some(""),
+            _ => None,
+        })
 }
 
 /// Decodes `%XX` escapes once (PROTOCOL.md section 3: `{key}` is
@@ -428,6 +466,18 @@ mod tests {
             error(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")),
             RequestError::TooManyHeaders
         );
+    }
+
+    #[test]
+    fn query_params() {
+        assert_eq!(
+            query_param("type=config,device&x=1", "type"),
+            Some("config,device")
+        );
+        assert_eq!(query_param("a&b=2", "a"), Some(""));
+        assert_eq!(query_param("ab=1", "a"), None);
+        assert_eq!(query_param("", "a"), None);
+        assert_eq!(query_param("a=1&a=2", "a"), Some("1"));
     }
 
     #[test]

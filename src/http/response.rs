@@ -45,6 +45,11 @@ pub struct Response {
     /// Whether the connection must end after this answer whatever the client
     /// asked (the request could not be read to its end).
     pub close: bool,
+    /// The `ETag`, quoted, for answers that carry one.
+    pub etag: Option<String>,
+    /// One more header line (without its CRLF), e.g.
+    /// `Sec-WebSocket-Version: 13` on a `426`.
+    pub extra_header: Option<&'static str>,
 }
 
 impl Response {
@@ -58,6 +63,8 @@ impl Response {
             body,
             allow: None,
             close: false,
+            etag: None,
+            extra_header: None,
         }
     }
 
@@ -69,6 +76,8 @@ impl Response {
             body,
             allow: None,
             close: false,
+            etag: None,
+            extra_header: None,
         }
     }
 
@@ -82,6 +91,37 @@ impl Response {
             body,
             allow: None,
             close: false,
+            etag: None,
+            extra_header: None,
+        }
+    }
+
+    /// This answer with an `ETag` derived from its status and body, so that
+    /// it changes whenever the body would (FNV-1a, 64 bits: an opaque
+    /// version, not a security boundary; the body is the guest's own data).
+    pub fn with_etag(self) -> Response {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in self.status.to_be_bytes().iter().chain(&self.body) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        Response {
+            etag: Some(format!("\"{hash:016x}\"")),
+            ..self
+        }
+    }
+
+    /// `304 Not Modified` standing for an answer with this tag: no body and
+    /// no length (PROTOCOL.md section 2).
+    pub fn not_modified(etag: String) -> Response {
+        Response {
+            status: 304,
+            kind: BodyKind::Raw,
+            body: Vec::new(),
+            allow: None,
+            close: false,
+            etag: Some(etag),
+            extra_header: None,
         }
     }
 
@@ -162,16 +202,23 @@ impl Response {
     /// `http10` whether that needs saying (HTTP/1.0 closes by default).
     pub fn write_to(&self, out: &mut Vec<u8>, head_only: bool, keep_alive: bool, http10: bool) {
         // Writing to a Vec cannot fail.
-        let _ = write!(
-            out,
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-            self.status,
-            reason(self.status),
-            self.kind.content_type(),
-            self.body.len()
-        );
+        let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        if self.status != 304 {
+            let _ = write!(
+                out,
+                "Content-Type: {}\r\nContent-Length: {}\r\n",
+                self.kind.content_type(),
+                self.body.len()
+            );
+        }
+        if let Some(etag) = &self.etag {
+            let _ = write!(out, "ETag: {etag}\r\n");
+        }
         if let Some(allow) = self.allow {
             let _ = write!(out, "Allow: {allow}\r\n");
+        }
+        if let Some(line) = self.extra_header {
+            let _ = write!(out, "{line}\r\n");
         }
         if !keep_alive {
             out.extend_from_slice(b"Connection: close\r\n");
@@ -188,7 +235,9 @@ impl Response {
 /// The reason phrase for the statuses guestsock sends.
 fn reason(status: u16) -> &'static str {
     match status {
+        101 => "Switching Protocols",
         200 => "OK",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -196,6 +245,7 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         409 => "Conflict",
         413 => "Content Too Large",
+        426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",

@@ -21,8 +21,11 @@ def main():
     lxd.LXD_SOCKET_PATH = sys.argv[1]
     if not lxd.is_platform_viable():
         sys.exit(f"cloud-init does not see an LXD socket at {sys.argv[1]}")
-    run_dir = tempfile.mkdtemp(prefix="cloud-init-run-")
-    paths = helpers.Paths({"cloud_dir": run_dir, "run_dir": run_dir})
+    with tempfile.TemporaryDirectory(prefix="cloud-init-run-") as run_dir:
+        crawl(helpers.Paths({"cloud_dir": run_dir, "run_dir": run_dir}))
+
+
+def crawl(paths):
     ds = lxd.DataSourceLXD(settings.CFG_BUILTIN, None, paths)
     if not ds._get_data():
         sys.exit("DataSourceLXD._get_data() returned False")
