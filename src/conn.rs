@@ -178,6 +178,8 @@ pub struct Conn {
     readable: bool,
     /// The peer shut its writing side.
     peer_eof: bool,
+    /// epoll said the peer shut its side: read until EOF.
+    read_closed: bool,
     /// A subscription or wait the server has not registered yet.
     registration: Option<Registration>,
     /// The server's list this connection is on (kept by the server).
@@ -205,6 +207,7 @@ impl Conn {
             // A request may be waiting already: the first drive reads.
             readable: true,
             peer_eof: false,
+            read_closed: false,
             registration: None,
             listed: None,
         }
@@ -216,9 +219,12 @@ impl Conn {
     }
 
     /// Records a readiness event. Readiness is a hint: reads stop at
-    /// `WouldBlock` whatever it said.
-    pub fn on_readable(&mut self) {
+    /// `WouldBlock` whatever it said. `read_closed` says the peer has shut
+    /// its side: then a short read does not mean drained, since the EOF
+    /// behind the data will not raise another edge.
+    pub fn on_readable(&mut self, read_closed: bool) {
         self.readable = true;
+        self.read_closed |= read_closed;
     }
 
     /// The connection's state.
@@ -724,7 +730,7 @@ impl Conn {
                 self.peer_eof = true;
                 self.readable = false;
             }
-            Ok(n) if n < READ_CHUNK_BYTES => self.readable = false,
+            Ok(n) if n < READ_CHUNK_BYTES && !self.read_closed => self.readable = false,
             Ok(_) => {}
             Err(e) if would_block(&e) => self.readable = false,
             Err(e) => return Err(e),

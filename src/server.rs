@@ -302,7 +302,7 @@ impl Server {
                         if let Some(conn) = self.conns.get_mut(key)
                             && (event.is_readable() || event.is_read_closed() || event.is_error())
                         {
-                            conn.on_readable();
+                            conn.on_readable(event.is_read_closed() || event.is_error());
                         }
                         self.drive(key);
                     }

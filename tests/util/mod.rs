@@ -543,3 +543,27 @@ pub fn serve_args(dir: &Path, socket: &Path) -> Vec<String> {
         dir.join(unique("state")).display().to_string(),
     ]
 }
+
+/// A websocket client (tungstenite) subscribed to `path` on `socket`.
+pub fn websocket(socket: &Path, path: &str) -> tungstenite::WebSocket<UnixStream> {
+    let stream = UnixStream::connect(socket).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let (ws, response) = tungstenite::client::client(format!("ws://lxd{path}"), stream)
+        .unwrap_or_else(|e| panic!("websocket handshake for {path}: {e}"));
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// The next text message of a websocket, as JSON (pings are answered by
+/// tungstenite itself).
+pub fn next_event(ws: &mut tungstenite::WebSocket<UnixStream>) -> serde_json::Value {
+    loop {
+        match ws.read().expect("read a websocket message") {
+            tungstenite::Message::Text(text) => {
+                return serde_json::from_str(text.as_str()).expect("event JSON");
+            }
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+            other => panic!("unexpected websocket message {other:?}"),
+        }
+    }
+}
