@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::client::{self, encode_segment, table};
 use crate::instance::{InstanceSpec, MatchRule};
-use crate::limits::{MAX_ADMIN_BODY_BYTES, MAX_INSTANCES_FILE_BYTES};
+use crate::limits::{MAX_ADMIN_BODY_BYTES, MAX_INSTANCES_FILE_BYTES, Tunables};
 use crate::server::{self, Seed, ServeConfig};
 
 /// Default guest socket path.
@@ -47,6 +47,16 @@ serve:
                        state directory already has keep their saved version
   --demo               everything under ./guestsock-demo/, with one instance `demo`
                        matching your own uid
+limits (SECURITY.md has the reasons):
+  --max-connections N  open connections in all (default: open-file limit - 64)
+  --max-per-instance N guest connections per instance (default 32)
+  --max-unknown N      connections from callers matching no instance (default 64)
+  --header-timeout S   seconds to send a request head (default 5)
+  --body-timeout S     seconds to send a body after its head (default 10)
+  --idle-timeout S     seconds a keep-alive connection may idle (default 60)
+  --rate-limit N       guest requests per second per instance, 0 = off (default 100)
+  --rate-burst N       requests an instance may send at once (default 200)
+  --ws-ping-interval S seconds between websocket pings (default 10)
 client commands (instance, config, device, state):
   --admin PATH         admin socket (default $GUESTSOCK_ADMIN, else /run/guestsock/admin.sock)
   --json               print the server's answer as JSON instead of a table
@@ -57,7 +67,7 @@ query:
 ";
 
 /// `serve`'s flags.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct ServeArgs {
     /// `--socket`.
     pub socket: Option<PathBuf>,
@@ -71,6 +81,8 @@ pub struct ServeArgs {
     pub instances: Option<PathBuf>,
     /// `--demo`.
     pub demo: bool,
+    /// The limit flags.
+    pub limits: Tunables,
 }
 
 /// A config value given on the command line or to be read from stdin.
@@ -101,7 +113,7 @@ pub enum AdminCall {
 }
 
 /// One parsed command line.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Command {
     /// Run the server.
     Serve(ServeArgs),
@@ -144,6 +156,36 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
                     "--state-dir" => serve.state_dir = Some(flags.value(&flag)?.into()),
                     "--instances" => serve.instances = Some(flags.value(&flag)?.into()),
                     "--demo" => serve.demo = true,
+                    "--max-connections" => {
+                        serve.limits.max_connections = Some(number(&flag, &flags.value(&flag)?)?)
+                    }
+                    "--max-per-instance" => {
+                        serve.limits.max_per_instance = number(&flag, &flags.value(&flag)?)?
+                    }
+                    "--max-unknown" => {
+                        serve.limits.max_unknown = number(&flag, &flags.value(&flag)?)?
+                    }
+                    "--header-timeout" => {
+                        serve.limits.header_timeout = seconds(&flag, &flags.value(&flag)?)?
+                    }
+                    "--body-timeout" => {
+                        serve.limits.body_timeout = seconds(&flag, &flags.value(&flag)?)?
+                    }
+                    "--idle-timeout" => {
+                        serve.limits.idle_timeout = seconds(&flag, &flags.value(&flag)?)?
+                    }
+                    "--rate-limit" => {
+                        serve.limits.rate_per_sec = number(&flag, &flags.value(&flag)?)?
+                    }
+                    "--rate-burst" => {
+                        serve.limits.rate_burst = number(&flag, &flags.value(&flag)?)?
+                    }
+                    "--ws-ping-interval" => {
+                        serve.limits.ping_interval = seconds(&flag, &flags.value(&flag)?)?;
+                        if serve.limits.ping_interval.is_zero() {
+                            return Err("--ws-ping-interval must be above 0".into());
+                        }
+                    }
                     other => return Err(format!("serve: unknown flag {other}")),
                 }
             }
@@ -184,6 +226,23 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
         "help" | "--help" | "-h" => Ok(Command::Help),
         other => Err(format!("unknown command {other:?}; see guestsock help")),
     }
+}
+
+/// A whole number for `flag`.
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{flag}: {value:?} is not a whole number"))
+}
+
+/// Seconds, possibly fractional (`0.5`), for `flag`.
+fn seconds(flag: &str, value: &str) -> Result<std::time::Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| format!("{flag}: {value:?} is not a number of seconds (0 to 86400)"))
 }
 
 /// The admin call a client command line names.
@@ -320,7 +379,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         DEFAULT_ADMIN_SOCKET,
     );
     let state_dir = pick(args.state_dir.clone(), "state", DEFAULT_STATE_DIR);
-    let mut admin_uids = args.admin_uids;
+    let mut admin_uids = args.admin_uids.clone();
     if args.demo {
         let uid = nix::unistd::getuid().as_raw();
         seeds.push(Seed {
@@ -342,6 +401,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         state_dir,
         host_name,
         seeds,
+        limits: args.limits,
     })
 }
 
@@ -694,6 +754,7 @@ mod tests {
                 admin_uids: vec![5, 6],
                 state_dir: Some("/s".into()),
                 admin_socket: None,
+                limits: Tunables::default(),
             }))
         );
         assert_eq!(

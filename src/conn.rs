@@ -26,7 +26,7 @@ use crate::identity::{self, PeerFacts};
 use crate::instance::RuleKinds;
 use crate::limits::{
     MAX_ADMIN_BODY_BYTES, MAX_GUEST_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES,
-    MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES,
+    MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES, Tunables,
 };
 use crate::registry::{InstanceId, Registry};
 use crate::ws::close_code;
@@ -73,6 +73,8 @@ pub struct Ctx<'a> {
     pub changes: &'a mut Vec<Change>,
     /// What the admin `GET /1.0` tells.
     pub facts: &'a ServerFacts,
+    /// The operator's limits.
+    pub limits: &'a Tunables,
 }
 
 /// Whose events a subscriber receives, and which types.
@@ -184,6 +186,38 @@ pub struct Conn {
     registration: Option<Registration>,
     /// The server's list this connection is on (kept by the server).
     pub listed: Option<Listed>,
+    /// Which count the connection is in (kept by the server).
+    pub counted: Counted,
+    /// When the first byte of the request being read arrived.
+    request_started: Option<Instant>,
+    /// When that request's head was complete (its body is being read).
+    head_done_at: Option<Instant>,
+    /// When bytes last moved in either direction.
+    last_progress: Instant,
+    /// The deadline the server has a timer for.
+    pub timer: Option<Instant>,
+}
+
+/// Which connection count a guest connection is in, decided at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// Not counted (admin connections).
+    Nothing,
+    /// A caller that matched no instance.
+    Unknown,
+    /// A connection of this instance (id and registration serial).
+    Instance(InstanceId, u64),
+}
+
+/// What a connection's deadline called for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// Nothing was due (the deadline moved).
+    Nothing,
+    /// An answer was queued: drive the connection to send it.
+    Answered,
+    /// Close it.
+    Close,
 }
 
 /// Whether an I/O error only means "not now".
@@ -210,6 +244,11 @@ impl Conn {
             read_closed: false,
             registration: None,
             listed: None,
+            counted: Counted::Nothing,
+            request_started: None,
+            head_done_at: None,
+            last_progress: Instant::now(),
+            timer: None,
         }
     }
 
@@ -355,6 +394,49 @@ impl Conn {
         }
     }
 
+    /// When the connection's current phase times out, if it can.
+    pub fn deadline(&self, limits: &Tunables) -> Option<Instant> {
+        if self.hold.is_some() {
+            return None;
+        }
+        match &self.state {
+            ConnState::Waiting(wait) => Some(wait.deadline),
+            ConnState::Stream(_) | ConnState::WebSocket { .. } => None,
+            ConnState::Closing => Some(self.last_progress + limits.idle_timeout),
+            ConnState::Open => match (self.request_started, self.head_done_at) {
+                (_, Some(head_done)) => Some(head_done + limits.body_timeout),
+                (Some(started), None) => Some(started + limits.header_timeout),
+                (None, None) => Some(self.last_progress + limits.idle_timeout),
+            },
+        }
+    }
+
+    /// Acts on a deadline that passed at `now`: a slow request gets `408`
+    /// and the connection closes after it; an idle one is closed; a wait
+    /// is answered with what is there.
+    pub fn expire(&mut self, now: Instant, limits: &Tunables, registry: &mut Registry) -> Expired {
+        if self.deadline(limits).is_none_or(|at| at > now) {
+            return Expired::Nothing;
+        }
+        match self.state {
+            ConnState::Waiting(_) => {
+                if self.recheck_wait(registry, true) {
+                    Expired::Answered
+                } else {
+                    Expired::Nothing
+                }
+            }
+            ConnState::Open if self.request_started.is_some() && self.pending_output() == 0 => {
+                self.side_response(Response::error(408, "the request was not sent in time"))
+                    .write_to(&mut self.output, false, false, false);
+                self.state = ConnState::Closing;
+                self.last_progress = now;
+                Expired::Answered
+            }
+            _ => Expired::Close,
+        }
+    }
+
     /// For a connection waiting for a change: answers if the answer's tag
     /// moved, or anyway when `timed_out`. Returns whether it answered.
     pub fn recheck_wait(&mut self, registry: &mut Registry, timed_out: bool) -> bool {
@@ -453,7 +535,10 @@ impl Conn {
         while self.written < self.output.len() {
             match self.stream.write(&self.output[self.written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.written += n,
+                Ok(n) => {
+                    self.written += n;
+                    self.last_progress = Instant::now();
+                }
                 Err(e) if would_block(&e) => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -489,8 +574,14 @@ impl Conn {
             && self.output.len() - self.written < MAX_PENDING_OUTPUT_BYTES
         {
             let req = match request::parse(&self.input, self.scan_from, max_body) {
-                Ok(Parsed::Partial { scan_from }) => {
+                Ok(Parsed::Partial {
+                    scan_from,
+                    head_complete,
+                }) => {
                     self.scan_from = scan_from;
+                    if head_complete && self.head_done_at.is_none() {
+                        self.head_done_at = Some(Instant::now());
+                    }
                     break;
                 }
                 Ok(Parsed::Complete(req)) => req,
@@ -509,7 +600,12 @@ impl Conn {
             let (response, change) = match self.side {
                 Side::Guest => {
                     refresh_peer(&self.stream, &mut self.peer, ctx.registry);
-                    match guest::answer(&req, &self.peer, ctx.registry) {
+                    let limited = guest::rate_limited(&self.peer, ctx.registry, ctx.limits);
+                    let answer = match limited {
+                        Some(response) => GuestAnswer::Respond(response, None),
+                        None => guest::answer(&req, &self.peer, ctx.registry),
+                    };
+                    match answer {
                         GuestAnswer::Respond(response, change) => (response, change),
                         GuestAnswer::Subscribe(id) => {
                             let used = req.len;
@@ -709,8 +805,13 @@ impl Conn {
     fn consume(&mut self, n: usize) {
         self.input.drain(..n);
         self.scan_from = 0;
+        self.head_done_at = None;
         if self.input.is_empty() {
             self.input = Vec::new();
+            self.request_started = None;
+        } else {
+            // A pipelined request behind it starts its clock now.
+            self.request_started = Some(Instant::now());
         }
     }
 
@@ -722,6 +823,13 @@ impl Conn {
         let result = self.stream.read(&mut self.input[start..]);
         let n = *result.as_ref().unwrap_or(&0);
         self.input.truncate(start + n);
+        if n > 0 {
+            let now = Instant::now();
+            self.last_progress = now;
+            if start == 0 {
+                self.request_started = Some(now);
+            }
+        }
         if self.input.is_empty() {
             self.input = Vec::new();
         }

@@ -84,3 +84,64 @@ pub const MAX_SUBSCRIBER_QUEUE_BYTES: usize = 256 * 1024;
 /// How often the server pings a websocket subscriber: 10 s. A subscriber
 /// silent for three intervals is dropped (PROTOCOL.md section 5).
 pub const PING_INTERVAL_SECS: u64 = 10;
+
+/// The limits an operator tunes with `serve` flags, with their defaults.
+///
+/// Every one of them bounds what one guest can take from the others: a
+/// container can reach the guest socket, so every container is a possible
+/// attacker (SECURITY.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tunables {
+    /// `--max-connections`: open connections on both sockets together.
+    /// Default: the open-file limit minus [`RESERVED_FDS`], so that accepting
+    /// never fails for want of a descriptor; a smaller value is honoured,
+    /// a larger one lowered to that. Past it, a new connection is answered
+    /// `503` and closed.
+    pub max_connections: Option<usize>,
+    /// `--max-per-instance`: open guest connections of one instance; default
+    /// 32. One container cannot take the slots of the others: past it, `503`.
+    pub max_per_instance: u32,
+    /// `--max-unknown`: open guest connections from callers that match no
+    /// instance, all together; default 64. They can only ever be told `403`.
+    pub max_unknown: u32,
+    /// `--header-timeout`: from a request's first byte to the end of its
+    /// head; default 5 s. Past it (a slowloris), `408` and close.
+    pub header_timeout: std::time::Duration,
+    /// `--body-timeout`: from the end of the head to the end of the body;
+    /// default 10 s. Past it, `408` and close.
+    pub body_timeout: std::time::Duration,
+    /// `--idle-timeout`: a keep-alive connection with no request under way,
+    /// or an answer the peer does not read; default 60 s. Event streams
+    /// and websockets are exempt (websockets have the ping rule instead).
+    pub idle_timeout: std::time::Duration,
+    /// `--rate-limit`: guest requests per second per instance, refilling a
+    /// token bucket of `rate_burst`; default 100. Past it, `429` with
+    /// `Retry-After`. 0 turns it off (benchmarks).
+    pub rate_per_sec: u32,
+    /// `--rate-burst`: the bucket's size; default 200.
+    pub rate_burst: u32,
+    /// `--ws-ping-interval`: how often websocket subscribers are pinged;
+    /// default 10 s. One silent for three intervals is dropped.
+    pub ping_interval: std::time::Duration,
+}
+
+/// File descriptors kept free of connections for everything else the
+/// server opens (state files, the epoll and signal descriptors): 64.
+pub const RESERVED_FDS: usize = 64;
+
+impl Default for Tunables {
+    fn default() -> Tunables {
+        use std::time::Duration;
+        Tunables {
+            max_connections: None,
+            max_per_instance: 32,
+            max_unknown: 64,
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            rate_per_sec: 100,
+            rate_burst: 200,
+            ping_interval: Duration::from_secs(PING_INTERVAL_SECS),
+        }
+    }
+}

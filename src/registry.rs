@@ -27,6 +27,56 @@ pub struct Instance {
     pub pidns: Option<u64>,
     /// `Ready` once the guest said so, until the host resets it.
     pub state: GuestState,
+    /// Unique to this registration: a connection counted against an
+    /// instance id that was since removed and reused is not counted
+    /// against its successor.
+    pub serial: u64,
+    /// Open guest connections identified as this instance at accept.
+    pub connections: u32,
+    /// The request rate limiter.
+    pub bucket: TokenBucket,
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenBucket {
+    tokens: f64,
+    updated: Option<std::time::Instant>,
+}
+
+impl Default for TokenBucket {
+    fn default() -> TokenBucket {
+        TokenBucket::new()
+    }
+}
+
+impl TokenBucket {
+    /// A full bucket (filled on first use).
+    pub const fn new() -> TokenBucket {
+        TokenBucket {
+            tokens: f64::MAX,
+            updated: None,
+        }
+    }
+
+    /// Takes one token at `now` if there is one. `rate` 0 means unlimited.
+    pub fn take(&mut self, now: std::time::Instant, rate: u32, burst: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let elapsed = self.updated.map_or(0.0, |then| {
+            now.saturating_duration_since(then).as_secs_f64()
+        });
+        self.tokens = (self.tokens.min(f64::from(burst)) + elapsed * f64::from(rate))
+            .min(f64::from(burst.max(1)));
+        self.updated = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Instance {
@@ -142,6 +192,8 @@ pub struct Registry {
     own_pidns: Option<u64>,
     /// Default `location`.
     host_name: String,
+    /// The last registration's serial.
+    serial: u64,
 }
 
 impl Registry {
@@ -152,6 +204,11 @@ impl Registry {
             host_name,
             ..Registry::default()
         }
+    }
+
+    fn next_serial(&mut self) -> u64 {
+        self.serial += 1;
+        self.serial
     }
 
     /// The default `location` of instances.
@@ -214,10 +271,14 @@ impl Registry {
             return Err(RegistryError::NameTaken(spec.name));
         }
         let pidns = self.check_rule(&spec.rule, None)?;
+        let serial = self.next_serial();
         Ok(self.attach(Instance {
             spec,
             pidns,
             state: GuestState::Started,
+            serial,
+            connections: 0,
+            bucket: TokenBucket::new(),
         }))
     }
 
@@ -257,7 +318,15 @@ impl Registry {
             }
             rule => self.check_rule(rule, None)?,
         };
-        let id = self.attach(Instance { spec, pidns, state });
+        let serial = self.next_serial();
+        let id = self.attach(Instance {
+            spec,
+            pidns,
+            state,
+            serial,
+            connections: 0,
+            bucket: TokenBucket::new(),
+        });
         Ok((id, warning))
     }
 

@@ -29,11 +29,11 @@ use slab::Slab;
 
 use crate::api::Change;
 use crate::api::admin::{Connections, ServerFacts};
-use crate::conn::{Conn, ConnState, Ctx, Hold, Listed, Next, Registration, Side};
+use crate::conn::{Conn, ConnState, Counted, Ctx, Expired, Hold, Listed, Next, Registration, Side};
 use crate::events::{self, Event};
 use crate::identity;
 use crate::instance::{GuestState, InstanceSpec, RuleKinds};
-use crate::limits::{ACCEPT_RETRY_MS, EVENTS_PER_POLL, PING_INTERVAL_SECS};
+use crate::limits::{ACCEPT_RETRY_MS, EVENTS_PER_POLL, RESERVED_FDS, Tunables};
 use crate::log;
 use crate::registry::{Instance, InstanceId, Registry};
 use crate::store::{self, Committed, Job, StoredInstance, Writer};
@@ -48,8 +48,6 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 3);
 /// The state writer thread's wake-up: a batch was committed.
 const WRITER: Token = Token(usize::MAX - 4);
-/// How often websocket subscribers are pinged.
-const PING_INTERVAL: Duration = Duration::from_secs(PING_INTERVAL_SECS);
 
 /// An instance to register at start unless the state directory has one of
 /// that name already (the `--instances` file, the demo).
@@ -76,6 +74,8 @@ pub struct ServeConfig {
     pub host_name: String,
     /// Instances to register unless the state directory has them already.
     pub seeds: Vec<Seed>,
+    /// The operator's limits.
+    pub limits: Tunables,
 }
 
 /// A listening socket and the file it is bound to, removed on exit only if
@@ -134,6 +134,15 @@ struct Server {
     timers: BTreeSet<(Instant, usize)>,
     /// When websocket subscribers are next pinged.
     next_ping: Instant,
+    /// The operator's limits, `max_connections` resolved.
+    limits: Tunables,
+    /// Open connections (both sockets) past which new ones get `503`.
+    max_connections: usize,
+    /// Open guest connections from callers matching no instance.
+    unknown_connections: u32,
+    /// When a refused connection was last logged (one line a second at
+    /// most, so that an attack cannot flood the log).
+    refusal_logged: Option<Instant>,
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -224,7 +233,11 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         admin_subscribers: Vec::new(),
         waiters: HashMap::new(),
         timers: BTreeSet::new(),
-        next_ping: Instant::now() + PING_INTERVAL,
+        next_ping: Instant::now() + config.limits.ping_interval,
+        max_connections: connection_cap(config.limits.max_connections),
+        limits: config.limits,
+        unknown_connections: 0,
+        refusal_logged: None,
     };
     for id in seeded {
         server.save(id);
@@ -332,6 +345,20 @@ impl Server {
             Side::Guest => self.facts.connections.guest -= 1,
             Side::Admin { .. } => self.facts.connections.admin -= 1,
         }
+        if let Some(at) = conn.timer {
+            self.timers.remove(&(at, key));
+        }
+        match conn.counted {
+            Counted::Nothing => {}
+            Counted::Unknown => self.unknown_connections -= 1,
+            Counted::Instance(id, serial) => {
+                if let Some(instance) = self.registry.get_mut(id)
+                    && instance.serial == serial
+                {
+                    instance.connections -= 1;
+                }
+            }
+        }
         match conn.listed {
             Some(Listed::Subscriber(Some(id))) => unlist(self.subscribers.get_mut(&id), key),
             Some(Listed::Subscriber(None)) => unlist(Some(&mut self.admin_subscribers), key),
@@ -340,7 +367,8 @@ impl Server {
         }
     }
 
-    /// Answers the waits whose deadline passed.
+    /// Acts on the connection deadlines that passed: slow requests get
+    /// `408`, idle connections close, waits are answered.
     fn fire_timers(&mut self, now: Instant) {
         while let Some(&(at, key)) = self.timers.first() {
             if at > now {
@@ -350,20 +378,47 @@ impl Server {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            let due = matches!(conn.state(), ConnState::Waiting(wait) if wait.deadline == at);
-            if due && conn.recheck_wait(&mut self.registry, true) {
-                if let Some(Listed::Waiter(id)) = conn.listed.take() {
-                    unlist(self.waiters.get_mut(&id), key);
-                }
-                self.ready.push(key);
+            if conn.timer != Some(at) {
+                continue;
             }
+            conn.timer = None;
+            let was_waiting = matches!(conn.state(), ConnState::Waiting(_));
+            match conn.expire(now, &self.limits, &mut self.registry) {
+                Expired::Nothing => self.ready.push(key),
+                Expired::Answered => {
+                    if was_waiting && let Some(Listed::Waiter(id)) = conn.listed.take() {
+                        unlist(self.waiters.get_mut(&id), key);
+                    }
+                    self.ready.push(key);
+                }
+                Expired::Close => self.finished.push(key),
+            }
+        }
+    }
+
+    /// Keeps one timer per connection, at its current deadline.
+    fn set_timer(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let deadline = conn.deadline(&self.limits);
+        if conn.timer == deadline {
+            return;
+        }
+        if let Some(old) = conn.timer {
+            self.timers.remove(&(old, key));
+        }
+        conn.timer = deadline;
+        if let Some(at) = deadline {
+            self.timers.insert((at, key));
         }
     }
 
     /// Pings every websocket subscriber; drops those silent for three
     /// intervals.
     fn ping_subscribers(&mut self, now: Instant) {
-        self.next_ping = now + PING_INTERVAL;
+        let interval = self.limits.ping_interval;
+        self.next_ping = now + interval;
         let keys: Vec<usize> = self
             .subscribers
             .values()
@@ -373,12 +428,12 @@ impl Server {
             .collect();
         for key in keys {
             if let Some(conn) = self.conns.get_mut(key)
-                && !conn.ping(now, PING_INTERVAL * 3)
+                && !conn.ping(now, interval * 3)
             {
                 log::info(format_args!(
-                    "dropping a websocket subscriber (pid {}) silent for {} s",
+                    "dropping a websocket subscriber (pid {}) silent for {:?}",
                     conn.peer.pid,
-                    PING_INTERVAL.as_secs() * 3
+                    interval * 3
                 ));
                 self.finished.push(key);
             }
@@ -447,6 +502,7 @@ impl Server {
             registry: &mut self.registry,
             changes: &mut self.changes,
             facts: &self.facts,
+            limits: &self.limits,
         };
         if conn.drive(&mut ctx) == Next::Close {
             self.finished.push(key);
@@ -460,13 +516,13 @@ impl Server {
                         None => self.admin_subscribers.push(key),
                     }
                 }
-                Registration::Waiting(id, deadline) => {
+                Registration::Waiting(id, _deadline) => {
                     conn.listed = Some(Listed::Waiter(id));
                     self.waiters.entry(id).or_default().push(key);
-                    self.timers.insert((deadline, key));
                 }
             }
         }
+        self.set_timer(key);
         if self.changes.is_empty() {
             return;
         }
@@ -629,12 +685,8 @@ impl Server {
                 }
             };
             let side = match side {
-                Side::Guest => {
-                    self.facts.connections.guest += 1;
-                    Side::Guest
-                }
+                Side::Guest => Side::Guest,
                 Side::Admin { .. } => {
-                    self.facts.connections.admin += 1;
                     let authorized = peer.uid == 0 || self.admin_uids.contains(&peer.uid);
                     if !authorized {
                         log::warn(format_args!(
@@ -645,9 +697,38 @@ impl Server {
                     Side::Admin { authorized }
                 }
             };
+            let counted = match side {
+                Side::Admin { .. } => Counted::Nothing,
+                Side::Guest => match self.registry.identify(&peer) {
+                    Ok(id) => match self.registry.get(id) {
+                        Some(instance) => Counted::Instance(id, instance.serial),
+                        None => Counted::Unknown,
+                    },
+                    Err(_) => Counted::Unknown,
+                },
+            };
+            if let Err(why) = self.admit(counted) {
+                self.refuse(stream, &peer, &why);
+                continue;
+            }
+            match side {
+                Side::Guest => self.facts.connections.guest += 1,
+                Side::Admin { .. } => self.facts.connections.admin += 1,
+            }
+            match counted {
+                Counted::Nothing => {}
+                Counted::Unknown => self.unknown_connections += 1,
+                Counted::Instance(id, _) => {
+                    if let Some(instance) = self.registry.get_mut(id) {
+                        instance.connections += 1;
+                    }
+                }
+            }
             let entry = self.conns.vacant_entry();
             let key = entry.key();
-            let conn = entry.insert(Conn::new(stream, peer, side));
+            let mut conn = Conn::new(stream, peer, side);
+            conn.counted = counted;
+            let conn = entry.insert(conn);
             if let Err(e) = self.poll.registry().register(
                 conn.stream_mut(),
                 Token(key),
@@ -659,6 +740,58 @@ impl Server {
         }
     }
 
+    /// Whether one more connection fits under the caps; if not, why.
+    fn admit(&self, counted: Counted) -> Result<(), String> {
+        if self.conns.len() >= self.max_connections {
+            return Err(format!(
+                "guestsock has {} connections open, its limit",
+                self.max_connections
+            ));
+        }
+        match counted {
+            Counted::Nothing => Ok(()),
+            Counted::Unknown if self.unknown_connections >= self.limits.max_unknown => {
+                Err(format!(
+                    "callers that match no instance have {} connections open, their limit",
+                    self.limits.max_unknown
+                ))
+            }
+            Counted::Unknown => Ok(()),
+            Counted::Instance(id, _) => match self.registry.get(id) {
+                Some(instance) if instance.connections >= self.limits.max_per_instance => {
+                    Err(format!(
+                        "instance {:?} has {} connections open, its limit",
+                        instance.spec.name, self.limits.max_per_instance
+                    ))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Answers a connection over a cap with `503` and closes it. The write
+    /// goes to a fresh socket's empty buffer, so it does not block; if it
+    /// fails, closing says enough.
+    fn refuse(&mut self, stream: mio::net::UnixStream, peer: &identity::PeerFacts, why: &str) {
+        let mut stream = stream;
+        let mut out = Vec::new();
+        let mut response = crate::http::response::Response::error(503, why);
+        response.extra_header = Some("Retry-After: 1");
+        response.write_to(&mut out, false, false, false);
+        let _ = std::io::Write::write(&mut stream, &out);
+        let now = Instant::now();
+        if self
+            .refusal_logged
+            .is_none_or(|then| now.duration_since(then) >= Duration::from_secs(1))
+        {
+            self.refusal_logged = Some(now);
+            log::warn(format_args!(
+                "refusing a connection from pid {} (uid {}): {why}",
+                peer.pid, peer.uid
+            ));
+        }
+    }
+
     /// Reads one pending signal, if any.
     fn take_signal(&mut self) -> Option<Signal> {
         match self.signals.read_signal() {
@@ -666,6 +799,18 @@ impl Server {
             _ => None,
         }
     }
+}
+
+/// The connection cap: the operator's, but never above the open-file limit
+/// less [`RESERVED_FDS`], so that accept never runs out of descriptors for
+/// want of a cap.
+fn connection_cap(wanted: Option<usize>) -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    let files = getrlimit(Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX))
+        .unwrap_or(1024);
+    let ceiling = files.saturating_sub(RESERVED_FDS).max(1);
+    wanted.map_or(ceiling, |w| w.min(ceiling))
 }
 
 /// Takes `key` off a list.

@@ -65,8 +65,13 @@ fn client(socket: std::path::PathBuf, t: usize, round: usize, acked: Acked) {
         }
         let mut reply = String::new();
         if stream.read_to_string(&mut reply).is_err() || !reply.starts_with("HTTP/1.1 2") {
-            // Killed before the answer: this change was never promised.
+            // Killed before the answer: this change was never promised, and
+            // may or may not have happened. Only a removal makes what was
+            // promised before it uncertain.
             if reply.is_empty() {
+                if method == "DELETE" {
+                    acked.lock().unwrap().remove(&name);
+                }
                 return;
             }
             panic!("unexpected answer to {method} {path}: {reply}");

@@ -10,12 +10,15 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 fn server() -> util::Server {
-    util::Server::start(json!([{
-        "name": "c1",
-        "match": {"uid_range": [util::my_uid(), 1]},
-        "root_uid": util::my_uid(),
-        "config": {"user.foo": "bar"},
-    }]))
+    util::Server::start_with(
+        json!([{
+            "name": "c1",
+            "match": {"uid_range": [util::my_uid(), 1]},
+            "root_uid": util::my_uid(),
+            "config": {"user.foo": "bar"},
+        }]),
+        &["--max-per-instance", "1000", "--rate-limit", "0"],
+    )
 }
 
 fn get(c: &mut util::Client, path: &str, if_none_match: Option<&str>) -> util::Reply {

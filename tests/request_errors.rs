@@ -10,13 +10,18 @@ use std::time::Duration;
 
 use serde_json::json;
 
+/// Rate limiting is off: these tests send hundreds of requests at once
+/// (tests/limits.rs tests the limiter).
 fn server() -> util::Server {
-    util::Server::start(json!([{
-        "name": "c1",
-        "match": {"uid_range": [util::my_uid(), 1]},
-        "root_uid": util::my_uid(),
-        "config": {"user.foo": "bar"},
-    }]))
+    util::Server::start_with(
+        json!([{
+            "name": "c1",
+            "match": {"uid_range": [util::my_uid(), 1]},
+            "root_uid": util::my_uid(),
+            "config": {"user.foo": "bar"},
+        }]),
+        &["--rate-limit", "0"],
+    )
 }
 
 /// Sends `raw` on a fresh connection and reads one answer; the server must

@@ -14,6 +14,7 @@ use crate::http::request::{Request, percent_decode, query_param};
 use crate::http::response::Response;
 use crate::identity::PeerFacts;
 use crate::instance::{GuestAccess, GuestState, guest_visible};
+use crate::limits::Tunables;
 use crate::registry::{Instance, InstanceId, Registry};
 
 /// `GET /1.0`'s body, fields in LXD's order.
@@ -62,6 +63,29 @@ pub fn authorize(peer: &PeerFacts, registry: &Registry) -> Result<InstanceId, Re
         return Err(Response::error(401, "Access denied for non-root user"));
     }
     Ok(id)
+}
+
+/// `429` if the caller's instance has used up its request rate (a token
+/// bucket per instance, PROTOCOL's limits in SECURITY.md); `None` to go on.
+/// Callers matching no instance are not counted here: they are answered
+/// `403` and their connections are capped instead.
+pub fn rate_limited(
+    peer: &PeerFacts,
+    registry: &mut Registry,
+    limits: &Tunables,
+) -> Option<Response> {
+    let id = registry.identify(peer).ok()?;
+    let instance = registry.get_mut(id)?;
+    if instance.bucket.take(
+        std::time::Instant::now(),
+        limits.rate_per_sec,
+        limits.rate_burst,
+    ) {
+        return None;
+    }
+    let mut response = Response::error(429, "too many requests from this instance; slow down");
+    response.extra_header = Some("Retry-After: 1");
+    Some(response)
 }
 
 /// Answers one guest request from `peer`.

@@ -55,6 +55,8 @@ pub enum Parsed<'b> {
     Partial {
         /// Where the next search for the end of the head may start.
         scan_from: usize,
+        /// The head is complete; the body is not (the body timeout runs).
+        head_complete: bool,
     },
 }
 
@@ -114,6 +116,7 @@ pub fn parse(buf: &[u8], scan_from: usize, max_body: usize) -> Result<Parsed<'_>
         } else {
             Ok(Parsed::Partial {
                 scan_from: next_scan_from(buf),
+                head_complete: false,
             })
         };
     }
@@ -126,7 +129,10 @@ pub fn parse(buf: &[u8], scan_from: usize, max_body: usize) -> Result<Parsed<'_>
             return if buf.len() > MAX_HEAD_BYTES {
                 Err(RequestError::HeadTooLarge)
             } else {
-                Ok(Parsed::Partial { scan_from: 0 })
+                Ok(Parsed::Partial {
+                    scan_from: 0,
+                    head_complete: false,
+                })
             };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(RequestError::TooManyHeaders),
@@ -196,7 +202,10 @@ pub fn parse(buf: &[u8], scan_from: usize, max_body: usize) -> Result<Parsed<'_>
     let len = head_len + body_len;
     if buf.len() < len {
         // The head is complete: the next call must find its end again.
-        return Ok(Parsed::Partial { scan_from: 0 });
+        return Ok(Parsed::Partial {
+            scan_from: 0,
+            head_complete: true,
+        });
     }
     let (path, query) = split_target(target)?;
     Ok(Parsed::Complete(Request {
@@ -376,7 +385,7 @@ mod tests {
         let mut hint = 0;
         for end in 0..full.len() {
             match parse(&full[..end], hint, BODY_LIMIT) {
-                Ok(Parsed::Partial { scan_from }) => hint = scan_from,
+                Ok(Parsed::Partial { scan_from, .. }) => hint = scan_from,
                 other => panic!("{end}: {other:?}"),
             }
         }
