@@ -773,12 +773,6 @@ impl Server {
     /// goes to a fresh socket's empty buffer, so it does not block; if it
     /// fails, closing says enough.
     fn refuse(&mut self, stream: mio::net::UnixStream, peer: &identity::PeerFacts, why: &str) {
-        let mut stream = stream;
-        let mut out = Vec::new();
-        let mut response = crate::http::response::Response::error(503, why);
-        response.extra_header = Some("Retry-After: 1");
-        response.write_to(&mut out, false, false, false);
-        let _ = std::io::Write::write(&mut stream, &out);
         let now = Instant::now();
         if self
             .refusal_logged
@@ -790,6 +784,12 @@ impl Server {
                 peer.pid, peer.uid
             ));
         }
+        let mut stream = stream;
+        let mut out = Vec::new();
+        let mut response = crate::http::response::Response::error(503, why);
+        response.extra_header = Some("Retry-After: 1");
+        response.write_to(&mut out, false, false, false);
+        let _ = std::io::Write::write(&mut stream, &out);
     }
 
     /// Reads one pending signal, if any.
