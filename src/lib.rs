@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod conn;
 pub mod events;
+pub mod fuzzing;
 pub mod http;
 pub mod identity;
 pub mod instance;

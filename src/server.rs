@@ -350,12 +350,14 @@ impl Server {
         }
         match conn.counted {
             Counted::Nothing => {}
-            Counted::Unknown => self.unknown_connections -= 1,
+            Counted::Unknown => {
+                self.unknown_connections = self.unknown_connections.saturating_sub(1)
+            }
             Counted::Instance(id, serial) => {
                 if let Some(instance) = self.registry.get_mut(id)
                     && instance.serial == serial
                 {
-                    instance.connections -= 1;
+                    instance.connections = instance.connections.saturating_sub(1);
                 }
             }
         }
