@@ -28,6 +28,7 @@ use crate::limits::{
     MAX_ADMIN_BODY_BYTES, MAX_GUEST_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES,
     MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES, Tunables,
 };
+use crate::metrics::{Limit, Metrics};
 use crate::registry::{InstanceId, Registry};
 use crate::ws::close_code;
 use crate::ws::frame::{self, opcode};
@@ -75,6 +76,10 @@ pub struct Ctx<'a> {
     pub facts: &'a ServerFacts,
     /// The operator's limits.
     pub limits: &'a Tunables,
+    /// The counters of `GET /1.0/metrics`.
+    pub metrics: &'a mut Metrics,
+    /// Open subscribers, for the metrics.
+    pub subscribers: usize,
 }
 
 /// Whose events a subscriber receives, and which types.
@@ -644,6 +649,17 @@ impl Conn {
                 Side::Admin { authorized: true } => {
                     match admin::answer(&req, ctx.registry, ctx.facts) {
                         AdminAnswer::Respond(response, change) => (response.enveloped(), change),
+                        AdminAnswer::Metrics => {
+                            let body = ctx.metrics.render(
+                                ctx.facts.connections.guest,
+                                ctx.facts.connections.admin,
+                                ctx.subscribers,
+                                ctx.registry.len(),
+                            );
+                            let mut response = Response::raw(body.into_bytes());
+                            response.kind = crate::http::response::BodyKind::Metrics;
+                            (response, None)
+                        }
                         AdminAnswer::Subscribe => {
                             let used = req.len;
                             let outcome = Self::subscribe(
@@ -676,6 +692,12 @@ impl Conn {
                     None,
                 ),
             };
+            let started = self.request_started.unwrap_or_else(Instant::now);
+            ctx.metrics
+                .request(req.path, response.status, started.elapsed().as_secs_f64());
+            if self.side == Side::Guest {
+                count_refusal(ctx, &self.peer, response.status);
+            }
             let keep_alive = req.keep_alive && !response.close;
             let at = self.output.len();
             response.write_to(
@@ -861,5 +883,22 @@ fn refresh_peer(stream: &UnixStream, peer: &mut PeerFacts, registry: &Registry) 
                 peer.proc_error = Some("its credentials could not be read again");
             }
         }
+    }
+}
+
+/// Counts why a guest request was refused, for the metrics.
+fn count_refusal(ctx: &mut Ctx<'_>, peer: &PeerFacts, status: u16) {
+    use crate::registry::Refusal;
+    match status {
+        401 => ctx.metrics.identity_wrong_uid += 1,
+        429 => ctx.metrics.limit_hit(Limit::Rate),
+        403 => match ctx.registry.identify(peer) {
+            Err(Refusal::NoInstance { .. }) => ctx.metrics.identity_no_instance += 1,
+            Err(Refusal::Ambiguous { .. }) => ctx.metrics.identity_ambiguous += 1,
+            Err(Refusal::Unverified { .. }) => ctx.metrics.identity_unverified += 1,
+            // A key outside user.*/cloud-init.*: not an identity failure.
+            Ok(_) => {}
+        },
+        _ => {}
     }
 }

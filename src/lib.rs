@@ -18,6 +18,7 @@ pub mod identity;
 pub mod instance;
 pub mod limits;
 pub mod log;
+pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod store;

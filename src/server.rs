@@ -35,6 +35,7 @@ use crate::identity;
 use crate::instance::{GuestState, InstanceSpec, RuleKinds};
 use crate::limits::{ACCEPT_RETRY_MS, EVENTS_PER_POLL, RESERVED_FDS, Tunables};
 use crate::log;
+use crate::metrics::{Limit, Metrics};
 use crate::registry::{Instance, InstanceId, Registry};
 use crate::store::{self, Committed, Job, StoredInstance, Writer};
 use crate::ws::close_code;
@@ -143,6 +144,8 @@ struct Server {
     /// When a refused connection was last logged (one line a second at
     /// most, so that an attack cannot flood the log).
     refusal_logged: Option<Instant>,
+    /// The counters of `GET /1.0/metrics`.
+    metrics: Metrics,
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -238,6 +241,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         limits: config.limits,
         unknown_connections: 0,
         refusal_logged: None,
+        metrics: Metrics::default(),
     };
     for id in seeded {
         server.save(id);
@@ -391,6 +395,9 @@ impl Server {
                     if was_waiting && let Some(Listed::Waiter(id)) = conn.listed.take() {
                         unlist(self.waiters.get_mut(&id), key);
                     }
+                    if !was_waiting {
+                        self.metrics.limit_hit(Limit::Timeout);
+                    }
                     self.ready.push(key);
                 }
                 Expired::Close => self.finished.push(key),
@@ -432,6 +439,7 @@ impl Server {
             if let Some(conn) = self.conns.get_mut(key)
                 && !conn.ping(now, interval * 3)
             {
+                self.metrics.ping_timeouts += 1;
                 log::info(format_args!(
                     "dropping a websocket subscriber (pid {}) silent for {:?}",
                     conn.peer.pid,
@@ -448,6 +456,7 @@ impl Server {
         if events.is_empty() {
             return;
         }
+        self.metrics.events_published += events.len() as u64;
         let timestamp = events::timestamp_now();
         let guests = self
             .subscribers
@@ -457,7 +466,14 @@ impl Server {
         for event in events {
             if event.guest_visible() && !guests.is_empty() {
                 let json = event.to_json(&timestamp, None);
-                deliver(&mut self.conns, guests, event, &json, &mut self.finished);
+                deliver(
+                    &mut self.conns,
+                    guests,
+                    event,
+                    &json,
+                    &mut self.finished,
+                    &mut self.metrics,
+                );
             }
             if !self.admin_subscribers.is_empty() {
                 let json = event.to_json(&timestamp, Some(name));
@@ -467,6 +483,7 @@ impl Server {
                     event,
                     &json,
                     &mut self.finished,
+                    &mut self.metrics,
                 );
             }
         }
@@ -505,6 +522,9 @@ impl Server {
             changes: &mut self.changes,
             facts: &self.facts,
             limits: &self.limits,
+            metrics: &mut self.metrics,
+            subscribers: self.admin_subscribers.len()
+                + self.subscribers.values().map(Vec::len).sum::<usize>(),
         };
         if conn.drive(&mut ctx) == Next::Close {
             self.finished.push(key);
@@ -593,6 +613,7 @@ impl Server {
                 event,
                 &json,
                 &mut self.finished,
+                &mut self.metrics,
             );
         }
     }
@@ -709,7 +730,8 @@ impl Server {
                     Err(_) => Counted::Unknown,
                 },
             };
-            if let Err(why) = self.admit(counted) {
+            if let Err((limit, why)) = self.admit(counted) {
+                self.metrics.limit_hit(limit);
                 self.refuse(stream, &peer, &why);
                 continue;
             }
@@ -743,29 +765,34 @@ impl Server {
     }
 
     /// Whether one more connection fits under the caps; if not, why.
-    fn admit(&self, counted: Counted) -> Result<(), String> {
+    fn admit(&self, counted: Counted) -> Result<(), (Limit, String)> {
         if self.conns.len() >= self.max_connections {
-            return Err(format!(
-                "guestsock has {} connections open, its limit",
-                self.max_connections
+            return Err((
+                Limit::Connections,
+                format!(
+                    "guestsock has {} connections open, its limit",
+                    self.max_connections
+                ),
             ));
         }
         match counted {
             Counted::Nothing => Ok(()),
-            Counted::Unknown if self.unknown_connections >= self.limits.max_unknown => {
-                Err(format!(
+            Counted::Unknown if self.unknown_connections >= self.limits.max_unknown => Err((
+                Limit::Unknown,
+                format!(
                     "callers that match no instance have {} connections open, their limit",
                     self.limits.max_unknown
-                ))
-            }
+                ),
+            )),
             Counted::Unknown => Ok(()),
             Counted::Instance(id, _) => match self.registry.get(id) {
-                Some(instance) if instance.connections >= self.limits.max_per_instance => {
-                    Err(format!(
+                Some(instance) if instance.connections >= self.limits.max_per_instance => Err((
+                    Limit::PerInstance,
+                    format!(
                         "instance {:?} has {} connections open, its limit",
                         instance.spec.name, self.limits.max_per_instance
-                    ))
-                }
+                    ),
+                )),
                 _ => Ok(()),
             },
         }
@@ -832,6 +859,7 @@ fn deliver(
     event: &Event,
     json: &[u8],
     finished: &mut Vec<usize>,
+    metrics: &mut Metrics,
 ) {
     for &key in keys {
         let Some(conn) = conns.get_mut(key) else {
@@ -840,7 +868,12 @@ fn deliver(
         let Some(subscription) = conn.subscription() else {
             continue;
         };
-        if subscription.filter.wants(event) && !conn.push_event(json) {
+        if !subscription.filter.wants(event) {
+            continue;
+        }
+        metrics.events_delivered += 1;
+        if !conn.push_event(json) {
+            metrics.slow_consumers_cut += 1;
             log::warn(format_args!(
                 "cut off a slow event subscriber (pid {}, uid {}): it stopped reading",
                 conn.peer.pid, conn.peer.uid

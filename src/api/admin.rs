@@ -50,10 +50,18 @@ pub enum AdminAnswer {
     Respond(Response, Option<Change>),
     /// `GET /1.0/events`: subscribe to every instance's events.
     Subscribe,
+    /// `GET /1.0/metrics`: the server renders its counters.
+    Metrics,
 }
 
 /// Answers one admin request from an authorized peer.
 pub fn answer(req: &Request<'_>, registry: &mut Registry, facts: &ServerFacts) -> AdminAnswer {
+    if req.path == "/1.0/metrics" {
+        return match req.method {
+            "GET" | "HEAD" => AdminAnswer::Metrics,
+            _ => AdminAnswer::Respond(Response::method_not_allowed("GET, HEAD"), None),
+        };
+    }
     if req.path == "/1.0/events" {
         return match req.method {
             "GET" => AdminAnswer::Subscribe,

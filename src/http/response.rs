@@ -19,6 +19,8 @@ pub enum BodyKind {
     Raw,
     /// `text/plain; charset=utf-8` with `nosniff`: a message and one `\n`.
     Error,
+    /// Prometheus' text exposition format (admin `GET /1.0/metrics`).
+    Metrics,
 }
 
 impl BodyKind {
@@ -27,6 +29,7 @@ impl BodyKind {
             BodyKind::Json => "application/json",
             BodyKind::Raw => "application/octet-stream",
             BodyKind::Error => "text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff",
+            BodyKind::Metrics => "text/plain; version=0.0.4; charset=utf-8",
         }
     }
 }
@@ -163,7 +166,7 @@ impl Response {
     /// Raw answers are left as they are.
     pub fn enveloped(self) -> Response {
         let body = match self.kind {
-            BodyKind::Raw => return self,
+            BodyKind::Raw | BodyKind::Metrics => return self,
             BodyKind::Json if self.status < 400 => {
                 let metadata = self.body.strip_suffix(b"\n").unwrap_or(&self.body);
                 let mut body = Vec::with_capacity(metadata.len() + 64);

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# guestsock's end-to-end benchmarks, each beside its baseline in the same run
+# so that the result is a ratio that holds on a noisy machine.
+#
+#   bash benches/run.sh            (as root: real cgroups; installs wrk, nginx)
+#
+# Settings: DURATION (s per wrk run, default 10), CONNS (keep-alive
+# connections, default 64), INSTANCES (registered, default 4096).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-64}
+INSTANCES=${INSTANCES:-4096}
+PORT=18080
+
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk nginx >/dev/null
+fi
+cargo build --release -q
+mkdir -p target/bench
+gcc -O2 -shared -fPIC -o target/bench/unixshim.so benches/unixshim.c -ldl
+
+work=$(mktemp -d /tmp/guestsock-bench-XXXXXX)
+cgroot=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
+bench_cg="$cgroot/guestsock-bench-$$"
+mkdir "$bench_cg"
+cleanup() {
+    kill "${GS_PID:-}" "${NGINX_PID:-}" 2>/dev/null || true
+    wait 2>/dev/null || true
+    echo 1 > "$bench_cg/cgroup.kill" 2>/dev/null || true
+    sleep 0.2
+    rmdir "$bench_cg" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The registry: the benchmark's own cgroup is one instance among $INSTANCES.
+python3 - "$work/instances.json" "/guestsock-bench-$$" "$INSTANCES" <<'PY'
+import json, sys
+path, own, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+instances = [{"name": "bench", "match": {"cgroup": own}, "config": {"user.foo": "bar"}}]
+instances += [{"name": f"c{i}", "match": {"cgroup": f"/lxc.payload.c{i}"},
+               "config": {"user.foo": "bar"}} for i in range(n - 1)]
+json.dump({"instances": instances}, open(path, "w"))
+PY
+
+# Caps and the rate limit are lifted so that one wrk process can drive it.
+GS_FLAGS=(--rate-limit 0 --max-per-instance 100000)
+target/release/guestsock serve --socket "$work/gs/sock" --admin-socket "$work/admin.sock" \
+    --state-dir "$work/state" --instances "$work/instances.json" "${GS_FLAGS[@]}" 2>"$work/gs.log" &
+GS_PID=$!
+
+cat >"$work/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 20000; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    server {
+        listen unix:$work/nginx.sock;
+        default_type application/json;
+        location = /1.0 {
+            return 200 '{"api_version":"1.0","auth":"untrusted","instance_type":"container","location":"host","state":"Started"}\n';
+        }
+        location = /1.0/config/user.foo {
+            default_type application/octet-stream;
+            return 200 'bar';
+        }
+    }
+}
+NGINX
+nginx -c "$work/nginx.conf" -p "$work" &
+NGINX_PID=$!
+for _ in $(seq 100); do
+    [ -S "$work/gs/sock" ] && [ -S "$work/nginx.sock" ] && break
+    sleep 0.1
+done
+sleep 0.5
+nginx_worker=$(pgrep -P "$NGINX_PID" | head -1)
+
+# CPU ticks (utime + stime) of a process.
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+# run NAME SOCKET PID PATH [wrk args...]: prints "requests/s cpu-µs-per-request".
+run() {
+    local sock=$1 pid=$2 path=$3
+    shift 3
+    local before after out
+    before=$(ticks "$pid")
+    out=$(sh -c 'echo $$ > "$0/cgroup.procs"; exec "$@"' "$bench_cg" \
+        env SHIM_PORT=$PORT SHIM_PATH="$sock" LD_PRELOAD="$PWD/target/bench/unixshim.so" \
+        wrk -t1 -d"${DURATION}s" "$@" "http://127.0.0.1:$PORT$path" 2>&1)
+    after=$(ticks "$pid")
+    local rps total
+    rps=$(awk '/Requests\/sec/ { print $2 }' <<<"$out")
+    total=$(awk '/requests in/ { print $1 }' <<<"$out")
+    local errors
+    errors=$(awk '/Non-2xx|Socket errors/' <<<"$out")
+    [ -n "$errors" ] && echo "  ($errors)" >&2
+    awk -v r="$rps" -v t="$total" -v c="$((after - before))" -v hz="$hz" \
+        'BEGIN { printf "%.0f %.2f\n", r, (t > 0 ? c / hz * 1e6 / t : 0) }'
+}
+
+echo "guestsock $(target/release/guestsock help >/dev/null && git rev-parse --short HEAD 2>/dev/null), nginx $(nginx -v 2>&1 | sed 's/.*\///'), $(nproc) cores, $(uname -r)"
+echo "settings: wrk -t1 -d${DURATION}s; $INSTANCES registered cgroup instances; guestsock ${GS_FLAGS[*]}; nginx 1 worker"
+printf '%-44s %12s %12s %8s %14s %14s %8s\n' scenario "gs req/s" "nginx req/s" ratio "gs µs CPU/req" "nginx µs/req" ratio
+row() {
+    local name=$1
+    shift
+    read -r g gc < <(run "$work/gs/sock" "$GS_PID" "$@")
+    read -r n nc < <(run "$work/nginx.sock" "$nginx_worker" "$@")
+    awk -v name="$name" -v g="$g" -v n="$n" -v gc="$gc" -v nc="$nc" 'BEGIN {
+        printf "%-44s %12d %12d %8.2f %14.2f %14.2f %8.2f\n", name, g, n, (n ? g / n : 0), gc, nc, (nc ? gc / nc : 0) }'
+}
+row "keep-alive GET /1.0 (-c$CONNS)" /1.0 -c"$CONNS"
+row "keep-alive GET /1.0/config/user.foo (-c$CONNS)" /1.0/config/user.foo -c"$CONNS"
+row "connection per request GET /1.0 (-c16)" /1.0 -c16 -H "Connection: close"
+
+# Identity cost: the same connection-per-request run against a guestsock
+# with one registered instance instead of $INSTANCES.
+python3 - "$work/one.json" "/guestsock-bench-$$" <<'PY'
+import json, sys
+json.dump({"instances": [{"name": "bench", "match": {"cgroup": sys.argv[2]},
+                          "config": {"user.foo": "bar"}}]}, open(sys.argv[1], "w"))
+PY
+target/release/guestsock serve --socket "$work/gs1/sock" --admin-socket "$work/admin1.sock" \
+    --state-dir "$work/state1" --instances "$work/one.json" "${GS_FLAGS[@]}" 2>>"$work/gs.log" &
+GS1_PID=$!
+for _ in $(seq 100); do [ -S "$work/gs1/sock" ] && break; sleep 0.1; done
+sleep 0.3
+read -r many manyc < <(run "$work/gs/sock" "$GS_PID" /1.0 -c16 -H "Connection: close")
+read -r one onec < <(run "$work/gs1/sock" "$GS1_PID" /1.0 -c16 -H "Connection: close")
+kill "$GS1_PID"
+awk -v m="$many" -v o="$one" -v mc="$manyc" -v oc="$onec" -v n="$INSTANCES" 'BEGIN {
+    printf "%-44s %12d %12d %8.2f %14.2f %14.2f %8.2f\n", "identity: " n " instances vs 1 (conn/request)", m, o, (o ? m / o : 0), mc, oc, (oc ? mc / oc : 0) }'

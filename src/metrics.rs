@@ -1,0 +1,250 @@
+//! Counters for the admin socket's `GET /1.0/metrics` (Prometheus text
+//! exposition format, version 0.0.4).
+//!
+//! Owns the counters and their rendering. Counting is a few integer
+//! additions on the event loop; nothing here allocates per request.
+
+use std::fmt::Write;
+
+/// Upper bounds of the request latency histogram, in seconds.
+const LATENCY_BOUNDS: [f64; 10] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.1, 1.0,
+];
+
+/// The endpoints requests are counted by (a bounded label set: a path a
+/// client invents is `other`, never its own label).
+pub const ENDPOINTS: [&str; 9] = [
+    "/",
+    "/1.0",
+    "/1.0/config",
+    "/1.0/config/{key}",
+    "/1.0/meta-data",
+    "/1.0/devices",
+    "/1.0/events",
+    "/1.0/instances...",
+    "other",
+];
+
+/// The statuses requests are counted by.
+const STATUSES: [u16; 17] = [
+    101, 200, 304, 400, 401, 403, 404, 405, 408, 409, 413, 426, 429, 431, 500, 501, 503,
+];
+
+/// Why a connection or request was refused at a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The global connection cap.
+    Connections,
+    /// The per-instance connection cap.
+    PerInstance,
+    /// The cap for callers matching no instance.
+    Unknown,
+    /// The header or body timeout.
+    Timeout,
+    /// The rate limit.
+    Rate,
+}
+
+/// Every counter.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    requests: [[u64; STATUSES.len() + 1]; ENDPOINTS.len()],
+    latency_buckets: [u64; LATENCY_BOUNDS.len()],
+    latency_count: u64,
+    latency_sum: f64,
+    /// Events published (one per change, per type).
+    pub events_published: u64,
+    /// Event frames or lines queued to subscribers.
+    pub events_delivered: u64,
+    /// Subscribers cut off for not reading.
+    pub slow_consumers_cut: u64,
+    /// Websocket subscribers dropped for not answering pings.
+    pub ping_timeouts: u64,
+    limits_hit: [u64; 5],
+    /// Guest requests refused `403` because the caller matched no instance.
+    pub identity_no_instance: u64,
+    /// ... because two kinds of rule named different instances.
+    pub identity_ambiguous: u64,
+    /// ... because a `/proc` fact could not be proved.
+    pub identity_unverified: u64,
+    /// Guest requests refused `401` (wrong uid inside an instance).
+    pub identity_wrong_uid: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            requests: [[0; STATUSES.len() + 1]; ENDPOINTS.len()],
+            latency_buckets: [0; LATENCY_BOUNDS.len()],
+            latency_count: 0,
+            latency_sum: 0.0,
+            events_published: 0,
+            events_delivered: 0,
+            slow_consumers_cut: 0,
+            ping_timeouts: 0,
+            limits_hit: [0; 5],
+            identity_no_instance: 0,
+            identity_ambiguous: 0,
+            identity_unverified: 0,
+            identity_wrong_uid: 0,
+        }
+    }
+}
+
+/// The endpoint label of a path.
+pub fn endpoint(path: &str) -> usize {
+    match path {
+        "/" => 0,
+        "/1.0" => 1,
+        "/1.0/config" => 2,
+        "/1.0/meta-data" => 4,
+        "/1.0/devices" => 5,
+        "/1.0/events" => 6,
+        p if p.starts_with("/1.0/config/") => 3,
+        p if p.starts_with("/1.0/instances") => 7,
+        _ => 8,
+    }
+}
+
+impl Metrics {
+    /// Counts one answered request and how long it took from its first
+    /// byte to its answer being queued.
+    pub fn request(&mut self, path: &str, status: u16, seconds: f64) {
+        let status_index = STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(STATUSES.len());
+        self.requests[endpoint(path)][status_index] += 1;
+        self.latency_count += 1;
+        self.latency_sum += seconds;
+        for (bucket, bound) in self.latency_buckets.iter_mut().zip(LATENCY_BOUNDS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+    }
+
+    /// Counts a limit that refused something.
+    pub fn limit_hit(&mut self, limit: Limit) {
+        self.limits_hit[limit as usize] += 1;
+    }
+
+    /// The exposition text. `gauges` are the current values: connections by
+    /// kind and the instance count.
+    pub fn render(
+        &self,
+        guest_connections: usize,
+        admin_connections: usize,
+        subscribers: usize,
+        instances: usize,
+    ) -> String {
+        let mut out = String::new();
+        let gauge = |out: &mut String, name: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        };
+        gauge(
+            &mut out,
+            "guestsock_instances",
+            "Registered instances.",
+            instances.to_string(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP guestsock_connections Open connections by kind.\n# TYPE guestsock_connections gauge\nguestsock_connections{{kind=\"guest\"}} {guest_connections}\nguestsock_connections{{kind=\"admin\"}} {admin_connections}\nguestsock_connections{{kind=\"subscriber\"}} {subscribers}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP guestsock_requests_total Answered requests by endpoint and status.\n# TYPE guestsock_requests_total counter"
+        );
+        for (e, row) in self.requests.iter().enumerate() {
+            for (s, &count) in row.iter().enumerate() {
+                if count > 0 {
+                    let status = STATUSES.get(s).map_or("other".to_string(), u16::to_string);
+                    let _ = writeln!(
+                        out,
+                        "guestsock_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {count}",
+                        ENDPOINTS[e]
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP guestsock_request_duration_seconds From a request's first byte to its answer being queued.\n# TYPE guestsock_request_duration_seconds histogram"
+        );
+        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BOUNDS) {
+            let _ = writeln!(
+                out,
+                "guestsock_request_duration_seconds_bucket{{le=\"{bound}\"}} {bucket}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "guestsock_request_duration_seconds_bucket{{le=\"+Inf\"}} {0}\nguestsock_request_duration_seconds_sum {1}\nguestsock_request_duration_seconds_count {0}",
+            self.latency_count, self.latency_sum
+        );
+        let _ = writeln!(
+            out,
+            "# HELP guestsock_identity_failures_total Guest requests refused, by reason.\n# TYPE guestsock_identity_failures_total counter\nguestsock_identity_failures_total{{reason=\"no_instance\"}} {}\nguestsock_identity_failures_total{{reason=\"ambiguous\"}} {}\nguestsock_identity_failures_total{{reason=\"unverified\"}} {}\nguestsock_identity_failures_total{{reason=\"wrong_uid\"}} {}",
+            self.identity_no_instance,
+            self.identity_ambiguous,
+            self.identity_unverified,
+            self.identity_wrong_uid
+        );
+        let _ = writeln!(
+            out,
+            "# HELP guestsock_events_total Events published, and frames delivered to or dropped for subscribers.\n# TYPE guestsock_events_total counter\nguestsock_events_total{{what=\"published\"}} {}\nguestsock_events_total{{what=\"delivered\"}} {}\nguestsock_events_total{{what=\"dropped\"}} {}",
+            self.events_published, self.events_delivered, self.slow_consumers_cut
+        );
+        let _ = writeln!(
+            out,
+            "# HELP guestsock_subscribers_dropped_total Subscribers cut off, by reason.\n# TYPE guestsock_subscribers_dropped_total counter\nguestsock_subscribers_dropped_total{{reason=\"slow\"}} {}\nguestsock_subscribers_dropped_total{{reason=\"ping_timeout\"}} {}",
+            self.slow_consumers_cut, self.ping_timeouts
+        );
+        let _ = writeln!(
+            out,
+            "# HELP guestsock_limits_hit_total Connections or requests refused at a limit.\n# TYPE guestsock_limits_hit_total counter"
+        );
+        for (name, count) in ["connections", "per_instance", "unknown", "timeout", "rate"]
+            .iter()
+            .zip(self.limits_hit)
+        {
+            let _ = writeln!(
+                out,
+                "guestsock_limits_hit_total{{limit=\"{name}\"}} {count}"
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histogram() {
+        let mut m = Metrics::default();
+        m.request("/1.0/config/user.foo", 200, 0.000_2);
+        m.request("/1.0/config/user.foo", 200, 0.003);
+        m.request("/../etc/passwd", 404, 0.000_01);
+        m.limit_hit(Limit::Rate);
+        let text = m.render(3, 1, 2, 7);
+        assert!(
+            text.contains(
+                "guestsock_requests_total{endpoint=\"/1.0/config/{key}\",status=\"200\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("guestsock_requests_total{endpoint=\"other\",status=\"404\"} 1"));
+        assert!(text.contains("guestsock_request_duration_seconds_bucket{le=\"0.00025\"} 2"));
+        assert!(text.contains("guestsock_request_duration_seconds_count 3"));
+        assert!(text.contains("guestsock_limits_hit_total{limit=\"rate\"} 1"));
+        assert!(text.contains("guestsock_connections{kind=\"guest\"} 3"));
+        assert!(text.contains("guestsock_instances 7"));
+        assert!(!text.contains("passwd"), "client paths never become labels");
+    }
+}

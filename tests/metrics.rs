@@ -1,0 +1,56 @@
+//! `GET /1.0/metrics` on the admin socket: Prometheus text with the counters
+//! of what happened, and never a label a client chose.
+
+mod util;
+
+use serde_json::json;
+
+#[test]
+fn counters_follow_what_happened() {
+    let server = util::Server::start_with(
+        json!([{"name": "c1", "match": {"uid_range": [util::my_uid(), 1]}, "root_uid": util::my_uid(),
+                "config": {"user.foo": "bar"}}]),
+        &["--max-per-instance", "3"],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut c = server.connect();
+    assert_eq!(c.request("GET", "/1.0/config/user.foo", b"").status, 200);
+    assert_eq!(c.request("GET", "/1.0/config/user.foo", b"").status, 200);
+    assert_eq!(c.request("GET", "/1.0/../../etc/shadow", b"").status, 404);
+    let _ws = util::websocket(&server.socket, "/1.0/events");
+    // The fourth connection of c1 (cap 3) and the next are refused.
+    let _held = (server.connect(), server.connect());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(server.get("/1.0").status, 503);
+    assert_eq!(
+        server
+            .admin_call("PUT", "/1.0/instances/c1/config/user.foo", b"baz")
+            .status,
+        200
+    );
+
+    let reply = server.admin_call("GET", "/1.0/metrics", b"");
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = reply.text();
+    for line in [
+        "guestsock_requests_total{endpoint=\"/1.0/config/{key}\",status=\"200\"} 2",
+        "guestsock_requests_total{endpoint=\"other\",status=\"404\"} 1",
+        "guestsock_requests_total{endpoint=\"/1.0/instances...\",status=\"200\"} 1",
+        "guestsock_limits_hit_total{limit=\"per_instance\"} 2",
+        "guestsock_events_total{what=\"published\"} 1",
+        "guestsock_events_total{what=\"delivered\"} 1",
+        "guestsock_connections{kind=\"subscriber\"} 1",
+        "guestsock_instances 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    assert!(!text.contains("shadow"));
+    assert!(text.contains("guestsock_request_duration_seconds_count"));
+}
