@@ -80,6 +80,8 @@ pub struct Ctx<'a> {
     pub metrics: &'a mut Metrics,
     /// Open subscribers, for the metrics.
     pub subscribers: usize,
+    /// The buffer every read goes through ([`READ_CHUNK_BYTES`]).
+    pub scratch: &'a mut [u8],
 }
 
 /// Whose events a subscriber receives, and which types.
@@ -459,7 +461,7 @@ impl Conn {
             body: &[],
             len: 0,
         };
-        let response = match guest::answer(&req, &self.peer, registry) {
+        let response = match guest::answer(&req, &self.peer, registry, None) {
             GuestAnswer::Respond(response, _) => response,
             // Cannot happen for the tagged paths; answer what is there.
             _ => Response::error(500, "the wait could not be answered"),
@@ -527,7 +529,7 @@ impl Conn {
             if !self.readable || input_full {
                 return Next::Wait;
             }
-            match self.read_some() {
+            match self.read_some(ctx.scratch) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Next::Close,
@@ -605,12 +607,7 @@ impl Conn {
             let (response, change) = match self.side {
                 Side::Guest => {
                     refresh_peer(&self.stream, &mut self.peer, ctx.registry);
-                    let limited = guest::rate_limited(&self.peer, ctx.registry, ctx.limits);
-                    let answer = match limited {
-                        Some(response) => GuestAnswer::Respond(response, None),
-                        None => guest::answer(&req, &self.peer, ctx.registry),
-                    };
-                    match answer {
+                    match guest::answer(&req, &self.peer, ctx.registry, Some(ctx.limits)) {
                         GuestAnswer::Respond(response, change) => (response, change),
                         GuestAnswer::Subscribe(id) => {
                             let used = req.len;
@@ -837,30 +834,28 @@ impl Conn {
         }
     }
 
-    /// One `read` into `input`. A short read means the kernel had no more, so
-    /// readiness is drained without a second, failing read.
-    fn read_some(&mut self) -> io::Result<()> {
+    /// One `read` through the server's scratch buffer into `input`: only
+    /// the bytes that arrived are kept, so a connection's buffer is the size
+    /// of its request, not of a read. A short read means the kernel had no
+    /// more, so readiness is drained without a second, failing read.
+    fn read_some(&mut self, scratch: &mut [u8]) -> io::Result<()> {
         let start = self.input.len();
-        self.input.resize(start + READ_CHUNK_BYTES, 0);
-        let result = self.stream.read(&mut self.input[start..]);
+        let result = self.stream.read(scratch);
         let n = *result.as_ref().unwrap_or(&0);
-        self.input.truncate(start + n);
         if n > 0 {
+            self.input.extend_from_slice(&scratch[..n]);
             let now = Instant::now();
             self.last_progress = now;
             if start == 0 {
                 self.request_started = Some(now);
             }
         }
-        if self.input.is_empty() {
-            self.input = Vec::new();
-        }
         match result {
             Ok(0) => {
                 self.peer_eof = true;
                 self.readable = false;
             }
-            Ok(n) if n < READ_CHUNK_BYTES && !self.read_closed => self.readable = false,
+            Ok(n) if n < scratch.len() && !self.read_closed => self.readable = false,
             Ok(_) => {}
             Err(e) if would_block(&e) => self.readable = false,
             Err(e) => return Err(e),

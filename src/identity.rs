@@ -103,8 +103,27 @@ fn exited(pidfd: &OwnedFd) -> bool {
 
 /// The cgroup v2 path of a process: the `0::` line of `/proc/<pid>/cgroup`.
 pub fn cgroup_of(pid: i32) -> io::Result<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    parse_cgroup_v2(&text)
+    // One open and one or two reads into the stack: this runs on every
+    // accepted connection.
+    use std::io::Read;
+    let mut file = fs::File::open(format!("/proc/{pid}/cgroup"))?;
+    let mut buf = [0u8; 4096];
+    let mut len = 0;
+    loop {
+        match file.read(&mut buf[len..])? {
+            0 => break,
+            n => len += n,
+        }
+        if len == buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "cgroup file too long",
+            ));
+        }
+    }
+    let text = std::str::from_utf8(&buf[..len])
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "cgroup file is not UTF-8"))?;
+    parse_cgroup_v2(text)
         .map(str::to_owned)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no cgroup v2 (0::) line"))
 }

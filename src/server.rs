@@ -33,7 +33,7 @@ use crate::conn::{Conn, ConnState, Counted, Ctx, Expired, Hold, Listed, Next, Re
 use crate::events::{self, Event};
 use crate::identity;
 use crate::instance::{GuestState, InstanceSpec, RuleKinds};
-use crate::limits::{ACCEPT_RETRY_MS, EVENTS_PER_POLL, RESERVED_FDS, Tunables};
+use crate::limits::{ACCEPT_RETRY_MS, EVENTS_PER_POLL, READ_CHUNK_BYTES, RESERVED_FDS, Tunables};
 use crate::log;
 use crate::metrics::{Limit, Metrics};
 use crate::registry::{Instance, InstanceId, Registry};
@@ -146,6 +146,10 @@ struct Server {
     refusal_logged: Option<Instant>,
     /// The counters of `GET /1.0/metrics`.
     metrics: Metrics,
+    /// The buffer every connection reads through.
+    scratch: Vec<u8>,
+    /// Open event subscribers (guest and admin), for the metrics.
+    subscriber_count: usize,
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -242,6 +246,8 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         unknown_connections: 0,
         refusal_logged: None,
         metrics: Metrics::default(),
+        scratch: vec![0; READ_CHUNK_BYTES],
+        subscriber_count: 0,
     };
     for id in seeded {
         server.save(id);
@@ -364,6 +370,9 @@ impl Server {
                     instance.connections = instance.connections.saturating_sub(1);
                 }
             }
+        }
+        if matches!(conn.listed, Some(Listed::Subscriber(_))) {
+            self.subscriber_count = self.subscriber_count.saturating_sub(1);
         }
         match conn.listed {
             Some(Listed::Subscriber(Some(id))) => unlist(self.subscribers.get_mut(&id), key),
@@ -523,8 +532,8 @@ impl Server {
             facts: &self.facts,
             limits: &self.limits,
             metrics: &mut self.metrics,
-            subscribers: self.admin_subscribers.len()
-                + self.subscribers.values().map(Vec::len).sum::<usize>(),
+            subscribers: self.subscriber_count,
+            scratch: &mut self.scratch,
         };
         if conn.drive(&mut ctx) == Next::Close {
             self.finished.push(key);
@@ -532,6 +541,7 @@ impl Server {
         if let Some(registration) = conn.take_registration() {
             match registration {
                 Registration::Subscribed(subscription) => {
+                    self.subscriber_count += 1;
                     conn.listed = Some(Listed::Subscriber(subscription.instance));
                     match subscription.instance {
                         Some(id) => self.subscribers.entry(id).or_default().push(key),
@@ -585,6 +595,7 @@ impl Server {
                 // Its subscribers and waiters go with it: the id may be
                 // reused by the next registration.
                 let subs = self.subscribers.remove(&id).unwrap_or_default();
+                self.subscriber_count = self.subscriber_count.saturating_sub(subs.len());
                 let waits = self.waiters.remove(&id).unwrap_or_default();
                 for key in subs.into_iter().chain(waits) {
                     if let Some(conn) = self.conns.get_mut(key) {

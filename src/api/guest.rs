@@ -65,17 +65,10 @@ pub fn authorize(peer: &PeerFacts, registry: &Registry) -> Result<InstanceId, Re
     Ok(id)
 }
 
-/// `429` if the caller's instance has used up its request rate (a token
-/// bucket per instance, PROTOCOL's limits in SECURITY.md); `None` to go on.
-/// Callers matching no instance are not counted here: they are answered
-/// `403` and their connections are capped instead.
-pub fn rate_limited(
-    peer: &PeerFacts,
-    registry: &mut Registry,
-    limits: &Tunables,
-) -> Option<Response> {
-    let id = registry.identify(peer).ok()?;
-    let instance = registry.get_mut(id)?;
+/// `429` if the instance has used up its request rate (a token bucket per
+/// instance, SECURITY.md); `None` to go on. Callers matching no instance
+/// never get here: they are answered `403` and their connections capped.
+fn rate_limited(instance: &mut Instance, limits: &Tunables) -> Option<Response> {
     if instance.bucket.take(
         std::time::Instant::now(),
         limits.rate_per_sec,
@@ -88,8 +81,15 @@ pub fn rate_limited(
     Some(response)
 }
 
-/// Answers one guest request from `peer`.
-pub fn answer(req: &Request<'_>, peer: &PeerFacts, registry: &mut Registry) -> GuestAnswer {
+/// Answers one guest request from `peer`. With `limits`, the request
+/// counts against its instance's rate limit (re-evaluations of a waiting
+/// request pass `None`: they are not new requests).
+pub fn answer(
+    req: &Request<'_>,
+    peer: &PeerFacts,
+    registry: &mut Registry,
+    limits: Option<&Tunables>,
+) -> GuestAnswer {
     let id = match authorize(peer, registry) {
         Ok(id) => id,
         Err(response) => return GuestAnswer::Respond(response, None),
@@ -97,6 +97,9 @@ pub fn answer(req: &Request<'_>, peer: &PeerFacts, registry: &mut Registry) -> G
     let Some(instance) = registry.get_mut(id) else {
         return GuestAnswer::Respond(Response::error(403, "instance vanished"), None);
     };
+    if let Some(response) = limits.and_then(|limits| rate_limited(instance, limits)) {
+        return GuestAnswer::Respond(response, None);
+    }
     let read = matches!(req.method, "GET" | "HEAD");
     // The answers that carry an ETag and can be waited on.
     let tagged = match req.path {
@@ -311,7 +314,7 @@ mod tests {
         let Ok(Parsed::Complete(req)) = parse(text.as_bytes(), 0, 1024) else {
             panic!("{text}")
         };
-        respond(answer(&req, &peer(uid), r)).0
+        respond(answer(&req, &peer(uid), r, None)).0
     }
 
     fn ok(r: &mut Registry, uid: u32, path: &str) -> String {
@@ -403,7 +406,7 @@ mod tests {
         let Ok(Parsed::Complete(req)) = parse(text.as_bytes(), 0, 1024) else {
             panic!()
         };
-        let (resp, change) = respond(answer(&req, &peer(1000), &mut r));
+        let (resp, change) = respond(answer(&req, &peer(1000), &mut r, None));
         assert_eq!(
             (resp.status, resp.body.len(), resp.kind),
             (200, 0, BodyKind::Raw)
@@ -413,7 +416,7 @@ mod tests {
             Some(Change::GuestState(_, GuestState::Ready))
         ));
         assert!(ok(&mut r, 1000, "/1.0").contains("\"state\":\"Ready\""));
-        let (_, change) = respond(answer(&req, &peer(1000), &mut r));
+        let (_, change) = respond(answer(&req, &peer(1000), &mut r, None));
         assert!(change.is_none(), "no change, nothing to announce");
         assert!(
             ok(&mut r, 2000, "/1.0").contains("\"state\":\"Started\""),
