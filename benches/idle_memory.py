@@ -47,7 +47,8 @@ def measure(label, request, answered):
     server = subprocess.Popen([BIN, "serve", "--socket", sock, "--admin-socket",
                                os.path.join(tmp, "admin.sock"), "--state-dir",
                                os.path.join(tmp, "state"), "--instances",
-                               os.path.join(tmp, "i.json")], stderr=subprocess.DEVNULL)
+                               os.path.join(tmp, "i.json"), "--rate-limit", "0",
+                               "--max-per-instance", str(N + 10)], stderr=subprocess.DEVNULL)
     while not os.path.exists(sock):
         time.sleep(0.01)
     time.sleep(0.2)
@@ -70,11 +71,51 @@ def measure(label, request, answered):
     shutil.rmtree(tmp)
 
 
+def measure_nginx():
+    """The baseline: nginx (one worker) with N idle keep-alive connections,
+    each having had one request answered; the worker's RSS growth per
+    connection."""
+    if not shutil.which("nginx"):
+        print("nginx not installed: no baseline (apt-get install nginx)")
+        return
+    tmp = tempfile.mkdtemp(prefix="nginx-idle-")
+    sock = os.path.join(tmp, "nginx.sock")
+    with open(os.path.join(tmp, "nginx.conf"), "w") as f:
+        f.write(f"""worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log {tmp}/error.log;
+events {{ worker_connections {N + 100}; }}
+http {{ access_log off; keepalive_timeout 300s;
+  server {{ listen unix:{sock}; location / {{ return 200 'bar'; }} }} }}""")
+    master = subprocess.Popen(["nginx", "-c", os.path.join(tmp, "nginx.conf"), "-p", tmp],
+                              stderr=subprocess.DEVNULL)
+    while not os.path.exists(sock):
+        time.sleep(0.01)
+    time.sleep(0.3)
+    worker = int(subprocess.check_output(["pgrep", "-P", str(master.pid)]).split()[0])
+    conns = []
+    base = rss_kib(worker)
+    for _ in range(N):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock)
+        s.sendall(KEEP_ALIVE)
+        recv_until(s, b"bar")
+        conns.append(s)
+    time.sleep(0.5)
+    after = rss_kib(worker)
+    print(f"{N} idle keep-alive connections to nginx (baseline): {(after - base) * 1024 / N:.0f} "
+          f"bytes of worker RSS each ({base} -> {after} KiB)")
+    for s in conns:
+        s.close()
+    master.terminate()
+    master.wait()
+    shutil.rmtree(tmp)
+
+
 def main():
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     measure("keep-alive connections (one request answered)", KEEP_ALIVE, b"bar")
     measure("websocket subscribers", WEBSOCKET, b"\r\n\r\n")
+    measure_nginx()
 
 
 main()
