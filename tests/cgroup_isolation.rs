@@ -122,3 +122,29 @@ fn cgroup_and_uid_rules_that_disagree_are_refused_as_ambiguous() {
     // Each rule alone still works.
     assert_eq!(g.curl(Some(4243), &server.socket, "/1.0").0, 200);
 }
+
+#[test]
+fn moving_within_its_own_subtree_keeps_a_process_its_own_instance() {
+    require_root!();
+    let mine = util::Cgroup::new();
+    let inner = mine.child("workload");
+    let neighbour = util::Cgroup::new();
+    let server = util::Server::start(json!([
+        {"name": "mine", "match": {"cgroup": mine.path}, "config": {"user.who": "mine"}},
+        {"name": "neighbour", "match": {"cgroup": neighbour.path}, "config": {"user.who": "neighbour"}},
+    ]));
+    // A process that starts in its container's top cgroup and moves itself
+    // deeper (as systemd inside a container does) is still its container,
+    // whatever it calls itself: identity never looks at a process's name.
+    let script = format!(
+        "echo $$ > {top}/cgroup.procs && echo $$ > {inner}/cgroup.procs && exec -a neighbour curl -sS --unix-socket {sock} http://lxd/1.0/config/user.who",
+        top = mine.dir.display(),
+        inner = inner.dir.display(),
+        sock = server.socket.display()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "mine");
+}
