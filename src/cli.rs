@@ -57,6 +57,7 @@ limits (SECURITY.md has the reasons):
   --rate-limit N       guest requests per second per instance, 0 = off (default 100)
   --rate-burst N       requests an instance may send at once (default 200)
   --ws-ping-interval S seconds between websocket pings (default 10)
+  --log-level LEVEL    error, warn, info (default) or debug; else $RUST_LOG
 client commands (instance, config, device, state):
   --admin PATH         admin socket (default $GUESTSOCK_ADMIN, else /run/guestsock/admin.sock)
   --json               print the server's answer as JSON instead of a table
@@ -83,6 +84,8 @@ pub struct ServeArgs {
     pub demo: bool,
     /// The limit flags.
     pub limits: Tunables,
+    /// `--log-level`.
+    pub log_level: Option<crate::log::Level>,
 }
 
 /// A config value given on the command line or to be read from stdin.
@@ -156,6 +159,13 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
                     "--state-dir" => serve.state_dir = Some(flags.value(&flag)?.into()),
                     "--instances" => serve.instances = Some(flags.value(&flag)?.into()),
                     "--demo" => serve.demo = true,
+                    "--log-level" => {
+                        let value = flags.value(&flag)?;
+                        serve.log_level =
+                            Some(crate::log::Level::parse(&value).ok_or_else(|| {
+                                format!("--log-level: {value:?} is not error, warn, info or debug")
+                            })?);
+                    }
                     "--max-connections" => {
                         serve.limits.max_connections = Some(number(&flag, &flags.value(&flag)?)?)
                     }
@@ -354,6 +364,14 @@ pub fn run(command: Command) -> Result<(), String> {
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
+    let level = args.log_level.or_else(|| {
+        std::env::var("RUST_LOG")
+            .ok()
+            .and_then(|v| crate::log::Level::from_rust_log(&v))
+    });
+    if let Some(level) = level {
+        crate::log::set_level(level);
+    }
     let host_name = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
@@ -755,6 +773,7 @@ mod tests {
                 state_dir: Some("/s".into()),
                 admin_socket: None,
                 limits: Tunables::default(),
+                log_level: None,
             }))
         );
         assert_eq!(

@@ -40,6 +40,9 @@ use crate::registry::{Instance, InstanceId, Registry};
 use crate::store::{self, Committed, Job, StoredInstance, Writer};
 use crate::ws::close_code;
 
+/// How long a stopping server lets answers in flight finish: 5 s.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// The guest socket's listener. Connection tokens are slab keys, counted up
 /// from 0, so the fixed tokens sit at the far end of the range.
 const GUEST_LISTENER: Token = Token(usize::MAX - 1);
@@ -150,6 +153,8 @@ struct Server {
     scratch: Vec<u8>,
     /// Open event subscribers (guest and admin), for the metrics.
     subscriber_count: usize,
+    /// Set once a stop signal arrived: the time by which to be gone.
+    stopping: Option<Instant>,
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -248,6 +253,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         metrics: Metrics::default(),
         scratch: vec![0; READ_CHUNK_BYTES],
         subscriber_count: 0,
+        stopping: None,
     };
     for id in seeded {
         server.save(id);
@@ -290,6 +296,7 @@ impl Server {
                 self.accept_retry_at,
                 self.timers.first().map(|&(at, _)| at),
                 Some(self.next_ping),
+                self.stopping,
             ]
             .into_iter()
             .flatten()
@@ -314,11 +321,7 @@ impl Server {
                     WRITER => self.take_commits(),
                     SIGNALS => {
                         if let Some(signal) = self.take_signal() {
-                            log::info(format_args!("{signal}: stopping"));
-                            for (_, conn) in self.conns.iter_mut() {
-                                conn.going_away();
-                            }
-                            return Ok(());
+                            self.begin_shutdown(signal, now);
                         }
                     }
                     Token(key) => {
@@ -343,6 +346,60 @@ impl Server {
             for key in std::mem::take(&mut self.finished) {
                 self.remove_conn(key);
             }
+            if let Some(deadline) = self.stopping {
+                // Connections that finished their last answer go now.
+                let done: Vec<usize> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| {
+                        *c.state() == ConnState::Open
+                            && c.hold().is_none()
+                            && c.pending_output() == 0
+                    })
+                    .map(|(key, _)| key)
+                    .collect();
+                for key in done {
+                    self.remove_conn(key);
+                }
+                if self.conns.is_empty() || Instant::now() >= deadline {
+                    if !self.conns.is_empty() {
+                        log::warn(format_args!(
+                            "stopping with {} connections still busy after {:?}",
+                            self.conns.len(),
+                            SHUTDOWN_GRACE
+                        ));
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// SIGTERM or SIGINT: stop accepting, end event streams (websockets
+    /// with close 1001), answer waiting requests with what is there, and
+    /// let answers in flight finish, for at most [`SHUTDOWN_GRACE`].
+    fn begin_shutdown(&mut self, signal: Signal, now: Instant) {
+        if self.stopping.is_some() {
+            return;
+        }
+        log::info(format_args!(
+            "{signal}: stopping ({} connections open)",
+            self.conns.len()
+        ));
+        self.stopping = Some(now + SHUTDOWN_GRACE);
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut self.guest.socket);
+        let _ = registry.deregister(&mut self.admin.socket);
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.going_away();
+            if matches!(conn.state(), ConnState::Waiting(_)) {
+                conn.recheck_wait(&mut self.registry, true);
+            }
+            self.ready.push(key);
         }
     }
 
@@ -738,7 +795,10 @@ impl Server {
                         Some(instance) => Counted::Instance(id, instance.serial),
                         None => Counted::Unknown,
                     },
-                    Err(_) => Counted::Unknown,
+                    Err(refusal) => {
+                        self.log_throttled(format_args!("unrecognised caller: {refusal}"));
+                        Counted::Unknown
+                    }
                 },
             };
             if let Err((limit, why)) = self.admit(counted) {
@@ -812,18 +872,24 @@ impl Server {
     /// Answers a connection over a cap with `503` and closes it. The write
     /// goes to a fresh socket's empty buffer, so it does not block; if it
     /// fails, closing says enough.
-    fn refuse(&mut self, stream: mio::net::UnixStream, peer: &identity::PeerFacts, why: &str) {
+    /// Logs a refusal, one line a second at most, so that an attack cannot
+    /// flood the log.
+    fn log_throttled(&mut self, message: std::fmt::Arguments<'_>) {
         let now = Instant::now();
         if self
             .refusal_logged
             .is_none_or(|then| now.duration_since(then) >= Duration::from_secs(1))
         {
             self.refusal_logged = Some(now);
-            log::warn(format_args!(
-                "refusing a connection from pid {} (uid {}): {why}",
-                peer.pid, peer.uid
-            ));
+            log::warn(message);
         }
+    }
+
+    fn refuse(&mut self, stream: mio::net::UnixStream, peer: &identity::PeerFacts, why: &str) {
+        self.log_throttled(format_args!(
+            "refusing a connection from pid {} (uid {}): {why}",
+            peer.pid, peer.uid
+        ));
         let mut stream = stream;
         let mut out = Vec::new();
         let mut response = crate::http::response::Response::error(503, why);
