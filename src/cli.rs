@@ -36,6 +36,7 @@ usage:
   guestsock device add NAME DEV KEY=VALUE... | remove NAME DEV | list NAME
   guestsock state NAME Started
   guestsock query [--socket PATH] PATH      (a guest-side GET, for scripts inside containers)
+  guestsock doctor [NAME...] [--pid PID] [--path /dev/lxd/sock] [--socket PATH]
 
 serve:
   --socket PATH        guest socket (default /run/guestsock/guest/sock); bind-mount its
@@ -124,6 +125,19 @@ pub enum Command {
     Query {
         socket: Option<PathBuf>,
         path: String,
+    },
+    /// `doctor`: checks the socket mount inside containers.
+    Doctor {
+        /// Instances to check (all registered by `pid` if empty).
+        names: Vec<String>,
+        /// `--pid`: check this process's container instead.
+        pid: Option<i32>,
+        /// `--path`: where the socket should be inside (default /dev/lxd/sock).
+        path: String,
+        /// `--socket`: the server's guest socket on the host.
+        socket: Option<PathBuf>,
+        /// `--admin`: the admin socket, to list instances.
+        admin: Option<PathBuf>,
     },
     /// A client command of the admin socket.
     Admin {
@@ -218,6 +232,26 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
             Ok(Command::Query {
                 socket,
                 path: path.clone(),
+            })
+        }
+        "doctor" => {
+            let (mut pid, mut path, mut socket, mut admin) =
+                (None, "/dev/lxd/sock".to_string(), None, None);
+            while let Some(flag) = flags.next_flag()? {
+                match flag.as_str() {
+                    "--pid" => pid = Some(number(&flag, &flags.value(&flag)?)?),
+                    "--path" => path = flags.value(&flag)?,
+                    "--socket" => socket = Some(flags.value(&flag)?.into()),
+                    "--admin" => admin = Some(flags.value(&flag)?.into()),
+                    other => return Err(format!("doctor: unknown flag {other}")),
+                }
+            }
+            Ok(Command::Doctor {
+                names: flags.positionals.clone(),
+                pid,
+                path,
+                socket,
+                admin,
             })
         }
         "instance" | "config" | "device" | "state" => {
@@ -354,6 +388,13 @@ pub fn run(command: Command) -> Result<(), String> {
         }
         Command::Serve(args) => serve(args),
         Command::Query { socket, path } => query(&guest_socket_for_client(socket), &path),
+        Command::Doctor {
+            names,
+            pid,
+            path,
+            socket,
+            admin,
+        } => doctor(names, pid, &path, socket, admin),
         Command::Admin { admin, json, call } => {
             let socket = admin
                 .or_else(|| std::env::var_os("GUESTSOCK_ADMIN").map(PathBuf::from))
@@ -524,6 +565,64 @@ fn query(socket: &Path, path: &str) -> Result<(), String> {
             String::from_utf8_lossy(&reply.body).trim_end()
         ))
     }
+}
+
+/// `guestsock doctor`: for each container to check, what is at the socket
+/// path inside it. Exits non-zero if anything needs fixing.
+fn doctor(
+    names: Vec<String>,
+    pid: Option<i32>,
+    path: &str,
+    socket: Option<PathBuf>,
+    admin: Option<PathBuf>,
+) -> Result<(), String> {
+    let admin = admin
+        .or_else(|| std::env::var_os("GUESTSOCK_ADMIN").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
+    let mut targets: Vec<(String, i32)> = Vec::new();
+    let server_socket = match (pid, socket) {
+        (Some(pid), Some(socket)) => {
+            targets.push((format!("pid {pid}"), pid));
+            socket
+        }
+        (pid, socket) => {
+            let facts = client::admin(&admin, "GET", "/1.0", b"")?;
+            let instances = client::admin(&admin, "GET", "/1.0/instances?recursion=1", b"")?;
+            if let Some(pid) = pid {
+                targets.push((format!("pid {pid}"), pid));
+            }
+            for instance in instances.as_array().map(Vec::as_slice).unwrap_or_default() {
+                let name = instance["name"].as_str().unwrap_or_default();
+                let rule_pid = instance["match"]["pid"]
+                    .as_i64()
+                    .and_then(|p| i32::try_from(p).ok());
+                if let Some(rule_pid) = rule_pid
+                    && pid.is_none()
+                    && (names.is_empty() || names.iter().any(|n| n == name))
+                {
+                    targets.push((name.to_owned(), rule_pid));
+                }
+            }
+            socket.unwrap_or_else(|| {
+                PathBuf::from(facts["guest_socket"].as_str().unwrap_or(DEFAULT_SOCKET))
+            })
+        }
+    };
+    if targets.is_empty() {
+        return Err("doctor: no instance is registered by pid; give --pid PID".into());
+    }
+    let mut problems = 0;
+    for (label, pid) in targets {
+        let finding = crate::doctor::diagnose(pid, path, &server_socket);
+        if !finding.is_fine() {
+            problems += 1;
+        }
+        println!("{label}: {}", finding.explain(path));
+    }
+    if problems > 0 {
+        return Err(format!("doctor: {problems} container(s) need fixing"));
+    }
+    Ok(())
 }
 
 /// Reads standard input to its end, within the admin body limit.

@@ -11,6 +11,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod conn;
+pub mod doctor;
 pub mod events;
 pub mod fuzzing;
 pub mod http;

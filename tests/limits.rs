@@ -46,7 +46,7 @@ fn one_instance_at_its_cap_does_not_starve_another() {
     for c in &mut held {
         assert_eq!(c.request("GET", "/1.0/config/user.who", b"").text(), "me");
     }
-    let reply = server.get("/1.0");
+    let reply = server.refused();
     assert_eq!(reply.status, 503, "{}", reply.text());
     assert!(
         reply.text().contains("\"me\" has 5 connections open"),
@@ -80,7 +80,7 @@ fn strangers_and_the_whole_server_have_caps_too() {
     settle();
     let held: Vec<util::Client> = (0..3).map(|_| server.connect()).collect();
     thread::sleep(Duration::from_millis(100));
-    let reply = server.get("/1.0");
+    let reply = server.refused();
     assert_eq!(reply.status, 503, "{}", server.stderr());
     assert!(
         reply.text().contains("match no instance"),
@@ -93,7 +93,7 @@ fn strangers_and_the_whole_server_have_caps_too() {
     settle();
     let _held: Vec<util::Client> = (0..6).map(|_| server.connect()).collect();
     thread::sleep(Duration::from_millis(100));
-    let reply = server.get("/1.0");
+    let reply = server.refused();
     assert_eq!(reply.status, 503);
     assert!(
         reply.text().contains("6 connections open, its limit"),

@@ -21,7 +21,7 @@ fn counters_follow_what_happened() {
     // The fourth connection of c1 (cap 3) and the next are refused.
     let _held = (server.connect(), server.connect());
     std::thread::sleep(std::time::Duration::from_millis(100));
-    assert_eq!(server.get("/1.0").status, 503);
+    assert_eq!(server.refused().status, 503);
     assert_eq!(
         server
             .admin_call("PUT", "/1.0/instances/c1/config/user.foo", b"baz")

@@ -217,6 +217,14 @@ impl Server {
         Client::connect(&self.socket)
     }
 
+    /// The answer on a fresh connection that the server refuses at accept
+    /// (`503` over a cap): read without sending, since the server may have
+    /// closed before a request could be written.
+    pub fn refused(&self) -> Reply {
+        let mut c = self.connect();
+        c.read_reply(false)
+    }
+
     /// One request on a fresh connection.
     pub fn get(&self, path: &str) -> Reply {
         self.connect().request("GET", path, b"")
