@@ -37,6 +37,7 @@ usage:
   guestsock state NAME Started
   guestsock query [--socket PATH] PATH      (a guest-side GET, for scripts inside containers)
   guestsock doctor [NAME...] [--pid PID] [--path /dev/lxd/sock] [--socket PATH]
+  guestsock stats                           (the server's counters; GET /1.0/metrics for Prometheus)
 
 serve:
   --socket PATH        guest socket (default /run/guestsock/guest/sock); bind-mount its
@@ -125,6 +126,11 @@ pub enum Command {
     Query {
         socket: Option<PathBuf>,
         path: String,
+    },
+    /// `stats`: the server's counters for a person.
+    Stats {
+        /// `--admin`.
+        admin: Option<PathBuf>,
     },
     /// `doctor`: checks the socket mount inside containers.
     Doctor {
@@ -233,6 +239,16 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
                 socket,
                 path: path.clone(),
             })
+        }
+        "stats" | "top" => {
+            let mut admin = None;
+            while let Some(flag) = flags.next_flag()? {
+                match flag.as_str() {
+                    "--admin" => admin = Some(flags.value(&flag)?.into()),
+                    other => return Err(format!("stats: unknown flag {other}")),
+                }
+            }
+            Ok(Command::Stats { admin })
         }
         "doctor" => {
             let (mut pid, mut path, mut socket, mut admin) =
@@ -388,6 +404,7 @@ pub fn run(command: Command) -> Result<(), String> {
         }
         Command::Serve(args) => serve(args),
         Command::Query { socket, path } => query(&guest_socket_for_client(socket), &path),
+        Command::Stats { admin } => stats(admin),
         Command::Doctor {
             names,
             pid,
@@ -565,6 +582,93 @@ fn query(socket: &Path, path: &str) -> Result<(), String> {
             String::from_utf8_lossy(&reply.body).trim_end()
         ))
     }
+}
+
+/// `guestsock stats`: the metrics of `GET /1.0/metrics`, summed up for a
+/// person as one aligned table.
+fn stats(admin: Option<PathBuf>) -> Result<(), String> {
+    let admin = admin
+        .or_else(|| std::env::var_os("GUESTSOCK_ADMIN").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
+    let reply = client::call(&admin, "GET", "/1.0/metrics", b"")?;
+    if reply.status != 200 {
+        return Err(format!(
+            "{}: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body).trim_end()
+        ));
+    }
+    let text = String::from_utf8_lossy(&reply.body);
+    // Sums every sample of a metric whose labels contain `filter`.
+    let sum = |metric: &str, filter: &str| -> f64 {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter(|(name, _)| {
+                (name.starts_with(&format!("{metric}{{")) || *name == metric)
+                    && name.contains(filter)
+            })
+            .filter_map(|(_, v)| v.parse::<f64>().ok())
+            .sum()
+    };
+    let count = |metric: &str, filter: &str| format!("{}", sum(metric, filter) as u64);
+    let requests = sum("guestsock_requests_total", "");
+    let latency = sum("guestsock_request_duration_seconds_sum", "");
+    let rows = vec![
+        vec!["instances".into(), count("guestsock_instances", "")],
+        vec![
+            "connections: guest".into(),
+            count("guestsock_connections", "kind=\"guest\""),
+        ],
+        vec![
+            "connections: admin".into(),
+            count("guestsock_connections", "kind=\"admin\""),
+        ],
+        vec![
+            "event subscribers".into(),
+            count("guestsock_connections", "kind=\"subscriber\""),
+        ],
+        vec!["requests answered".into(), format!("{}", requests as u64)],
+        vec![
+            "  2xx".into(),
+            count("guestsock_requests_total", "status=\"2"),
+        ],
+        vec![
+            "  4xx".into(),
+            count("guestsock_requests_total", "status=\"4"),
+        ],
+        vec![
+            "  5xx".into(),
+            count("guestsock_requests_total", "status=\"5"),
+        ],
+        vec![
+            "mean request time".into(),
+            if requests > 0.0 {
+                format!("{:.1} µs", latency / requests * 1e6)
+            } else {
+                "-".into()
+            },
+        ],
+        vec![
+            "identity failures".into(),
+            count("guestsock_identity_failures_total", ""),
+        ],
+        vec![
+            "events published".into(),
+            count("guestsock_events_total", "published"),
+        ],
+        vec![
+            "events delivered".into(),
+            count("guestsock_events_total", "delivered"),
+        ],
+        vec![
+            "subscribers cut off".into(),
+            count("guestsock_subscribers_dropped_total", ""),
+        ],
+        vec!["limits hit".into(), count("guestsock_limits_hit_total", "")],
+    ];
+    print!("{}", table(&["WHAT", "VALUE"], &rows));
+    Ok(())
 }
 
 /// `guestsock doctor`: for each container to check, what is at the socket

@@ -82,6 +82,8 @@ pub struct Ctx<'a> {
     pub subscribers: usize,
     /// The buffer every read goes through ([`READ_CHUNK_BYTES`]).
     pub scratch: &'a mut [u8],
+    /// The server is stopping: every answer closes its connection.
+    pub stopping: bool,
 }
 
 /// Whose events a subscriber receives, and which types.
@@ -203,6 +205,8 @@ pub struct Conn {
     last_progress: Instant,
     /// The deadline the server has a timer for.
     pub timer: Option<Instant>,
+    /// At least one request was answered on this connection.
+    served: bool,
 }
 
 /// Which connection count a guest connection is in, decided at accept.
@@ -256,6 +260,7 @@ impl Conn {
             head_done_at: None,
             last_progress: Instant::now(),
             timer: None,
+            served: false,
         }
     }
 
@@ -327,6 +332,19 @@ impl Conn {
     /// an event.
     pub fn is_idle(&self) -> bool {
         self.input.capacity() == 0 && self.output.capacity() == 0 && self.hold.is_none()
+    }
+
+    /// Whether a stopping server may close the connection now: it waits for
+    /// nothing and has been answered at least once (an idle keep-alive
+    /// connection, which any HTTP client must expect to be closed). A
+    /// connection that has not sent its first request yet is given the
+    /// grace period to send it.
+    pub fn closable_when_stopping(&self) -> bool {
+        self.state == ConnState::Open
+            && self.hold.is_none()
+            && self.pending_output() == 0
+            && self.input.is_empty()
+            && self.served
     }
 
     /// Bytes queued and not yet taken by the kernel.
@@ -695,7 +713,8 @@ impl Conn {
             if self.side == Side::Guest {
                 count_refusal(ctx, &self.peer, response.status);
             }
-            let keep_alive = req.keep_alive && !response.close;
+            let keep_alive = req.keep_alive && !response.close && !ctx.stopping;
+            self.served = true;
             let at = self.output.len();
             response.write_to(
                 &mut self.output,

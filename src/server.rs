@@ -27,6 +27,7 @@ use nix::sys::socket::{
 };
 use slab::Slab;
 
+use crate::activation;
 use crate::api::Change;
 use crate::api::admin::{Connections, ServerFacts};
 use crate::conn::{Conn, ConnState, Counted, Ctx, Expired, Hold, Listed, Next, Registration, Side};
@@ -88,16 +89,62 @@ struct Listener {
     socket: UnixListener,
     path: PathBuf,
     ino: u64,
+    /// Passed by systemd (socket activation): it outlives this process and
+    /// is never removed by it.
+    activated: bool,
 }
 
 impl Listener {
     fn bind(path: PathBuf, mode: u32) -> Result<Listener, String> {
         let socket = bind_socket(&path, mode)?;
         let ino = fs::symlink_metadata(&path).map(|m| m.ino()).unwrap_or(0);
-        Ok(Listener { socket, path, ino })
+        Ok(Listener {
+            socket,
+            path,
+            ino,
+            activated: false,
+        })
+    }
+
+    /// A listener systemd passed (already bound and listening).
+    fn adopt(fd: std::os::fd::OwnedFd, path: PathBuf) -> Result<Listener, String> {
+        let std_listener = std::os::unix::net::UnixListener::from(fd);
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("cannot make {} non-blocking: {e}", path.display()))?;
+        Ok(Listener {
+            socket: UnixListener::from_std(std_listener),
+            ino: 0,
+            path,
+            activated: true,
+        })
+    }
+
+    /// Binds `path`, unless systemd passed a socket for this role.
+    fn bind_or_adopt(
+        passed: Option<(std::os::fd::OwnedFd, PathBuf)>,
+        path: PathBuf,
+        mode: u32,
+    ) -> Result<Listener, String> {
+        match passed {
+            Some((fd, passed_path)) => {
+                if passed_path != path {
+                    log::info(format_args!(
+                        "using the socket systemd passed, {}, rather than {}",
+                        passed_path.display(),
+                        path.display()
+                    ));
+                }
+                Listener::adopt(fd, passed_path)
+            }
+            None => Listener::bind(path, mode),
+        }
     }
 
     fn remove(&self) {
+        if self.activated {
+            return;
+        }
         if fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
             let _ = fs::remove_file(&self.path);
         }
@@ -207,8 +254,9 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         seeded.push(id);
     }
 
-    let guest = Listener::bind(config.socket, 0o666)?;
-    let admin = Listener::bind(config.admin_socket, 0o600)?;
+    let activated = activation::listen_fds()?;
+    let guest = Listener::bind_or_adopt(activated.guest, config.socket, 0o666)?;
+    let admin = Listener::bind_or_adopt(activated.admin, config.admin_socket, 0o600)?;
     let poll = Poll::new().map_err(|e| format!("cannot create epoll instance: {e}"))?;
     let waker = Arc::new(
         Waker::new(poll.registry(), WRITER).map_err(|e| format!("cannot create a waker: {e}"))?,
@@ -279,6 +327,11 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         server.facts.state_dir,
         server.guest.path.display(),
         server.admin.path.display(),
+    ));
+    activation::notify(&format!(
+        "READY=1\nSTATUS=serving {} instances on {}",
+        server.registry.len(),
+        server.guest.path.display()
     ));
     let result = server.run();
     server.writer.finish();
@@ -351,11 +404,7 @@ impl Server {
                 let done: Vec<usize> = self
                     .conns
                     .iter()
-                    .filter(|(_, c)| {
-                        *c.state() == ConnState::Open
-                            && c.hold().is_none()
-                            && c.pending_output() == 0
-                    })
+                    .filter(|(_, c)| c.closable_when_stopping())
                     .map(|(key, _)| key)
                     .collect();
                 for key in done {
@@ -387,6 +436,10 @@ impl Server {
             self.conns.len()
         ));
         self.stopping = Some(now + SHUTDOWN_GRACE);
+        activation::notify(&format!(
+            "STOPPING=1\nSTATUS=stopping: finishing {} connections",
+            self.conns.len()
+        ));
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut self.guest.socket);
         let _ = registry.deregister(&mut self.admin.socket);
@@ -591,6 +644,7 @@ impl Server {
             metrics: &mut self.metrics,
             subscribers: self.subscriber_count,
             scratch: &mut self.scratch,
+            stopping: self.stopping.is_some(),
         };
         if conn.drive(&mut ctx) == Next::Close {
             self.finished.push(key);

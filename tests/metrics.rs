@@ -54,3 +54,33 @@ fn counters_follow_what_happened() {
     assert!(!text.contains("shadow"));
     assert!(text.contains("guestsock_request_duration_seconds_count"));
 }
+
+#[test]
+fn stats_shows_the_same_for_a_person() {
+    let server = util::Server::start(json!([
+        {"name": "c1", "match": {"uid_range": [util::my_uid(), 1]}, "root_uid": util::my_uid()},
+    ]));
+    assert_eq!(server.get("/1.0").status, 200);
+    assert_eq!(server.get("/nope").status, 404);
+    let out = util::run_guestsock(
+        &["stats", "--admin", server.admin_socket.to_str().unwrap()],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let value = |what: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(what))
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(value("instances"), "1", "{text}");
+    assert_eq!(value("requests answered"), "2", "{text}");
+    assert_eq!(value("2xx"), "1", "{text}");
+    assert_eq!(value("4xx"), "1", "{text}");
+}
