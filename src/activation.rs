@@ -1,11 +1,13 @@
-//! systemd integration, by hand: socket activation (`LISTEN_FDS`,
-//! `LISTEN_PID`, `LISTEN_FDNAMES`, sd_listen_fds(3)) and readiness
-//! notification (`NOTIFY_SOCKET`, sd_notify(3)).
+//! Sockets that outlive a guestsock process: systemd socket activation
+//! (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, sd_listen_fds(3)),
+//! readiness notification (`NOTIFY_SOCKET`, sd_notify(3)), and, without
+//! systemd, the SIGHUP handoff of the listening sockets to a successor over
+//! SCM_RIGHTS.
 //!
 //! This is the one module with `unsafe`: adopting a file descriptor that
-//! guestsock did not open (the listening sockets systemd passes at 3, 4, ...)
-//! needs `OwnedFd::from_raw_fd`, which nix and std only offer unsafely. Each
-//! descriptor is checked before it is adopted.
+//! guestsock did not open (the listening sockets systemd passes at 3, 4, ...,
+//! or a predecessor passes) needs `OwnedFd::from_raw_fd`, which nix and std
+//! only offer unsafely. Each descriptor is checked before it is adopted.
 #![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -122,5 +124,157 @@ pub fn notify(state: &str) {
     };
     if let Err(e) = sent {
         crate::log::warn(format_args!("cannot notify systemd: {e}"));
+    }
+}
+
+/// The environment variable naming the descriptor of the handoff channel
+/// a predecessor (`SIGHUP`) passes to its successor.
+const HANDOFF_ENV: &str = "GUESTSOCK_HANDOFF_FD";
+
+/// The byte the predecessor sends once it has released the state
+/// directory.
+const RELEASED: u8 = b'R';
+
+/// The successor's end of a handoff: the predecessor sends the listening
+/// sockets over it, then says when the state directory is free.
+#[derive(Debug)]
+pub struct Handoff {
+    channel: std::os::unix::net::UnixStream,
+}
+
+/// The handoff channel a predecessor passed to this process, if any.
+pub fn take_handoff() -> Result<Option<Handoff>, String> {
+    let Ok(value) = std::env::var(HANDOFF_ENV) else {
+        return Ok(None);
+    };
+    // SAFETY: see `listen_fds`: at start, before any other thread exists.
+    unsafe { std::env::remove_var(HANDOFF_ENV) };
+    let fd: RawFd = value
+        .parse()
+        .map_err(|_| format!("{HANDOFF_ENV}={value:?} is not a descriptor"))?;
+    // SAFETY: borrowed only to check what it is.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    match getsockopt(&borrowed, sockopt::SockType) {
+        Ok(SockType::Stream) => {}
+        _ => return Err(format!("{HANDOFF_ENV}={fd} is not a stream socket")),
+    }
+    // SAFETY: checked above to be an open stream socket; the predecessor
+    // created it for this process (without close-on-exec) and nothing else
+    // here refers to it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let channel = std::os::unix::net::UnixStream::from(owned);
+    let _ = channel.set_read_timeout(Some(std::time::Duration::from_secs(60)));
+    Ok(Some(Handoff { channel }))
+}
+
+impl Handoff {
+    /// Receives the guest and admin listening sockets (SCM_RIGHTS).
+    pub fn receive_sockets(&mut self) -> Result<Activated, String> {
+        use std::io::IoSliceMut;
+        use std::os::fd::AsRawFd;
+
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        let mut payload = [0u8; 64];
+        let mut iov = [IoSliceMut::new(&mut payload)];
+        let mut space = nix::cmsg_space!([RawFd; 2]);
+        let msg = recvmsg::<()>(
+            self.channel.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| format!("cannot receive the sockets from the old process: {e}"))?;
+        let mut fds = Vec::new();
+        for cmsg in msg
+            .cmsgs()
+            .map_err(|e| format!("bad handoff message: {e}"))?
+        {
+            if let ControlMessageOwned::ScmRights(received) = cmsg {
+                fds.extend(received);
+            }
+        }
+        let [guest, admin] = fds[..] else {
+            return Err(format!(
+                "the old process passed {} sockets, not 2",
+                fds.len()
+            ));
+        };
+        let adopt = |fd: RawFd| -> Result<(OwnedFd, PathBuf), String> {
+            let path = check_listening_unix(fd)?;
+            // SAFETY: received just now with SCM_RIGHTS, so this process
+            // owns it; checked above to be a listening unix socket.
+            Ok((unsafe { OwnedFd::from_raw_fd(fd) }, path))
+        };
+        Ok(Activated {
+            guest: Some(adopt(guest)?),
+            admin: Some(adopt(admin)?),
+        })
+    }
+
+    /// Waits until the predecessor has released the state directory.
+    pub fn wait_released(&mut self) -> Result<(), String> {
+        use std::io::Read;
+        let mut byte = [0u8; 1];
+        match self.channel.read(&mut byte) {
+            Ok(1) if byte[0] == RELEASED => Ok(()),
+            Ok(_) => Err("the old process ended without releasing the state directory".into()),
+            Err(e) => Err(format!("waiting for the old process: {e}")),
+        }
+    }
+}
+
+/// Starts a new guestsock with this process's arguments and hands it the
+/// listening sockets; returns the channel on which to say, later, that the
+/// state directory is released.
+pub fn spawn_successor(
+    guest: std::os::fd::BorrowedFd<'_>,
+    admin: std::os::fd::BorrowedFd<'_>,
+) -> Result<std::os::unix::net::UnixStream, String> {
+    use std::io::IoSlice;
+    use std::os::fd::{AsFd, AsRawFd};
+
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    use nix::sys::socket::{
+        AddressFamily, ControlMessage, MsgFlags, SockFlag, sendmsg, socketpair,
+    };
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::empty(),
+    )
+    .map_err(|e| format!("cannot create the handoff channel: {e}"))?;
+    // Only the successor's end crosses exec.
+    fcntl(ours.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map_err(|e| format!("cannot set close-on-exec: {e}"))?;
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find guestsock's binary: {e}"))?;
+    let child = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(HANDOFF_ENV, theirs.as_raw_fd().to_string())
+        .spawn()
+        .map_err(|e| format!("cannot start the new guestsock: {e}"))?;
+    drop(theirs);
+    crate::log::info(format_args!(
+        "started the new guestsock, pid {}",
+        child.id()
+    ));
+    let fds = [guest.as_raw_fd(), admin.as_raw_fd()];
+    sendmsg::<()>(
+        ours.as_raw_fd(),
+        &[IoSlice::new(b"guestsock-handoff")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| format!("cannot pass the sockets to the new guestsock: {e}"))?;
+    Ok(std::os::unix::net::UnixStream::from(ours))
+}
+
+/// Tells the successor the state directory is free.
+pub fn release(channel: &mut std::os::unix::net::UnixStream) {
+    use std::io::Write;
+    if let Err(e) = channel.write_all(&[RELEASED]) {
+        crate::log::warn(format_args!("cannot tell the new guestsock to go on: {e}"));
     }
 }

@@ -141,6 +141,14 @@ impl Listener {
         }
     }
 
+    /// Takes ownership of an adopted socket's file (a handoff, not systemd).
+    fn own(&mut self) {
+        self.activated = false;
+        self.ino = fs::symlink_metadata(&self.path)
+            .map(|m| m.ino())
+            .unwrap_or(0);
+    }
+
     fn remove(&self) {
         if self.activated {
             return;
@@ -202,6 +210,8 @@ struct Server {
     subscriber_count: usize,
     /// Set once a stop signal arrived: the time by which to be gone.
     stopping: Option<Instant>,
+    /// After SIGHUP: the channel to the new guestsock.
+    successor: Option<std::os::unix::net::UnixStream>,
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -212,11 +222,26 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGHUP);
     mask.thread_block()
         .map_err(|e| format!("cannot block signals: {e}"))?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("cannot create a signalfd: {e}"))?;
 
+    // A successor started by SIGHUP gets the listening sockets first, then
+    // waits for its predecessor to release the state directory; meanwhile
+    // new connections wait in the listen backlog.
+    let (activated, handed_over) = match activation::take_handoff()? {
+        Some(mut handoff) => {
+            let sockets = handoff.receive_sockets()?;
+            handoff.wait_released()?;
+            log::info(format_args!(
+                "took over the sockets from the previous guestsock"
+            ));
+            (sockets, true)
+        }
+        None => (activation::listen_fds()?, false),
+    };
     let (state, stored) = store::open(&config.state_dir)?;
     let mut registry = Registry::new(config.host_name);
     for stored in stored {
@@ -254,9 +279,14 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         seeded.push(id);
     }
 
-    let activated = activation::listen_fds()?;
-    let guest = Listener::bind_or_adopt(activated.guest, config.socket, 0o666)?;
-    let admin = Listener::bind_or_adopt(activated.admin, config.admin_socket, 0o600)?;
+    let mut guest = Listener::bind_or_adopt(activated.guest, config.socket, 0o666)?;
+    let mut admin = Listener::bind_or_adopt(activated.admin, config.admin_socket, 0o600)?;
+    if handed_over {
+        // Taken over from a predecessor, not from systemd: this process owns
+        // the files now and removes them when it stops for good.
+        guest.own();
+        admin.own();
+    }
     let poll = Poll::new().map_err(|e| format!("cannot create epoll instance: {e}"))?;
     let waker = Arc::new(
         Waker::new(poll.registry(), WRITER).map_err(|e| format!("cannot create a waker: {e}"))?,
@@ -302,6 +332,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         scratch: vec![0; READ_CHUNK_BYTES],
         subscriber_count: 0,
         stopping: None,
+        successor: None,
     };
     for id in seeded {
         server.save(id);
@@ -334,7 +365,11 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         server.guest.path.display()
     ));
     let result = server.run();
+    // Finishing the writer closes the state directory and its lock.
     server.writer.finish();
+    if let Some(channel) = server.successor.as_mut() {
+        activation::release(channel);
+    }
     server.guest.remove();
     server.admin.remove();
     result
@@ -372,11 +407,11 @@ impl Server {
                     GUEST_LISTENER => self.accept(Side::Guest),
                     ADMIN_LISTENER => self.accept(Side::Admin { authorized: false }),
                     WRITER => self.take_commits(),
-                    SIGNALS => {
-                        if let Some(signal) = self.take_signal() {
-                            self.begin_shutdown(signal, now);
-                        }
-                    }
+                    SIGNALS => match self.take_signal() {
+                        Some(Signal::SIGHUP) => self.hand_over(now),
+                        Some(signal) => self.begin_shutdown(signal, now),
+                        None => {}
+                    },
                     Token(key) => {
                         if let Some(conn) = self.conns.get_mut(key)
                             && (event.is_readable() || event.is_read_closed() || event.is_error())
@@ -421,6 +456,30 @@ impl Server {
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// SIGHUP: start a new guestsock, hand it the listening sockets, and
+    /// stop like on SIGTERM; the state directory is released to it once
+    /// this process has written everything (in `serve`). Connections made
+    /// meanwhile wait in the backlog: no connection attempt fails and the
+    /// sockets' inodes, which containers have mounted, never change.
+    fn hand_over(&mut self, now: Instant) {
+        if self.stopping.is_some() {
+            return;
+        }
+        use std::os::fd::AsFd;
+        let spawned =
+            activation::spawn_successor(self.guest.socket.as_fd(), self.admin.socket.as_fd());
+        match spawned {
+            Ok(channel) => {
+                self.successor = Some(channel);
+                // The files belong to the successor now.
+                self.guest.activated = true;
+                self.admin.activated = true;
+                self.begin_shutdown(Signal::SIGHUP, now);
+            }
+            Err(e) => log::error(format_args!("SIGHUP: {e}; going on serving")),
         }
     }
 

@@ -235,6 +235,16 @@ impl Server {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends `signal` and waits for the exit.
+    pub fn signal_and_wait(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+    ) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+        wait_with_deadline(&mut self.child)
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
