@@ -23,7 +23,6 @@ use crate::events::TypeFilter;
 use crate::http::request::{self, Parsed, Request, WebSocketHeaders, percent_decode, query_param};
 use crate::http::response::Response;
 use crate::identity::{self, PeerFacts};
-use crate::instance::RuleKinds;
 use crate::limits::{
     MAX_ADMIN_BODY_BYTES, MAX_GUEST_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES,
     MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES, Tunables,
@@ -889,11 +888,11 @@ impl Conn {
 /// at accept; if that process has exited, the facts fail closed.
 fn refresh_peer(stream: &UnixStream, peer: &mut PeerFacts, registry: &Registry) {
     let kinds = registry.kinds_in_use();
-    if kinds.needs_proc() && !peer.gathered.needs_proc() {
+    if kinds.needs_proc() && !peer.gathered.contains(kinds.proc_kinds()) {
         match identity::peer_facts(stream, kinds) {
             Ok(facts) => *peer = facts,
             Err(_) => {
-                peer.gathered = RuleKinds::CGROUP.union(RuleKinds::PID);
+                peer.gathered = kinds.proc_kinds();
                 peer.proc_error = Some("its credentials could not be read again");
             }
         }

@@ -52,9 +52,10 @@ pub fn peer_facts<S: AsFd>(stream: &S, kinds: RuleKinds) -> io::Result<PeerFacts
         pidns: None,
         proc_error: None,
     };
-    if kinds.needs_proc() {
-        facts.gathered = RuleKinds::CGROUP.union(RuleKinds::PID);
-        if let Err(reason) = read_proc_facts(stream, &mut facts) {
+    let wanted = kinds.proc_kinds();
+    if !wanted.is_empty() {
+        facts.gathered = wanted;
+        if let Err(reason) = read_proc_facts(stream, &mut facts, wanted) {
             facts.cgroup = None;
             facts.pidns = None;
             facts.proc_error = Some(reason);
@@ -63,10 +64,15 @@ pub fn peer_facts<S: AsFd>(stream: &S, kinds: RuleKinds) -> io::Result<PeerFacts
     Ok(facts)
 }
 
-/// Fills in both `/proc` facts, then checks the pidfd. Both are read even if
-/// only one kind of rule is in use, so that a rule of the other kind
-/// registered later is evaluated against a real fact.
-fn read_proc_facts<S: AsFd>(stream: &S, facts: &mut PeerFacts) -> Result<(), &'static str> {
+/// Fills in the `/proc` facts `wanted` asks for, then checks the pidfd. Only
+/// the kinds of rule in use are read (each read is a system call on every
+/// connection); a rule of another kind registered later makes the
+/// connection gather again, through the same pidfd check (`conn`).
+fn read_proc_facts<S: AsFd>(
+    stream: &S,
+    facts: &mut PeerFacts,
+    wanted: RuleKinds,
+) -> Result<(), &'static str> {
     if facts.pid <= 0 {
         // A peer in a pid namespace we cannot see is reported as pid 0.
         return Err("its pid is not visible from guestsock's pid namespace");
@@ -76,13 +82,17 @@ fn read_proc_facts<S: AsFd>(stream: &S, facts: &mut PeerFacts) -> Result<(), &'s
     let pidfd = getsockopt(stream, sockopt::PeerPidfd).map_err(
         |_| "the kernel does not provide SO_PEERPIDFD (Linux >= 6.5), so a pid cannot be proved",
     )?;
-    facts.cgroup = Some(
-        cgroup_of(facts.pid)
-            .map_err(|_| "its cgroup could not be read")?
-            .into(),
-    );
-    facts.pidns =
-        Some(pid_namespace(facts.pid).map_err(|_| "its pid namespace could not be read")?);
+    if wanted.contains(RuleKinds::CGROUP) {
+        facts.cgroup = Some(
+            cgroup_of(facts.pid)
+                .map_err(|_| "its cgroup could not be read")?
+                .into(),
+        );
+    }
+    if wanted.contains(RuleKinds::PID) {
+        facts.pidns =
+            Some(pid_namespace(facts.pid).map_err(|_| "its pid namespace could not be read")?);
+    }
     if exited(&pidfd) {
         return Err("the connecting process exited, so its pid may name another process now");
     }
@@ -113,6 +123,11 @@ pub fn cgroup_of(pid: i32) -> io::Result<String> {
         match file.read(&mut buf[len..])? {
             0 => break,
             n => len += n,
+        }
+        // procfs hands out the whole file in one read when it fits: a short
+        // read ending a line is the end, and saves a system call.
+        if len < buf.len() && buf[len - 1] == b'\n' {
+            break;
         }
         if len == buf.len() {
             return Err(io::Error::new(

@@ -126,7 +126,17 @@ impl RuleKinds {
 
     /// Whether any of these kinds needs a read of `/proc/<pid>`.
     pub fn needs_proc(self) -> bool {
-        self.0 & (Self::CGROUP.0 | Self::PID.0) != 0
+        !self.proc_kinds().is_empty()
+    }
+
+    /// The kinds among these that need a read of `/proc/<pid>`.
+    pub fn proc_kinds(self) -> RuleKinds {
+        RuleKinds(self.0 & (Self::CGROUP.0 | Self::PID.0))
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
     }
 }
 

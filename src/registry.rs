@@ -484,10 +484,7 @@ impl Registry {
         let kinds = self.kinds_in_use();
         let (pid, uid) = (peer.pid, peer.uid);
         if kinds.needs_proc() {
-            if !peer
-                .gathered
-                .contains(RuleKinds::CGROUP.union(RuleKinds::PID))
-            {
+            if !peer.gathered.contains(kinds.proc_kinds()) {
                 return Err(Refusal::Unverified {
                     pid,
                     uid,
