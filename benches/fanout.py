@@ -39,6 +39,22 @@ def put(admin, name, value):
     return s
 
 
+def last_fanout(admin):
+    """(frames, seconds) of the server's last fan-out, from its metrics."""
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(admin)
+    s.sendall(b"GET /1.0/metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    values = {}
+    for line in data.decode().splitlines():
+        for name in ("guestsock_fanout_seconds", "guestsock_fanout_frames"):
+            if line.startswith(name + '{which="last"}'):
+                values[name] = float(line.split()[-1])
+    return int(values["guestsock_fanout_frames"]), values["guestsock_fanout_seconds"]
+
+
 def main():
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -145,7 +161,7 @@ def main():
             poller.register(s.fileno(), select.EPOLLIN)
         with open(os.path.join(root, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
-        times = []
+        times, server_side = [], []
         for round in range(5):
             sent = time.monotonic()
             ack = put(admin, "i0", f"c{round}")
@@ -153,9 +169,14 @@ def main():
             times.append(max(got.values()) - sent if len(got) == N * PER else float("nan"))
             ack.recv(4096)
             ack.close()
+            server_side.append(last_fanout(admin))
         print(f"one change to an instance with {N * PER} subscribers: all had the frame after "
               f"{statistics.median(times) * 1000:.1f} ms (median of 5; best "
               f"{min(times) * 1000:.1f} ms; measured by one Python client reading all of them)")
+        frames, seconds = max(server_side, key=lambda fs: fs[1])
+        print(f"  server side (guestsock_fanout_seconds): every frame in its subscriber's socket "
+              f"after median {statistics.median(s for _, s in server_side) * 1000:.2f} ms, "
+              f"worst {seconds * 1000:.2f} ms ({frames} frames)")
     finally:
         server.terminate()
         server.wait()

@@ -69,6 +69,11 @@ pub struct Metrics {
     pub identity_unverified: u64,
     /// Guest requests refused `401` (wrong uid inside an instance).
     pub identity_wrong_uid: u64,
+    /// The last fan-out: frames queued, and how long queuing (and writing,
+    /// where the socket took it at once) all of them took.
+    last_fanout: (usize, f64),
+    /// The slowest fan-out so far, as above.
+    max_fanout: (usize, f64),
 }
 
 impl Default for Metrics {
@@ -87,6 +92,8 @@ impl Default for Metrics {
             identity_ambiguous: 0,
             identity_unverified: 0,
             identity_wrong_uid: 0,
+            last_fanout: (0, 0.0),
+            max_fanout: (0, 0.0),
         }
     }
 }
@@ -121,6 +128,14 @@ impl Metrics {
             if seconds <= bound {
                 *bucket += 1;
             }
+        }
+    }
+
+    /// Records one change's fan-out: `frames` queued in `seconds`.
+    pub fn fanout(&mut self, frames: usize, seconds: f64) {
+        self.last_fanout = (frames, seconds);
+        if seconds > self.max_fanout.1 {
+            self.max_fanout = (frames, seconds);
         }
     }
 
@@ -203,6 +218,11 @@ impl Metrics {
             out,
             "# HELP guestsock_subscribers_dropped_total Subscribers cut off, by reason.\n# TYPE guestsock_subscribers_dropped_total counter\nguestsock_subscribers_dropped_total{{reason=\"slow\"}} {}\nguestsock_subscribers_dropped_total{{reason=\"ping_timeout\"}} {}",
             self.slow_consumers_cut, self.ping_timeouts
+        );
+        let _ = writeln!(
+            out,
+            "# HELP guestsock_fanout_seconds Time to hand one change's frames to every subscriber's socket.\n# TYPE guestsock_fanout_seconds gauge\nguestsock_fanout_seconds{{which=\"last\"}} {}\nguestsock_fanout_seconds{{which=\"max\"}} {}\n# HELP guestsock_fanout_frames Frames in that fan-out.\n# TYPE guestsock_fanout_frames gauge\nguestsock_fanout_frames{{which=\"last\"}} {}\nguestsock_fanout_frames{{which=\"max\"}} {}",
+            self.last_fanout.1, self.max_fanout.1, self.last_fanout.0, self.max_fanout.0
         );
         let _ = writeln!(
             out,

@@ -631,40 +631,46 @@ impl Server {
     /// Delivers `events` of instance `id` (named `name`) to its guest
     /// subscribers (guest-visible ones only) and to the admin stream.
     fn publish(&mut self, id: InstanceId, name: &str, events: &[Event]) {
+        self.publish_to(Some(id), name, events);
+    }
+
+    /// Delivers `events` of the instance named `name`: to the guest
+    /// subscribers of `id` (guest-visible events only; none once the
+    /// instance is gone) and to the admin stream. The time the whole
+    /// fan-out took is kept for the metrics.
+    fn publish_to(&mut self, id: Option<InstanceId>, name: &str, events: &[Event]) {
         if events.is_empty() {
             return;
         }
+        let started = Instant::now();
         self.metrics.events_published += events.len() as u64;
         let timestamp = events::timestamp_now();
-        let guests = self
-            .subscribers
-            .get(&id)
+        let guests = id
+            .and_then(|id| self.subscribers.get(&id))
             .map(Vec::as_slice)
             .unwrap_or_default();
+        let mut frames = 0;
         for event in events {
-            if event.guest_visible() && !guests.is_empty() {
-                let json = event.to_json(&timestamp, None);
+            let mut send = |keys: &[usize], instance: Option<&str>| {
+                let json = event.to_json(&timestamp, instance);
+                frames += keys.len();
                 deliver(
                     &mut self.conns,
-                    guests,
+                    keys,
                     event,
                     &json,
                     &mut self.finished,
                     &mut self.metrics,
                 );
+            };
+            if event.guest_visible() && !guests.is_empty() {
+                send(guests, None);
             }
             if !self.admin_subscribers.is_empty() {
-                let json = event.to_json(&timestamp, Some(name));
-                deliver(
-                    &mut self.conns,
-                    &self.admin_subscribers,
-                    event,
-                    &json,
-                    &mut self.finished,
-                    &mut self.metrics,
-                );
+                send(&self.admin_subscribers, Some(name));
             }
         }
+        self.metrics.fanout(frames, started.elapsed().as_secs_f64());
     }
 
     /// Answers the guest requests of instance `id` waiting for a change
@@ -774,28 +780,9 @@ impl Server {
                     }
                     self.finished.push(key);
                 }
-                self.publish_admin_only(&name, &[Event::InstanceRemoved]);
+                self.publish_to(None, &name, &[Event::InstanceRemoved]);
                 Some(self.writer.submit(Job::Remove { name }))
             }
-        }
-    }
-
-    /// Delivers events to the admin stream only (the instance is gone).
-    fn publish_admin_only(&mut self, name: &str, events: &[Event]) {
-        if self.admin_subscribers.is_empty() {
-            return;
-        }
-        let timestamp = events::timestamp_now();
-        for event in events {
-            let json = event.to_json(&timestamp, Some(name));
-            deliver(
-                &mut self.conns,
-                &self.admin_subscribers,
-                event,
-                &json,
-                &mut self.finished,
-                &mut self.metrics,
-            );
         }
     }
 
