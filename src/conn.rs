@@ -627,19 +627,9 @@ impl Conn {
                     match guest::answer(&req, &self.peer, ctx.registry, Some(ctx.limits)) {
                         GuestAnswer::Respond(response, change) => (response, change),
                         GuestAnswer::Subscribe(id) => {
+                            let plan = plan_subscription(&req, Some(id));
                             let used = req.len;
-                            let outcome = Self::subscribe(
-                                &mut self.output,
-                                &mut self.state,
-                                &mut self.registration,
-                                &req,
-                                Some(id),
-                            );
-                            self.consume(used);
-                            if let Err(response) = outcome {
-                                response.write_to(&mut self.output, false, false, false);
-                                self.state = ConnState::Closing;
-                            }
+                            self.start_subscription(plan, used);
                             return true;
                         }
                         GuestAnswer::Wait { id, etag, timeout } => {
@@ -675,24 +665,9 @@ impl Conn {
                             (response, None)
                         }
                         AdminAnswer::Subscribe => {
+                            let plan = plan_subscription(&req, None);
                             let used = req.len;
-                            let outcome = Self::subscribe(
-                                &mut self.output,
-                                &mut self.state,
-                                &mut self.registration,
-                                &req,
-                                None,
-                            );
-                            self.consume(used);
-                            if let Err(response) = outcome {
-                                response.enveloped().write_to(
-                                    &mut self.output,
-                                    false,
-                                    false,
-                                    false,
-                                );
-                                self.state = ConnState::Closing;
-                            }
+                            self.start_subscription(plan, used);
                             return true;
                         }
                     }
@@ -734,58 +709,45 @@ impl Conn {
         answered
     }
 
-    /// Turns the connection into a subscriber (PROTOCOL.md section 5): a
-    /// websocket if the request asks for one, else a stream of JSON lines.
-    /// Takes the connection's parts, since `req` borrows its input.
-    fn subscribe(
-        output: &mut Vec<u8>,
-        state: &mut ConnState,
-        registration: &mut Option<Registration>,
-        req: &Request<'_>,
-        instance: Option<InstanceId>,
-    ) -> Result<(), Response> {
-        let accept = handshake::check(req).map_err(|e| {
-            let mut response = Response::error(
-                match e {
-                    HandshakeError::UnsupportedVersion => 426,
-                    HandshakeError::MissingUpgrade | HandshakeError::BadKey => 400,
-                },
-                e.message(),
-            );
-            if e == HandshakeError::UnsupportedVersion {
-                response.extra_header = Some("Sec-WebSocket-Version: 13");
+    /// Turns the connection into a subscriber (PROTOCOL.md section 5) as
+    /// `plan` says, after consuming the `used` bytes of its request; or
+    /// answers why not and closes.
+    fn start_subscription(
+        &mut self,
+        plan: Result<(Option<String>, Subscription), Response>,
+        used: usize,
+    ) {
+        self.consume(used);
+        let (accept, subscription) = match plan {
+            Ok(plan) => plan,
+            Err(response) => {
+                self.side_response(response)
+                    .write_to(&mut self.output, false, false, false);
+                self.state = ConnState::Closing;
+                return;
             }
-            response
-        })?;
-        let types = query_param(req.query, "type").map(percent_decode);
-        let filter = match types {
-            Some(None) => return Err(Response::error(400, "bad percent-encoding in type")),
-            Some(Some(list)) => TypeFilter::parse(Some(&list), instance.is_none()),
-            None => TypeFilter::parse(None, instance.is_none()),
         };
-        let subscription = Subscription { instance, filter };
         match accept {
             Some(accept) => {
                 // The subscription is live from the moment the 101 is queued.
                 let _ = write!(
-                    output,
+                    self.output,
                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
                 );
-                *state = ConnState::WebSocket {
+                self.state = ConnState::WebSocket {
                     subscription,
                     reader: Reader::new(MAX_WS_MESSAGE_BYTES),
                     last_heard: Instant::now(),
                 };
             }
             None => {
-                output.extend_from_slice(
+                self.output.extend_from_slice(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
                 );
-                *state = ConnState::Stream(subscription);
+                self.state = ConnState::Stream(subscription);
             }
         }
-        *registration = Some(Registration::Subscribed(subscription));
-        Ok(())
+        self.registration = Some(Registration::Subscribed(subscription));
     }
 
     /// Reads the client's frames from `input`: answers pings, echoes a
@@ -914,4 +876,32 @@ fn count_refusal(ctx: &mut Ctx<'_>, peer: &PeerFacts, status: u16) {
         },
         _ => {}
     }
+}
+
+/// What a `GET /1.0/events` asks for: a websocket (with its
+/// `Sec-WebSocket-Accept`) or a stream, and the subscription; or the error
+/// answer for a bad handshake or filter.
+fn plan_subscription(
+    req: &Request<'_>,
+    instance: Option<InstanceId>,
+) -> Result<(Option<String>, Subscription), Response> {
+    let accept = handshake::check(req).map_err(|e| {
+        let mut response = Response::error(
+            match e {
+                HandshakeError::UnsupportedVersion => 426,
+                HandshakeError::MissingUpgrade | HandshakeError::BadKey => 400,
+            },
+            e.message(),
+        );
+        if e == HandshakeError::UnsupportedVersion {
+            response.extra_header = Some("Sec-WebSocket-Version: 13");
+        }
+        response
+    })?;
+    let filter = match query_param(req.query, "type").map(percent_decode) {
+        Some(None) => return Err(Response::error(400, "bad percent-encoding in type")),
+        Some(Some(list)) => TypeFilter::parse(Some(&list), instance.is_none()),
+        None => TypeFilter::parse(None, instance.is_none()),
+    };
+    Ok((accept, Subscription { instance, filter }))
 }
