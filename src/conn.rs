@@ -488,6 +488,7 @@ impl Conn {
         }
         let (head_only, keep_alive, http10) = (wait.head_only, wait.keep_alive, wait.http10);
         response.write_to(&mut self.output, head_only, keep_alive, http10);
+        self.served = true;
         self.state = if keep_alive {
             ConnState::Open
         } else {

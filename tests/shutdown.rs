@@ -73,3 +73,29 @@ fn sigterm_ends_everything_cleanly_and_keeps_state() {
     let server = util::Server::start_in(dir, &[]);
     assert_eq!(server.get("/1.0/config/user.kept").text(), "yes");
 }
+
+#[test]
+fn a_connection_whose_first_request_was_a_wait_does_not_hold_the_stop() {
+    let mut server = util::Server::start(json!([{
+        "name": "c1", "match": {"uid_range": [util::my_uid(), 1]}, "root_uid": util::my_uid(),
+        "config": {"user.foo": "bar"},
+    }]));
+    let tag = server
+        .get("/1.0/config/user.foo")
+        .header("etag")
+        .unwrap()
+        .to_string();
+    let mut waiter = server.connect();
+    waiter.send(format!("GET /1.0/config/user.foo?wait_for_change=true HTTP/1.1\r\nHost: lxd\r\nIf-None-Match: {tag}\r\n\r\n").as_bytes());
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    assert!(server.stop().success());
+    // Answered at once, then closed: not kept for the 5 s grace.
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}: {}",
+        start.elapsed(),
+        server.stderr()
+    );
+    assert_eq!(waiter.read_reply(false).text(), "bar");
+}
