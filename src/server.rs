@@ -583,17 +583,25 @@ impl Server {
         }
     }
 
-    /// Keeps one timer per connection, at its current deadline.
+    /// Keeps one timer per connection, no later than its current deadline.
+    /// A deadline that moved later (every request moves the idle deadline)
+    /// keeps the earlier timer: when it fires, `expire` finds nothing due and
+    /// the connection is re-armed at its new deadline. That costs one
+    /// spurious wake-up per idle period instead of two tree updates per
+    /// request.
     fn set_timer(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         let deadline = conn.deadline(&self.limits);
-        if conn.timer == deadline {
-            return;
-        }
-        if let Some(old) = conn.timer {
-            self.timers.remove(&(old, key));
+        match (conn.timer, deadline) {
+            (Some(old), Some(new)) if old <= new => return,
+            (Some(_), None) => return,
+            (None, None) => return,
+            (Some(old), Some(_)) => {
+                self.timers.remove(&(old, key));
+            }
+            (None, Some(_)) => {}
         }
         conn.timer = deadline;
         if let Some(at) = deadline {
