@@ -159,8 +159,9 @@ pub enum Listed {
 pub enum Registration {
     /// It became a subscriber.
     Subscribed(Subscription),
-    /// It waits for a change of its instance until a deadline.
-    Waiting(InstanceId, Instant),
+    /// It waits for a change of its instance (its deadline is a timer
+    /// like any other, `Conn::deadline`).
+    Waiting(InstanceId),
 }
 
 /// One accepted connection.
@@ -325,12 +326,6 @@ impl Conn {
         self.side_response(response)
             .write_to(&mut self.output, false, false, false);
         self.state = ConnState::Closing;
-    }
-
-    /// Whether the connection holds no buffer and waits for a request or
-    /// an event.
-    pub fn is_idle(&self) -> bool {
-        self.input.capacity() == 0 && self.output.capacity() == 0 && self.hold.is_none()
     }
 
     /// Whether a stopping server may close the connection now: it waits for
@@ -644,7 +639,7 @@ impl Conn {
                                 keep_alive: req.keep_alive,
                                 http10: req.http10,
                             }));
-                            self.registration = Some(Registration::Waiting(id, deadline));
+                            self.registration = Some(Registration::Waiting(id));
                             let used = req.len;
                             self.consume(used);
                             return true;

@@ -732,7 +732,7 @@ impl Server {
                         None => self.admin_subscribers.push(key),
                     }
                 }
-                Registration::Waiting(id, _deadline) => {
+                Registration::Waiting(id) => {
                     conn.listed = Some(Listed::Waiter(id));
                     self.waiters.entry(id).or_default().push(key);
                 }

@@ -299,11 +299,6 @@ impl Writer {
         seq
     }
 
-    /// Whether jobs are queued that have not been reported back.
-    pub fn last_seq(&self) -> u64 {
-        self.next_seq - 1
-    }
-
     /// Stops taking jobs and waits until everything queued is written.
     pub fn finish(&mut self) {
         self.jobs.take();
