@@ -415,44 +415,18 @@ fn admin_socket_is_private_and_refuses_other_uids() {
     // Reachable only if the mode allows it: open it up to prove the uid check
     // holds by itself.
     std::fs::set_permissions(&server.admin_socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=4321",
-            "--regid=4321",
-            "--clear-groups",
-            "curl",
-            "-sS",
-            "--unix-socket",
-        ])
-        .arg(&server.admin_socket)
-        .args(["-w", "\n%{http_code}", "http://x/1.0/instances"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.ends_with("\n403"), "{text}");
+    let (status, body) = util::curl_as(4321, &server.admin_socket, "/1.0/instances");
+    assert_eq!(status, 403, "{body}");
     assert!(
-        text.contains("uid 4321 may not use the admin socket"),
-        "{text}"
+        body.contains("uid 4321 may not use the admin socket"),
+        "{body}"
     );
     drop(server);
 
     let server = util::Server::start_with(json!([]), &["--admin-uid", "4321"]);
     std::fs::set_permissions(&server.admin_socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=4321",
-            "--regid=4321",
-            "--clear-groups",
-            "curl",
-            "-sS",
-            "--unix-socket",
-        ])
-        .arg(&server.admin_socket)
-        .args(["-w", "\n%{http_code}", "http://x/1.0/instances"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.ends_with("\n200"), "{text}");
+    let (status, body) = util::curl_as(4321, &server.admin_socket, "/1.0/instances");
+    assert_eq!(status, 200, "{body}");
 }
 
 #[test]

@@ -84,20 +84,7 @@ fn processes_of_a_pid_namespace_get_its_instance() {
 fn a_pid_in_the_servers_own_namespace_is_refused() {
     // Registering the host's init would hand every host process to one
     // instance.
-    let dir = util::TempDir::new();
-    let file = dir.join("instances.json");
-    std::fs::write(
-        &file,
-        json!({"instances": [{"name": "host", "match": {"pid": 1}}]}).to_string(),
-    )
-    .unwrap();
-    let socket = dir.join("guest/sock");
-    let mut args = util::serve_args(&dir.path, &socket);
-    args.extend(["--instances".into(), file.display().to_string()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = util::run_guestsock(&args, None);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = util::serve_refuses_instances(json!([{"name": "host", "match": {"pid": 1}}]));
     assert!(
         err.contains("instances[0]") && err.contains("namespace"),
         "{err}"

@@ -6,29 +6,15 @@ mod util;
 
 use std::fs;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
 
 use serde_json::json;
-
-fn serve_fails(socket: &Path, instances: Option<&Path>) -> String {
-    let mut args = util::serve_args(socket.parent().unwrap(), socket);
-    if let Some(file) = instances {
-        args.extend(["--instances".into(), file.display().to_string()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = util::run_guestsock(&args, None);
-    assert!(!out.status.success(), "serve started anyway");
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.lines().count(), 1, "one line: {err}");
-    err
-}
 
 #[test]
 fn refuses_a_directory_where_the_socket_goes() {
     let dir = util::TempDir::new();
     let socket = dir.join("guest/sock");
     fs::create_dir_all(&socket).unwrap();
-    let err = serve_fails(&socket, None);
+    let err = util::serve_fails(&socket, None);
     assert!(
         err.contains("is a directory") && err.contains("rmdir"),
         "{err}"
@@ -41,13 +27,13 @@ fn refuses_a_regular_file_or_a_symlink() {
     let dir = util::TempDir::new();
     let file = dir.join("sock");
     fs::write(&file, "precious").unwrap();
-    let err = serve_fails(&file, None);
+    let err = util::serve_fails(&file, None);
     assert!(err.contains("not a socket"), "{err}");
     assert_eq!(fs::read_to_string(&file).unwrap(), "precious");
 
     let link = dir.join("link");
     std::os::unix::fs::symlink(&file, &link).unwrap();
-    let err = serve_fails(&link, None);
+    let err = util::serve_fails(&link, None);
     assert!(err.contains("symbolic link"), "{err}");
 }
 
@@ -56,7 +42,7 @@ fn refuses_a_socket_a_live_server_answers_on() {
     let dir = util::TempDir::new();
     let socket = dir.join("sock");
     let _live = UnixListener::bind(&socket).unwrap();
-    let err = serve_fails(&socket, None);
+    let err = util::serve_fails(&socket, None);
     assert!(err.contains("already answering"), "{err}");
 }
 
@@ -150,12 +136,12 @@ fn bad_instance_files_name_the_file_position_and_reason() {
     ];
     for (text, needle) in cases {
         fs::write(&file, text).unwrap();
-        let err = serve_fails(&socket, Some(&file));
+        let err = util::serve_fails(&socket, Some(&file));
         assert!(err.contains(file.to_str().unwrap()), "{err}");
         assert!(err.contains(needle), "{text}: {err} lacks {needle}");
         assert!(!socket.exists());
     }
-    let err = serve_fails(&socket, Some(&dir.join("missing.json")));
+    let err = util::serve_fails(&socket, Some(&dir.join("missing.json")));
     assert!(
         err.contains("missing.json") && err.contains("No such file"),
         "{err}"

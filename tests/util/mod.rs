@@ -585,3 +585,36 @@ pub fn next_event(ws: &mut tungstenite::WebSocket<UnixStream>) -> serde_json::Va
         }
     }
 }
+
+/// Runs `serve` with the guest socket at `socket` (and `instances`, if
+/// given), which must refuse to start with a one-line explanation; returns
+/// that line.
+pub fn serve_fails(socket: &Path, instances: Option<&Path>) -> String {
+    let mut args = serve_args(socket.parent().expect("socket in a directory"), socket);
+    if let Some(file) = instances {
+        args.extend(["--instances".into(), file.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_guestsock(&args, None);
+    assert!(!out.status.success(), "serve started anyway");
+    let err = String::from_utf8(out.stderr).expect("utf-8");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+/// `serve` with an instances file `{"instances": instances}`, which must be
+/// refused before anything starts (no socket is created); returns the
+/// explanation.
+pub fn serve_refuses_instances(instances: serde_json::Value) -> String {
+    let dir = TempDir::new();
+    let file = dir.join("instances.json");
+    fs::write(
+        &file,
+        serde_json::json!({ "instances": instances }).to_string(),
+    )
+    .expect("write instances");
+    let socket = dir.join("guest/sock");
+    let err = serve_fails(&socket, Some(&file));
+    assert!(!socket.exists(), "nothing starts on a bad file");
+    err
+}
