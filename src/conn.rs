@@ -22,7 +22,7 @@ use crate::api::guest::{self, GuestAnswer};
 use crate::events::TypeFilter;
 use crate::http::request::{self, Parsed, Request, WebSocketHeaders, percent_decode, query_param};
 use crate::http::response::Response;
-use crate::identity::{self, PeerFacts};
+use crate::identity::{self, CgroupPaths, PeerFacts};
 use crate::limits::{
     MAX_ADMIN_BODY_BYTES, MAX_GUEST_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES,
     MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES, Tunables,
@@ -81,6 +81,8 @@ pub struct Ctx<'a> {
     pub subscribers: usize,
     /// The buffer every read goes through ([`READ_CHUNK_BYTES`]).
     pub scratch: &'a mut [u8],
+    /// cgroup ids proved to name cgroup paths.
+    pub cgroups: &'a mut CgroupPaths,
     /// The server is stopping: every answer closes its connection.
     pub stopping: bool,
 }
@@ -619,7 +621,7 @@ impl Conn {
             answered = true;
             let (response, change) = match self.side {
                 Side::Guest => {
-                    refresh_peer(&self.stream, &mut self.peer, ctx.registry);
+                    refresh_peer(&self.stream, &mut self.peer, ctx.registry, ctx.cgroups);
                     match guest::answer(&req, &self.peer, ctx.registry, Some(ctx.limits)) {
                         GuestAnswer::Respond(response, change) => (response, change),
                         GuestAnswer::Subscribe(id) => {
@@ -844,10 +846,15 @@ impl Conn {
 /// rule existed now needs. The pidfd taken from the socket still pins the
 /// process that connected, so facts proved through it now are as good as
 /// at accept; if that process has exited, the facts fail closed.
-fn refresh_peer(stream: &UnixStream, peer: &mut PeerFacts, registry: &Registry) {
+fn refresh_peer(
+    stream: &UnixStream,
+    peer: &mut PeerFacts,
+    registry: &Registry,
+    cgroups: &mut CgroupPaths,
+) {
     let kinds = registry.kinds_in_use();
     if kinds.needs_proc() && !peer.gathered.contains(kinds.proc_kinds()) {
-        match identity::peer_facts(stream, kinds) {
+        match identity::peer_facts(stream, kinds, cgroups) {
             Ok(facts) => *peer = facts,
             Err(_) => {
                 peer.gathered = kinds.proc_kinds();

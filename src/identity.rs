@@ -1,19 +1,31 @@
 //! What the kernel can prove about the process at the other end of a guest
-//! connection: peer credentials, and from `/proc` its cgroup and pid
-//! namespace (PROTOCOL.md section 1).
+//! connection: peer credentials, its cgroup and its pid namespace
+//! (PROTOCOL.md section 1).
 //!
-//! Owns the rule that a pid read from `/proc` is trusted only if the peer's
-//! pidfd shows the same process still alive after the read. Which instance
-//! those facts select is `registry`'s business.
+//! Owns two rules. A cgroup is learned through the peer's pidfd
+//! (`PIDFD_GET_INFO`, Linux 6.13), which names that process and no other;
+//! the id it gives is turned into a path by [`CgroupPaths`]. A fact read from
+//! `/proc` by pid is trusted only if the pidfd shows the same process still
+//! alive after the read. Which instance those facts select is `registry`'s
+//! business.
+//!
+//! The `ioctl` lives in the small `pidfd` module below, the second of the
+//! two places with `unsafe` (the first is `activation`).
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::rc::Rc;
 
+use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{getsockopt, sockopt};
 
 use crate::instance::RuleKinds;
+use crate::limits::MAX_KNOWN_CGROUPS;
 
 /// The facts about a caller that match rules are evaluated against, taken
 /// once when its connection is accepted.
@@ -28,8 +40,9 @@ pub struct PeerFacts {
     /// Which `/proc`-based kinds were asked for at accept (cgroup, pid), so
     /// that a rule registered later is not evaluated against a missing fact.
     pub gathered: RuleKinds,
-    /// The cgroup v2 path (the `0::` line of `/proc/<pid>/cgroup`).
-    pub cgroup: Option<Box<str>>,
+    /// The cgroup v2 path (the `0::` line of `/proc/<pid>/cgroup`), shared
+    /// with every other connection from the same cgroup.
+    pub cgroup: Option<Rc<str>>,
     /// The pid namespace inode.
     pub pidns: Option<u64>,
     /// Why the `/proc` facts could not be trusted, if they were wanted and
@@ -41,7 +54,11 @@ pub struct PeerFacts {
 /// needs them, its cgroup and pid namespace, proved against the peer's pidfd.
 ///
 /// Fails only if the kernel will not say who the peer is at all.
-pub fn peer_facts<S: AsFd>(stream: &S, kinds: RuleKinds) -> io::Result<PeerFacts> {
+pub fn peer_facts<S: AsFd>(
+    stream: &S,
+    kinds: RuleKinds,
+    cgroups: &mut CgroupPaths,
+) -> io::Result<PeerFacts> {
     let cred = getsockopt(stream, sockopt::PeerCredentials)?;
     let mut facts = PeerFacts {
         pid: cred.pid(),
@@ -55,7 +72,7 @@ pub fn peer_facts<S: AsFd>(stream: &S, kinds: RuleKinds) -> io::Result<PeerFacts
     let wanted = kinds.proc_kinds();
     if !wanted.is_empty() {
         facts.gathered = wanted;
-        if let Err(reason) = read_proc_facts(stream, &mut facts, wanted) {
+        if let Err(reason) = read_proc_facts(stream, &mut facts, wanted, cgroups) {
             facts.cgroup = None;
             facts.pidns = None;
             facts.proc_error = Some(reason);
@@ -64,14 +81,15 @@ pub fn peer_facts<S: AsFd>(stream: &S, kinds: RuleKinds) -> io::Result<PeerFacts
     Ok(facts)
 }
 
-/// Fills in the `/proc` facts `wanted` asks for, then checks the pidfd. Only
-/// the kinds of rule in use are read (each read is a system call on every
-/// connection); a rule of another kind registered later makes the
-/// connection gather again, through the same pidfd check (`conn`).
+/// Fills in the facts `wanted` asks for, then, if any came from `/proc` by
+/// pid, checks the pidfd. Only the kinds of rule in use are read (each read
+/// is a system call on every connection); a rule of another kind registered
+/// later makes the connection gather again, through the same pidfd (`conn`).
 fn read_proc_facts<S: AsFd>(
     stream: &S,
     facts: &mut PeerFacts,
     wanted: RuleKinds,
+    cgroups: &mut CgroupPaths,
 ) -> Result<(), &'static str> {
     if facts.pid <= 0 {
         // A peer in a pid namespace we cannot see is reported as pid 0.
@@ -82,18 +100,18 @@ fn read_proc_facts<S: AsFd>(
     let pidfd = getsockopt(stream, sockopt::PeerPidfd).map_err(
         |_| "the kernel does not provide SO_PEERPIDFD (Linux >= 6.5), so a pid cannot be proved",
     )?;
+    let mut read_by_pid = false;
     if wanted.contains(RuleKinds::CGROUP) {
-        facts.cgroup = Some(
-            cgroup_of(facts.pid)
-                .map_err(|_| "its cgroup could not be read")?
-                .into(),
-        );
+        let (path, proof) = cgroups.path_of(&pidfd, facts.pid)?;
+        facts.cgroup = Some(path);
+        read_by_pid = proof == Proof::ReadByPid;
     }
     if wanted.contains(RuleKinds::PID) {
         facts.pidns =
             Some(pid_namespace(facts.pid).map_err(|_| "its pid namespace could not be read")?);
+        read_by_pid = true;
     }
-    if exited(&pidfd) {
+    if read_by_pid && exited(&pidfd) {
         return Err("the connecting process exited, so its pid may name another process now");
     }
     Ok(())
@@ -108,6 +126,168 @@ fn exited(pidfd: &OwnedFd) -> bool {
         Ok(0) => false,
         // Readable, or any error: fail closed.
         _ => true,
+    }
+}
+
+/// How a cgroup path was established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proof {
+    /// From the id the peer's pidfd gave: it is that process's, whatever
+    /// happens to its pid.
+    Pidfd,
+    /// Read from `/proc/<pid>`: it is the peer's only if the pidfd shows the
+    /// process alive afterwards.
+    ReadByPid,
+}
+
+/// cgroup ids, as the peer's pidfd reports them, and the cgroup v2 paths
+/// they name. A cgroup v2 directory cannot be renamed and its id is never
+/// given to another cgroup while the system runs, so a pair once proved
+/// stays true; the map only has to stay bounded ([`MAX_KNOWN_CGROUPS`]).
+///
+/// A pair is learned on the first connection from a cgroup: the path read
+/// from `/proc/<pid>/cgroup` is believed for the id only if the directory at
+/// that path in the unified hierarchy has that id as its inode number (which
+/// cgroupfs makes the cgroup id). Later connections from the same cgroup
+/// cost one `ioctl` and no `/proc` read.
+#[derive(Debug, Default)]
+pub struct CgroupPaths {
+    /// Where the unified hierarchy is mounted, if it is mounted with its
+    /// root there; without it nothing can be proved, so nothing is learned.
+    mount: Option<PathBuf>,
+    /// Proved pairs.
+    known: HashMap<u64, Rc<str>>,
+    /// `PIDFD_GET_INFO` is unknown to this kernel (before Linux 6.13): every
+    /// connection reads `/proc`, as it had to before.
+    unsupported: bool,
+}
+
+impl CgroupPaths {
+    /// A map that learns, using the cgroup2 mount in `/proc/self/mountinfo`.
+    pub fn new() -> CgroupPaths {
+        let mount = fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|text| cgroup2_root_mount(&text));
+        CgroupPaths {
+            mount,
+            ..CgroupPaths::default()
+        }
+    }
+
+    /// How many pairs are known, for the metrics.
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Whether no pair is known.
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+
+    /// The cgroup path of the process behind `pidfd`, whose pid is `pid`.
+    fn path_of(&mut self, pidfd: &OwnedFd, pid: i32) -> Result<(Rc<str>, Proof), &'static str> {
+        let id = if self.unsupported {
+            None
+        } else {
+            match pidfd::cgroup_id(pidfd) {
+                Ok(id) => Some(id),
+                // The process is gone (reaped): nothing can be said of it.
+                Err(Errno::ESRCH) => {
+                    return Err("the connecting process exited before it could be identified");
+                }
+                Err(Errno::ENOTTY | Errno::EINVAL | Errno::EOPNOTSUPP) => {
+                    self.unsupported = true;
+                    None
+                }
+                Err(_) => None,
+            }
+        };
+        if let Some(path) = id.and_then(|id| self.known.get(&id)) {
+            return Ok((Rc::clone(path), Proof::Pidfd));
+        }
+        let path: Rc<str> = cgroup_of(pid)
+            .map_err(|_| "its cgroup could not be read")?
+            .into();
+        match id {
+            Some(id) if self.names(&path, id) => {
+                if self.known.len() >= MAX_KNOWN_CGROUPS {
+                    self.known.clear();
+                }
+                self.known.insert(id, Rc::clone(&path));
+                Ok((path, Proof::Pidfd))
+            }
+            _ => Ok((path, Proof::ReadByPid)),
+        }
+    }
+
+    /// Whether the cgroup at `path` has id `id`.
+    fn names(&self, path: &str, id: u64) -> bool {
+        let Some(mount) = &self.mount else {
+            return false;
+        };
+        fs::metadata(mount.join(path.trim_start_matches('/')))
+            .is_ok_and(|meta| meta.is_dir() && meta.ino() == id)
+    }
+}
+
+/// The mount point of the cgroup v2 hierarchy in a `/proc/self/mountinfo`
+/// text, if it is mounted with its root there (as on a host; inside a
+/// container it may be a subtree, whose paths would not join). Mount points
+/// with escaped characters are passed over.
+fn cgroup2_root_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (fields, rest) = line.split_once(" - ")?;
+        let fields: Vec<&str> = fields.split(' ').collect();
+        let (root, point) = (fields.get(3)?, fields.get(4)?);
+        (rest.split(' ').next() == Some("cgroup2") && *root == "/" && !point.contains('\\'))
+            .then(|| PathBuf::from(point))
+    })
+}
+
+/// The one system call nix has no safe wrapper for.
+#[allow(unsafe_code)]
+mod pidfd {
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    use nix::errno::Errno;
+    use nix::libc;
+
+    /// `struct pidfd_info` as of `PIDFD_INFO_SIZE_VER0` (64 bytes); the
+    /// kernel fills no more than the size the request number carries.
+    #[repr(C)]
+    #[derive(Default)]
+    struct PidfdInfo {
+        mask: u64,
+        cgroupid: u64,
+        ids: [u32; 11],
+        exit_code: i32,
+    }
+
+    const _: () = assert!(size_of::<PidfdInfo>() == libc::PIDFD_INFO_SIZE_VER0 as usize);
+
+    /// The id of the cgroup v2 the process behind `pidfd` is in now.
+    /// `ESRCH` once the process is reaped; `ENOTTY` before Linux 6.13.
+    pub fn cgroup_id(pidfd: &OwnedFd) -> Result<u64, Errno> {
+        let mut info = PidfdInfo {
+            mask: u64::from(libc::PIDFD_INFO_CGROUPID),
+            ..PidfdInfo::default()
+        };
+        // SAFETY: PIDFD_GET_INFO reads and writes one `struct pidfd_info` of
+        // the size encoded in the request number, which is `PidfdInfo`'s
+        // (asserted above); `info` is a live, exclusively borrowed value of
+        // that layout, and `pidfd` is an open descriptor we own.
+        let result = unsafe {
+            libc::ioctl(
+                pidfd.as_raw_fd(),
+                libc::PIDFD_GET_INFO,
+                &mut info as *mut PidfdInfo,
+            )
+        };
+        Errno::result(result)?;
+        if info.mask & u64::from(libc::PIDFD_INFO_CGROUPID) == 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        Ok(info.cgroupid)
     }
 }
 
@@ -178,7 +358,8 @@ mod tests {
     #[test]
     fn own_socket_pair_identifies_this_process() {
         let (a, _b) = UnixStream::pair().unwrap();
-        let facts = peer_facts(&a, RuleKinds::CGROUP.union(RuleKinds::PID)).unwrap();
+        let mut cgroups = CgroupPaths::new();
+        let facts = peer_facts(&a, RuleKinds::CGROUP.union(RuleKinds::PID), &mut cgroups).unwrap();
         assert_eq!(facts.pid, std::process::id() as i32);
         assert_eq!(facts.uid, nix::unistd::getuid().as_raw());
         assert_eq!(facts.proc_error, None);
@@ -192,8 +373,69 @@ mod tests {
     #[test]
     fn no_proc_read_when_only_uid_rules_exist() {
         let (a, _b) = UnixStream::pair().unwrap();
-        let facts = peer_facts(&a, RuleKinds::UID_RANGE).unwrap();
+        let facts = peer_facts(&a, RuleKinds::UID_RANGE, &mut CgroupPaths::new()).unwrap();
         assert_eq!(facts.gathered, RuleKinds::empty());
         assert_eq!(facts.cgroup, None);
+    }
+
+    #[test]
+    fn a_cgroup_id_is_learned_once_proved_then_answered_from_the_map() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let own = cgroup_of(std::process::id() as i32).unwrap();
+        let mut cgroups = CgroupPaths::new();
+        if cgroups.mount.is_none() {
+            eprintln!("skipped: no cgroup2 mount with its root here");
+            return;
+        }
+        let pidfd = getsockopt(&a, sockopt::PeerPidfd).unwrap();
+        let pid = std::process::id() as i32;
+        let (path, proof) = cgroups.path_of(&pidfd, pid).unwrap();
+        assert_eq!((&*path, proof), (own.as_str(), Proof::Pidfd));
+        assert_eq!(cgroups.len(), 1);
+        // Given a pid that is not the pidfd's, an answer from the map still
+        // names the pidfd's process, never the pid's.
+        let (again, proof) = cgroups.path_of(&pidfd, 1).unwrap();
+        assert_eq!((&*again, proof), (own.as_str(), Proof::Pidfd));
+        assert!(Rc::ptr_eq(&path, &again));
+    }
+
+    #[test]
+    fn nothing_is_learned_without_a_way_to_prove_it() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let pidfd = getsockopt(&a, sockopt::PeerPidfd).unwrap();
+        let mut cgroups = CgroupPaths::default();
+        let (path, proof) = cgroups.path_of(&pidfd, std::process::id() as i32).unwrap();
+        assert_eq!(&*path, cgroup_of(std::process::id() as i32).unwrap());
+        assert_eq!(proof, Proof::ReadByPid);
+        assert!(cgroups.is_empty());
+        // A wrong id never proves a path.
+        let cgroups = CgroupPaths::new();
+        assert!(!cgroups.names("/", u64::MAX));
+        assert!(!cgroups.names("/no/such/cgroup", 1));
+    }
+
+    #[test]
+    fn cgroup2_mount_is_found_only_with_its_root() {
+        let host = "24 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let hybrid = "30 24 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+                      41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        let subtree = "50 40 0:30 /lxc.payload.c1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let escaped = "24 1 0:22 / /my\\040cgroup rw - cgroup2 cgroup2 rw\n";
+        let optional = "24 1 0:22 / /sys/fs/cgroup rw shared:9 master:2 - cgroup2 none rw\n";
+        let cases = [
+            (host, Some("/sys/fs/cgroup")),
+            (hybrid, Some("/sys/fs/cgroup/unified")),
+            (subtree, None),
+            (escaped, None),
+            (optional, Some("/sys/fs/cgroup")),
+            ("", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                cgroup2_root_mount(text),
+                want.map(PathBuf::from),
+                "{text:?}"
+            );
+        }
     }
 }

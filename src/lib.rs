@@ -6,7 +6,8 @@
 //! reach the pure parsers directly.
 
 // Unsafe code is denied everywhere but `activation`, which adopts the
-// sockets systemd passes (see its header).
+// sockets systemd passes, and `identity`'s `pidfd` module, one ioctl (see
+// their headers).
 #![deny(unsafe_code)]
 
 pub mod activation;

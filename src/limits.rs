@@ -43,6 +43,15 @@ pub const READ_CHUNK_BYTES: usize = 4 * 1024;
 /// config value), but no second one is queued behind it.
 pub const MAX_PENDING_OUTPUT_BYTES: usize = 256 * 1024;
 
+/// cgroup ids remembered with the path they name (`identity::CgroupPaths`):
+/// 65,536, about 6 MiB at most.
+///
+/// Each is learned on the first connection from a cgroup and spares later
+/// ones a `/proc` read. A host creating and removing cgroups for ever would
+/// grow the map without end, so at this size it is emptied and learned
+/// again; a dense host's live cgroups fit many times over.
+pub const MAX_KNOWN_CGROUPS: usize = 65_536;
+
 /// Largest `--instances` file read at start: 256 MiB.
 ///
 /// 4096 instances with generous config fit many times over; a larger file is

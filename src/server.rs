@@ -206,6 +206,8 @@ struct Server {
     metrics: Metrics,
     /// The buffer every connection reads through.
     scratch: Vec<u8>,
+    /// cgroup ids proved to name cgroup paths, shared by every connection.
+    cgroups: identity::CgroupPaths,
     /// Open event subscribers (guest and admin), for the metrics.
     subscriber_count: usize,
     /// Set once a stop signal arrived: the time by which to be gone.
@@ -330,6 +332,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         refusal_logged: None,
         metrics: Metrics::default(),
         scratch: vec![0; READ_CHUNK_BYTES],
+        cgroups: identity::CgroupPaths::new(),
         subscriber_count: 0,
         stopping: None,
         successor: None,
@@ -717,6 +720,7 @@ impl Server {
             metrics: &mut self.metrics,
             subscribers: self.subscriber_count,
             scratch: &mut self.scratch,
+            cgroups: &mut self.cgroups,
             stopping: self.stopping.is_some(),
         };
         if conn.drive(&mut ctx) == Next::Close {
@@ -874,7 +878,7 @@ impl Server {
                 Side::Guest => self.registry.kinds_in_use(),
                 Side::Admin { .. } => RuleKinds::empty(),
             };
-            let peer = match identity::peer_facts(&stream, kinds) {
+            let peer = match identity::peer_facts(&stream, kinds, &mut self.cgroups) {
                 Ok(peer) => peer,
                 Err(e) => {
                     log::warn(format_args!(

@@ -148,3 +148,88 @@ fn moving_within_its_own_subtree_keeps_a_process_its_own_instance() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "mine");
 }
+
+#[test]
+fn every_connection_is_identified_by_the_cgroup_it_comes_from_now() {
+    require_root!();
+    let a = util::Cgroup::new();
+    let b = util::Cgroup::new();
+    let unregistered = util::Cgroup::new();
+    let server = util::Server::start(json!([
+        {"name": "a", "match": {"cgroup": a.path}, "config": {"user.who": "a"}},
+        {"name": "b", "match": {"cgroup": b.path}, "config": {"user.who": "b"}},
+    ]));
+    // One shell moves itself back and forth, so that later connections
+    // come from cgroups guestsock has already seen (answered from what it
+    // learned) and one from a cgroup it has not.
+    let ask = format!(
+        "curl -sS --unix-socket {} -o /dev/null -w '%{{http_code}}' http://lxd/1.0/config/user.who; curl -sS --unix-socket {} http://lxd/1.0/config/user.who; echo",
+        server.socket.display(),
+        server.socket.display()
+    );
+    let mut script = String::new();
+    for group in [&a, &b, &a, &unregistered, &b, &a] {
+        script += &format!("echo $$ > {}/cgroup.procs && {ask}\n", group.dir.display());
+    }
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert_eq!(lines[0], "200a");
+    assert_eq!(lines[1], "200b");
+    assert_eq!(lines[2], "200a");
+    assert!(lines[3].starts_with("403"), "{lines:?}");
+    assert_eq!(lines[4], "200b");
+    assert_eq!(lines[5], "200a");
+}
+
+#[test]
+fn a_cgroup_seen_before_follows_the_registry() {
+    require_root!();
+    let group = util::Cgroup::new();
+    let server = util::Server::start(json!([
+        {"name": "first", "match": {"cgroup": group.path}, "config": {"user.who": "first"}},
+    ]));
+    assert_eq!(
+        group.curl(None, &server.socket, "/1.0/config/user.who"),
+        (200, "first".to_owned())
+    );
+    // The same cgroup, now given to another instance: what guestsock learned
+    // about the cgroup must not keep it the first instance's.
+    assert_eq!(
+        server
+            .admin_call("DELETE", "/1.0/instances/first", b"")
+            .status,
+        200
+    );
+    assert_eq!(
+        group.curl(None, &server.socket, "/1.0/config/user.who").0,
+        403
+    );
+    let second = json!({"name": "second", "match": {"cgroup": group.path}, "config": {"user.who": "second"}});
+    assert_eq!(
+        server
+            .admin_call("POST", "/1.0/instances", second.to_string().as_bytes())
+            .status,
+        200
+    );
+    assert_eq!(
+        group.curl(None, &server.socket, "/1.0/config/user.who"),
+        (200, "second".to_owned())
+    );
+    // A cgroup removed and made again at the same path is a new cgroup (a new
+    // id); it is still identified by its path.
+    let dir = group.dir.clone();
+    std::fs::remove_dir(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    assert_eq!(
+        group.curl(None, &server.socket, "/1.0/config/user.who"),
+        (200, "second".to_owned())
+    );
+}
