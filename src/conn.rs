@@ -83,6 +83,8 @@ pub struct Ctx<'a> {
     pub scratch: &'a mut [u8],
     /// cgroup ids proved to name cgroup paths.
     pub cgroups: &'a mut CgroupPaths,
+    /// Buffers a connection without its own borrows while it is driven.
+    pub buffers: &'a mut Buffers,
     /// The server is stopping: every answer closes its connection.
     pub stopping: bool,
 }
@@ -369,7 +371,7 @@ impl Conn {
             self.output.extend_from_slice(json);
             self.output.push(b'\n');
         }
-        let _ = self.flush();
+        self.flush_and_release();
         true
     }
 
@@ -380,7 +382,7 @@ impl Conn {
         if matches!(self.state, ConnState::WebSocket { .. }) && self.written == 0 {
             self.output.clear();
             frame::write_close(&mut self.output, Some(code));
-            let _ = self.flush();
+            self.flush_and_release();
         }
         self.state = ConnState::Closing;
     }
@@ -397,7 +399,7 @@ impl Conn {
         }
         if self.pending_output() < MAX_SUBSCRIBER_QUEUE_BYTES {
             frame::write_frame(&mut self.output, opcode::PING, b"guestsock");
-            let _ = self.flush();
+            self.flush_and_release();
         }
         true
     }
@@ -407,7 +409,7 @@ impl Conn {
         match self.state {
             ConnState::WebSocket { .. } => {
                 frame::write_close(&mut self.output, Some(close_code::GOING_AWAY));
-                let _ = self.flush();
+                self.flush_and_release();
                 self.state = ConnState::Closing;
             }
             ConnState::Stream(_) => self.state = ConnState::Closing,
@@ -499,6 +501,32 @@ impl Conn {
     /// requests made are appended to `ctx.changes` for the server to persist
     /// and announce.
     pub fn drive(&mut self, ctx: &mut Ctx<'_>) -> Next {
+        // A connection with no buffer of its own (the usual case: idle
+        // between requests) borrows the server's for this drive, so that a
+        // request answered at once costs no allocation. What is left in them
+        // afterwards (a partial request, unwritten output) is copied into
+        // buffers of its own.
+        let lent_input = self.input.capacity() == 0;
+        if lent_input {
+            std::mem::swap(&mut self.input, &mut ctx.buffers.input);
+        }
+        let lent_output = self.output.capacity() == 0;
+        if lent_output {
+            std::mem::swap(&mut self.output, &mut ctx.buffers.output);
+        }
+        let next = self.drive_buffered(ctx);
+        if lent_input {
+            give_back(&mut self.input, &mut ctx.buffers.input);
+        }
+        if lent_output {
+            give_back(&mut self.output, &mut ctx.buffers.output);
+        }
+        self.release_empty();
+        next
+    }
+
+    /// [`Conn::drive`] with the buffers in place.
+    fn drive_buffered(&mut self, ctx: &mut Ctx<'_>) -> Next {
         loop {
             if self.hold.is_some() {
                 return Next::Wait;
@@ -552,7 +580,26 @@ impl Conn {
         }
     }
 
-    /// Writes queued output. `Ok(true)` when all of it is written.
+    /// Writes what it can of the output outside [`Conn::drive`] (an event, a
+    /// ping, a close), then frees emptied buffers.
+    fn flush_and_release(&mut self) {
+        let _ = self.flush();
+        self.release_empty();
+    }
+
+    /// Frees buffers that hold nothing, so that an idle connection holds no
+    /// buffer memory.
+    fn release_empty(&mut self) {
+        if self.output.is_empty() && self.output.capacity() != 0 {
+            self.output = Vec::new();
+        }
+        if self.input.is_empty() && self.input.capacity() != 0 {
+            self.input = Vec::new();
+        }
+    }
+
+    /// Writes queued output. `Ok(true)` when all of it is written; the
+    /// buffer is then emptied, keeping its capacity for the next answer.
     fn flush(&mut self) -> io::Result<bool> {
         while self.written < self.output.len() {
             match self.stream.write(&self.output[self.written..]) {
@@ -566,10 +613,8 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
-        if self.output.capacity() != 0 {
-            self.output = Vec::new();
-            self.written = 0;
-        }
+        self.output.clear();
+        self.written = 0;
         Ok(true)
     }
 
@@ -781,19 +826,16 @@ impl Conn {
                 Some(Action::Close(code)) => {
                     frame::write_close(&mut self.output, code);
                     self.state = ConnState::Closing;
-                    self.input = Vec::new();
+                    self.input.clear();
                     return true;
                 }
                 Some(Action::Fail(code)) => {
                     frame::write_close(&mut self.output, Some(code));
                     self.state = ConnState::Closing;
-                    self.input = Vec::new();
+                    self.input.clear();
                     return true;
                 }
             }
-        }
-        if self.input.is_empty() {
-            self.input = Vec::new();
         }
         progressed
     }
@@ -804,7 +846,6 @@ impl Conn {
         self.scan_from = 0;
         self.head_done_at = None;
         if self.input.is_empty() {
-            self.input = Vec::new();
             self.request_started = None;
         } else {
             // A pipelined request behind it starts its clock now.
@@ -840,6 +881,32 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// Returns a borrowed buffer to the server (`spare`), leaving the connection
+/// an exact copy of what it still holds (indices into it stay valid).
+fn give_back(buffer: &mut Vec<u8>, spare: &mut Vec<u8>) {
+    let own = if buffer.is_empty() {
+        Vec::new()
+    } else {
+        buffer.clone()
+    };
+    *spare = std::mem::replace(buffer, own);
+    spare.clear();
+    // One large answer must not keep a large buffer for good.
+    spare.shrink_to(SPARE_BUFFER_BYTES);
+}
+
+/// The most capacity a returned server buffer keeps.
+const SPARE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The buffers a connection borrows while it is driven.
+#[derive(Debug, Default)]
+pub struct Buffers {
+    /// Borrowed as `input`.
+    pub input: Vec<u8>,
+    /// Borrowed as `output`.
+    pub output: Vec<u8>,
 }
 
 /// Gathers the `/proc` facts a connection accepted before any cgroup or pid

@@ -30,7 +30,9 @@ use slab::Slab;
 use crate::activation;
 use crate::api::Change;
 use crate::api::admin::{Connections, ServerFacts};
-use crate::conn::{Conn, ConnState, Counted, Ctx, Expired, Hold, Listed, Next, Registration, Side};
+use crate::conn::{
+    Buffers, Conn, ConnState, Counted, Ctx, Expired, Hold, Listed, Next, Registration, Side,
+};
 use crate::events::{self, Event};
 use crate::identity;
 use crate::instance::{GuestState, InstanceSpec, RuleKinds};
@@ -208,6 +210,8 @@ struct Server {
     scratch: Vec<u8>,
     /// cgroup ids proved to name cgroup paths, shared by every connection.
     cgroups: identity::CgroupPaths,
+    /// The buffers connections borrow while driven.
+    buffers: Buffers,
     /// Open event subscribers (guest and admin), for the metrics.
     subscriber_count: usize,
     /// Set once a stop signal arrived: the time by which to be gone.
@@ -333,6 +337,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         metrics: Metrics::default(),
         scratch: vec![0; READ_CHUNK_BYTES],
         cgroups: identity::CgroupPaths::new(),
+        buffers: Buffers::default(),
         subscriber_count: 0,
         stopping: None,
         successor: None,
@@ -721,6 +726,7 @@ impl Server {
             subscribers: self.subscriber_count,
             scratch: &mut self.scratch,
             cgroups: &mut self.cgroups,
+            buffers: &mut self.buffers,
             stopping: self.stopping.is_some(),
         };
         if conn.drive(&mut ctx) == Next::Close {
