@@ -4,12 +4,14 @@
 #
 #   bash benches/run.sh            (as root: real cgroups; installs wrk, nginx)
 #
-# Settings: DURATION (s per wrk run, default 10), CONNS (keep-alive
-# connections, default 64), INSTANCES (registered, default 4096).
+# Settings: DURATION (s per wrk run, default 10), ROUNDS (alternating runs
+# per row, medians reported, default 3), CONNS (keep-alive connections,
+# default 64), INSTANCES (registered, default 4096).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-64}
 INSTANCES=${INSTANCES:-4096}
 PORT=18080
@@ -20,13 +22,14 @@ fi
 cargo build --release -q
 mkdir -p target/bench
 gcc -O2 -shared -fPIC -o target/bench/unixshim.so benches/unixshim.c -ldl
+gcc -O2 -o target/bench/ceiling benches/ceiling.c
 
 work=$(mktemp -d /tmp/guestsock-bench-XXXXXX)
 cgroot=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
 bench_cg="$cgroot/guestsock-bench-$$"
 mkdir "$bench_cg"
 cleanup() {
-    kill "${GS_PID:-}" "${NGINX_PID:-}" 2>/dev/null || true
+    kill "${GS_PID:-}" "${NGINX_PID:-}" "${CEILING_PID:-}" "${GS1_PID:-}" 2>/dev/null || true
     wait 2>/dev/null || true
     echo 1 > "$bench_cg/cgroup.kill" 2>/dev/null || true
     sleep 0.2
@@ -108,19 +111,46 @@ run() {
 }
 
 echo "guestsock $(target/release/guestsock help >/dev/null && git rev-parse --short HEAD 2>/dev/null), nginx $(nginx -v 2>&1 | sed 's/.*\///'), $(nproc) cores, $(uname -r)"
-echo "settings: wrk -t1 -d${DURATION}s; $INSTANCES registered cgroup instances; guestsock ${GS_FLAGS[*]}; nginx 1 worker"
-printf '%-44s %12s %12s %8s %14s %14s %8s\n' scenario "gs req/s" "nginx req/s" ratio "gs µs CPU/req" "nginx µs/req" ratio
-row() {
-    local name=$1
-    shift
-    read -r g gc < <(run "$work/gs/sock" "$GS_PID" "$@")
-    read -r n nc < <(run "$work/nginx.sock" "$nginx_worker" "$@")
-    awk -v name="$name" -v g="$g" -v n="$n" -v gc="$gc" -v nc="$nc" 'BEGIN {
-        printf "%-44s %12d %12d %8.2f %14.2f %14.2f %8.2f\n", name, g, n, (n ? g / n : 0), gc, nc, (nc ? gc / nc : 0) }'
+echo "settings: wrk -t1 -d${DURATION}s, $ROUNDS rounds (medians); $INSTANCES registered cgroup instances; guestsock ${GS_FLAGS[*]}; nginx 1 worker"
+printf '%-44s %12s %12s %8s %14s %14s %8s\n' scenario "A req/s" "B req/s" ratio "A µs CPU/req" "B µs CPU/req" ratio
+
+# compare NAME SOCK_A PID_A SOCK_B PID_B PATH [wrk args...]: runs A and B
+# alternately $ROUNDS times and prints the medians: throughput, CPU per
+# request, and the median of the per-round ratios A/B.
+compare() {
+    local name=$1 sock_a=$2 pid_a=$3 sock_b=$4 pid_b=$5
+    shift 5
+    local rounds=()
+    for _ in $(seq "$ROUNDS"); do
+        read -r a ac < <(run "$sock_a" "$pid_a" "$@")
+        read -r b bc < <(run "$sock_b" "$pid_b" "$@")
+        rounds+=("$a $b $ac $bc")
+    done
+    printf '%s\n' "${rounds[@]}" | awk -v name="$name" '
+        function median(v, n,   i, j, t) {
+            for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+            return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+        }
+        { n++; a[n] = $1; b[n] = $2; ac[n] = $3; bc[n] = $4; r[n] = ($2 ? $1 / $2 : 0); rc[n] = ($4 ? $3 / $4 : 0) }
+        END { printf "%-44s %12d %12d %8.2f %14.2f %14.2f %8.2f\n", name, median(a, n), median(b, n), median(r, n), median(ac, n), median(bc, n), median(rc, n) }'
 }
-row "keep-alive GET /1.0 (-c$CONNS)" /1.0 -c"$CONNS"
-row "keep-alive GET /1.0/config/user.foo (-c$CONNS)" /1.0/config/user.foo -c"$CONNS"
-row "connection per request GET /1.0 (-c16)" /1.0 -c16 -H "Connection: close"
+
+GS=("$work/gs/sock" "$GS_PID")
+NGINX=("$work/nginx.sock" "$nginx_worker")
+echo "guestsock (A) against nginx (B):"
+compare "keep-alive GET /1.0 (-c$CONNS)" "${GS[@]}" "${NGINX[@]}" /1.0 -c"$CONNS"
+compare "keep-alive GET /1.0/config/user.foo (-c$CONNS)" "${GS[@]}" "${NGINX[@]}" /1.0/config/user.foo -c"$CONNS"
+compare "connection per request GET /1.0 (-c16)" "${GS[@]}" "${NGINX[@]}" /1.0 -c16 -H "Connection: close"
+
+# What wrk can drive at all: a server that only reads and writes a fixed
+# answer (benches/ceiling.c) against nginx. When this ratio is near 1, the
+# load generator, not the server, sets the keep-alive throughput.
+target/bench/ceiling "$work/ceiling.sock" &
+CEILING_PID=$!
+for _ in $(seq 50); do [ -S "$work/ceiling.sock" ] && break; sleep 0.1; done
+echo "the load generator's ceiling: benches/ceiling.c (A) against nginx (B):"
+compare "keep-alive GET /1.0 (-c$CONNS)" "$work/ceiling.sock" "$CEILING_PID" "${NGINX[@]}" /1.0 -c"$CONNS"
+kill "$CEILING_PID"
 
 # Identity cost: the same connection-per-request run against a guestsock
 # with one registered instance instead of $INSTANCES.
@@ -134,8 +164,6 @@ target/release/guestsock serve --socket "$work/gs1/sock" --admin-socket "$work/a
 GS1_PID=$!
 for _ in $(seq 100); do [ -S "$work/gs1/sock" ] && break; sleep 0.1; done
 sleep 0.3
-read -r many manyc < <(run "$work/gs/sock" "$GS_PID" /1.0 -c16 -H "Connection: close")
-read -r one onec < <(run "$work/gs1/sock" "$GS1_PID" /1.0 -c16 -H "Connection: close")
+echo "identity cost: guestsock with $INSTANCES instances (A) against guestsock with 1 (B):"
+compare "connection per request GET /1.0 (-c16)" "${GS[@]}" "$work/gs1/sock" "$GS1_PID" /1.0 -c16 -H "Connection: close"
 kill "$GS1_PID"
-awk -v m="$many" -v o="$one" -v mc="$manyc" -v oc="$onec" -v n="$INSTANCES" 'BEGIN {
-    printf "%-44s %12d %12d %8.2f %14.2f %14.2f %8.2f\n", "identity: " n " instances vs 1 (conn/request)", m, o, (o ? m / o : 0), mc, oc, (oc ? mc / oc : 0) }'

@@ -129,6 +129,10 @@ pub fn answer(
 /// carry an ETag (PROTOCOL.md section 5, "Change notification without a
 /// websocket").
 fn conditional(req: &Request<'_>, id: InstanceId, response: Response) -> GuestAnswer {
+    // Most requests ask neither: nothing to compare, nothing to wait for.
+    if req.query.is_empty() && req.if_none_match.is_none() {
+        return GuestAnswer::Respond(response, None);
+    }
     let Some(etag) = response.etag.clone() else {
         return GuestAnswer::Respond(response, None);
     };

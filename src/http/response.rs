@@ -121,8 +121,16 @@ impl Response {
             hash ^= u64::from(*byte);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }
+        // Sixteen hex digits, quoted, without the formatting machinery.
+        let mut etag = String::with_capacity(18);
+        etag.push('"');
+        for shift in (0..16).rev() {
+            let digit = (hash >> (shift * 4)) & 0xf;
+            etag.push(char::from(b"0123456789abcdef"[digit as usize]));
+        }
+        etag.push('"');
         Response {
-            etag: Some(format!("\"{hash:016x}\"")),
+            etag: Some(etag),
             ..self
         }
     }
@@ -385,5 +393,19 @@ mod tests {
             push_decimal(&mut out, n);
             assert_eq!(out, format!("x{n}").into_bytes());
         }
+    }
+
+    #[test]
+    fn etag_is_fnv1a_of_status_and_body_in_sixteen_hex_digits() {
+        // FNV-1a 64 over [0, 200] + "bar" and over [1, 148] (status 404,
+        // empty body), computed independently.
+        let tag = Response::raw(b"bar".to_vec()).with_etag().etag;
+        assert_eq!(tag.as_deref(), Some("\"3a306b57ac59b60a\""));
+        let mut missing = Response::raw(Vec::new());
+        missing.status = 404;
+        assert_eq!(
+            missing.with_etag().etag.as_deref(),
+            Some("\"082fae07b4e97aa8\"")
+        );
     }
 }
