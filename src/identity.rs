@@ -153,8 +153,9 @@ enum Proof {
 #[derive(Debug, Default)]
 pub struct CgroupPaths {
     /// Where the unified hierarchy is mounted, if it is mounted with its
-    /// root there; without it nothing can be proved, so nothing is learned.
-    mount: Option<PathBuf>,
+    /// root there, and that mount's device: an inode number proves a cgroup
+    /// id only on cgroupfs itself. Without it nothing is learned.
+    mount: Option<(PathBuf, u64)>,
     /// Proved pairs.
     known: HashMap<u64, Rc<str>>,
     /// `PIDFD_GET_INFO` is unknown to this kernel (before Linux 6.13): every
@@ -167,7 +168,11 @@ impl CgroupPaths {
     pub fn new() -> CgroupPaths {
         let mount = fs::read_to_string("/proc/self/mountinfo")
             .ok()
-            .and_then(|text| cgroup2_root_mount(&text));
+            .and_then(|text| cgroup2_root_mount(&text))
+            .and_then(|point| {
+                let dev = fs::metadata(&point).ok()?.dev();
+                Some((point, dev))
+            });
         CgroupPaths {
             mount,
             ..CgroupPaths::default()
@@ -222,11 +227,11 @@ impl CgroupPaths {
 
     /// Whether the cgroup at `path` has id `id`.
     fn names(&self, path: &str, id: u64) -> bool {
-        let Some(mount) = &self.mount else {
+        let Some((mount, dev)) = &self.mount else {
             return false;
         };
         fs::metadata(mount.join(path.trim_start_matches('/')))
-            .is_ok_and(|meta| meta.is_dir() && meta.ino() == id)
+            .is_ok_and(|meta| meta.is_dir() && meta.dev() == *dev && meta.ino() == id)
     }
 }
 
