@@ -216,29 +216,33 @@ fn a_websocket_peer_that_stops_answering_pings_is_dropped() {
     assert!(reader.join().unwrap() >= 3);
 }
 
-#[test]
-fn a_process_that_exits_right_after_connecting_is_never_served_as_its_instance() {
-    require_root!();
+/// A process in a fresh cgroup registered as "victim" connects while the
+/// server is stopped (SIGSTOP) and exits; its parent, outside the cgroup,
+/// keeps the socket and asks once the server runs again. With `reap`, the
+/// parent waits for the child first, so at accept the connecting pid is
+/// gone (and could be reused); without, the child is a zombie: gone, but
+/// still the process its pidfd names. Returns the answer.
+fn ask_after_the_connecting_process_exits(reap: bool) -> String {
     let group = util::Cgroup::new();
     let server = util::Server::start(json!([
         {"name": "victim", "match": {"cgroup": group.path}, "config": {"user.secret": "s3cret"}},
     ]));
-    // The server is stopped while a process in the victim's cgroup connects
-    // and exits, so that when it accepts, the connecting pid is gone (and
-    // could be reused). The socket, shared with the parent outside the
-    // cgroup, is then used to ask.
     let pid = nix::unistd::Pid::from_raw(server.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let script = format!(
         r#"
-import os, socket, sys
+import os, socket, sys, time
 s = socket.socket(socket.AF_UNIX)
 child = os.fork()
 if child == 0:
     open({procs:?}, "w").write(str(os.getpid()))
     s.connect({sock:?})
     os._exit(0)
-os.waitpid(child, 0)
+if {reap}:
+    os.waitpid(child, 0)
+else:
+    while open(f"/proc/{{child}}/stat").read().split(")")[-1].split()[0] != "Z":
+        time.sleep(0.01)
 print("ready", flush=True)
 sys.stdin.readline()
 s.sendall(b"GET /1.0/config/user.secret HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -248,7 +252,8 @@ while chunk := s.recv(4096):
 print(data.decode())
 "#,
         procs = group.dir.join("cgroup.procs").display().to_string(),
-        sock = server.socket.display().to_string()
+        sock = server.socket.display().to_string(),
+        reap = if reap { "True" } else { "False" },
     );
     let mut child = std::process::Command::new("python3")
         .args(["-c", &script])
@@ -265,10 +270,29 @@ print(data.decode())
     let mut answer = String::new();
     out.read_to_string(&mut answer).unwrap();
     util::wait_with_deadline(&mut child);
+    answer
+}
+
+#[test]
+fn a_process_that_exits_right_after_connecting_is_never_served_as_its_instance() {
+    require_root!();
+    let answer = ask_after_the_connecting_process_exits(true);
     assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
     assert!(!answer.contains("s3cret"), "{answer}");
     assert!(
         answer.contains("exited") || answer.contains("could not be read"),
         "{answer}"
     );
+}
+
+#[test]
+fn a_connecting_process_that_is_a_zombie_is_still_itself() {
+    require_root!();
+    // Its pidfd still names it and the kernel still has its cgroup: no pid
+    // is trusted past its life, so the connection is its instance's
+    // (SECURITY.md, "SO_PEERCRED describes the process that called
+    // connect()").
+    let answer = ask_after_the_connecting_process_exits(false);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.ends_with("s3cret\n"), "{answer}");
 }
