@@ -8,7 +8,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use guestsock::http::request::{Parsed, parse};
 use guestsock::http::response::Response;
-use guestsock::ws::frame::{opcode, parse_header, write_frame};
+use guestsock::ws::frame::{opcode, parse_header, write_frame, write_masked_frame};
 use guestsock::ws::reader::Reader;
 
 const GET: &[u8] = b"GET /1.0/config/user.foo HTTP/1.1\r\nHost: lxd\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n";
@@ -51,15 +51,8 @@ fn frames(c: &mut Criterion) {
     });
     // A masked 4 KiB text message streamed through the reader.
     let payload = "é".repeat(2048).into_bytes();
-    let mut frame = vec![0x81, 0x80 | 126];
-    frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    frame.extend_from_slice(&[1, 2, 3, 4]);
-    frame.extend(
-        payload
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
-    );
+    let mut frame = Vec::new();
+    write_masked_frame(&mut frame, 0x81, [1, 2, 3, 4], &payload);
     group.throughput(Throughput::Bytes(frame.len() as u64));
     group.bench_function("read 4 KiB masked text message", |b| {
         b.iter(|| {

@@ -18,21 +18,8 @@ fn raw_ws(server: &util::Server) -> util::Client {
 
 /// A client frame with `b0` as first byte, masked with a fixed key.
 fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [1u8, 2, 3, 4];
-    let mut out = vec![b0];
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut out = Vec::new();
+    guestsock::ws::frame::write_masked_frame(&mut out, b0, [1, 2, 3, 4], payload);
     out
 }
 

@@ -1,5 +1,6 @@
 //! Websocket frames (RFC 6455 section 5.2): parsing a frame header, and
-//! writing the server's frames.
+//! writing the server's frames (and, for tests, benchmarks and fuzz seeds,
+//! a client's).
 //!
 //! The header parser only reads the wire format; what is allowed (masking,
 //! opcodes, control-frame rules) is decided by `ws::reader`.
@@ -124,18 +125,36 @@ pub fn unmask(data: &mut [u8], mask: [u8; 4], offset: u64) {
 /// frames that it sends to the client" (RFC 6455 5.1).
 pub fn write_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     out.push(0x80 | opcode);
-    match payload.len() {
-        n @ 0..=125 => out.push(n as u8),
+    push_length(out, 0, payload.len());
+    out.extend_from_slice(payload);
+}
+
+/// Appends a masked frame as a client sends it, its first byte (FIN, RSV,
+/// opcode) exactly `b0`. guestsock never sends one; its tests, benchmarks
+/// and fuzz seeds build client input with it.
+pub fn write_masked_frame(out: &mut Vec<u8>, b0: u8, mask: [u8; 4], payload: &[u8]) {
+    out.push(b0);
+    push_length(out, 0x80, payload.len());
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    unmask(&mut out[start..], mask, 0);
+}
+
+/// Appends the second header byte (`mask_bit` or'ed in) and the extended
+/// length, in the minimal form RFC 6455 5.2 requires.
+fn push_length(out: &mut Vec<u8>, mask_bit: u8, len: usize) {
+    match len {
+        n @ 0..=125 => out.push(mask_bit | n as u8),
         n @ 126..=0xffff => {
-            out.push(126);
+            out.push(mask_bit | 126);
             out.extend_from_slice(&(n as u16).to_be_bytes());
         }
         n => {
-            out.push(127);
+            out.push(mask_bit | 127);
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    out.extend_from_slice(payload);
 }
 
 /// Appends a close frame with `code` (and no reason), or an empty one.
@@ -156,6 +175,9 @@ mod tests {
         let masked = [
             0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
         ];
+        let mut written = Vec::new();
+        write_masked_frame(&mut written, 0x81, [0x37, 0xfa, 0x21, 0x3d], b"Hello");
+        assert_eq!(written, masked);
         let (h, n) = parse_header(&masked).unwrap().unwrap();
         assert_eq!(
             (h.fin, h.rsv, h.opcode, h.mask, h.len, n),

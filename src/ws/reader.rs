@@ -283,22 +283,7 @@ mod tests {
     /// A masked client frame.
     fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        out.push(b0);
-        match payload.len() {
-            n @ 0..=125 => out.push(0x80 | n as u8),
-            n @ 126..=0xffff => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&MASK);
-        let mut body = payload.to_vec();
-        unmask(&mut body, MASK, 0);
-        out.extend_from_slice(&body);
+        crate::ws::frame::write_masked_frame(&mut out, b0, MASK, payload);
         out
     }
 
