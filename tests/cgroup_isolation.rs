@@ -213,12 +213,7 @@ fn a_cgroup_seen_before_follows_the_registry() {
         403
     );
     let second = json!({"name": "second", "match": {"cgroup": group.path}, "config": {"user.who": "second"}});
-    assert_eq!(
-        server
-            .admin_call("POST", "/1.0/instances", second.to_string().as_bytes())
-            .status,
-        200
-    );
+    server.create_instance(&second);
     assert_eq!(
         group.curl(None, &server.socket, "/1.0/config/user.who"),
         (200, "second".to_owned())

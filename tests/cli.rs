@@ -177,13 +177,7 @@ fn register_set_and_read_back_through_the_cli() {
     let show: Value = serde_json::from_str(&ok(&server, &["instance", "show", "web-2"])).unwrap();
     assert_eq!(show["match"]["cgroup"], "/system.slice/docker-abc.scope");
 
-    assert_eq!(
-        server
-            .connect()
-            .request("PATCH", "/1.0", br#"{"state":"Ready"}"#)
-            .status,
-        200
-    );
+    server.guest_ready();
     ok(&server, &["state", "c1", "Started"]);
     assert_eq!(server.get("/1.0").json()["state"], "Started");
 

@@ -134,12 +134,7 @@ fn finds_each_broken_mount() {
     // Instances registered by pid are found through the admin socket.
     for (name, c) in [("good", &fine_c), ("bad", &directory_c)] {
         let body = json!({"name": name, "match": {"pid": c.pid()}});
-        assert_eq!(
-            server
-                .admin_call("POST", "/1.0/instances", body.to_string().as_bytes())
-                .status,
-            200
-        );
+        server.create_instance(&body);
     }
     let admin = server.admin_socket.display().to_string();
     let (ok, text) = doctor(&[

@@ -29,6 +29,24 @@ fn get(c: &mut util::Client, path: &str, if_none_match: Option<&str>) -> util::R
     c.read_reply(false)
 }
 
+/// Sets config keys of c1 from another thread through the admin API, each
+/// `(milliseconds after the previous, key, value)` in turn.
+fn set_later(
+    server: &util::Server,
+    steps: &[(u64, &'static str, &'static [u8])],
+) -> thread::JoinHandle<()> {
+    let admin_socket = server.admin_socket.clone();
+    let steps = steps.to_vec();
+    thread::spawn(move || {
+        let mut admin = util::Client::connect(&admin_socket);
+        for (millis, key, value) in steps {
+            thread::sleep(Duration::from_millis(millis));
+            let path = format!("/1.0/instances/c1/config/{key}");
+            assert_eq!(admin.request("PUT", &path, value).status, 200);
+        }
+    })
+}
+
 #[test]
 fn etags_and_not_modified() {
     let server = server();
@@ -92,25 +110,11 @@ fn wait_for_change_answers_when_the_value_moves() {
         .header("etag")
         .unwrap()
         .to_string();
-    let admin_socket = server.admin_socket.clone();
-    let setter = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(300));
-        let mut admin = util::Client::connect(&admin_socket);
-        // A change elsewhere does not wake it; this one does.
-        assert_eq!(
-            admin
-                .request("PUT", "/1.0/instances/c1/config/user.other", b"1")
-                .status,
-            200
-        );
-        thread::sleep(Duration::from_millis(100));
-        assert_eq!(
-            admin
-                .request("PUT", "/1.0/instances/c1/config/user.foo", b"new")
-                .status,
-            200
-        );
-    });
+    // A change elsewhere does not wake it; the second one does.
+    let setter = set_later(
+        &server,
+        &[(300, "user.other", b"1"), (100, "user.foo", b"new")],
+    );
     let start = Instant::now();
     let reply = get(
         &mut c,
@@ -135,17 +139,7 @@ fn wait_for_change_answers_when_the_value_moves() {
         .unwrap()
         .trim_matches('"')
         .to_string();
-    let admin_socket = server.admin_socket.clone();
-    let setter = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(200));
-        let mut admin = util::Client::connect(&admin_socket);
-        assert_eq!(
-            admin
-                .request("PUT", "/1.0/instances/c1/config/user.later", b"here")
-                .status,
-            200
-        );
-    });
+    let setter = set_later(&server, &[(200, "user.later", b"here")]);
     let reply = get(
         &mut c,
         &format!("/1.0/config/user.later?wait_for_change=1&last_etag=%22{tag}%22"),

@@ -192,12 +192,7 @@ fn admin_stream_names_each_instance() {
     let server = server();
     let mut admin = util::websocket(&server.admin_socket, "/1.0/events");
     let body = json!({"name": "c2", "match": {"uid_range": [90000, 10]}});
-    assert_eq!(
-        server
-            .admin_call("POST", "/1.0/instances", body.to_string().as_bytes())
-            .status,
-        200
-    );
+    server.create_instance(&body);
     let event = util::next_event(&mut admin);
     assert_eq!(
         (event["type"].as_str(), event["instance"].as_str()),
@@ -210,13 +205,7 @@ fn admin_stream_names_each_instance() {
     assert_eq!(event["instance"], "c2");
     assert_eq!(event["metadata"]["key"], "volatile.x");
 
-    assert_eq!(
-        server
-            .connect()
-            .request("PATCH", "/1.0", br#"{"state":"Ready"}"#)
-            .status,
-        200
-    );
+    server.guest_ready();
     let event = util::next_event(&mut admin);
     assert_eq!(
         (event["type"].as_str(), event["instance"].as_str()),
@@ -259,13 +248,7 @@ fn admin_stream_names_each_instance() {
 
     let mut filtered = util::websocket(&server.admin_socket, "/1.0/events?type=instance-ready");
     put(&server, "/1.0/instances/c1/config/user.z", b"1");
-    assert_eq!(
-        server
-            .connect()
-            .request("PATCH", "/1.0", br#"{"state":"Ready"}"#)
-            .status,
-        200
-    );
+    server.guest_ready();
     assert_eq!(util::next_event(&mut filtered)["type"], "instance-ready");
 }
 

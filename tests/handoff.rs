@@ -20,13 +20,7 @@ fn sighup_hands_the_sockets_to_a_new_process_and_drops_nothing() {
                 "config": {"user.foo": "bar"}}]),
         &["--rate-limit", "0"],
     );
-    assert_eq!(
-        server
-            .connect()
-            .request("PATCH", "/1.0", br#"{"state":"Ready"}"#)
-            .status,
-        200
-    );
+    server.guest_ready();
     let inode = std::fs::metadata(&server.socket).unwrap().ino();
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..4)

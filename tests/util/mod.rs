@@ -106,12 +106,7 @@ impl Server {
     /// Like [`Server::start`], with extra `serve` flags.
     pub fn start_with(instances: serde_json::Value, extra: &[&str]) -> Server {
         let dir = TempDir::new();
-        let file = dir.join("instances.json");
-        fs::write(
-            &file,
-            serde_json::json!({ "instances": instances }).to_string(),
-        )
-        .expect("write instances");
+        let file = write_instances(&dir, instances);
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         extra.extend(["--instances".into(), file.display().to_string()]);
         Server::start_in(dir, &extra)
@@ -200,6 +195,21 @@ impl Server {
             );
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// A guest of this uid says `PATCH /1.0 {"state":"Ready"}`, which must
+    /// succeed.
+    pub fn guest_ready(&self) {
+        let reply = self
+            .connect()
+            .request("PATCH", "/1.0", br#"{"state":"Ready"}"#);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+
+    /// Registers an instance through the admin API, which must succeed.
+    pub fn create_instance(&self, spec: &serde_json::Value) {
+        let reply = self.admin_call("POST", "/1.0/instances", spec.to_string().as_bytes());
+        assert_eq!(reply.status, 200, "{}", reply.text());
     }
 
     /// What the server wrote to standard error so far.
@@ -607,14 +617,20 @@ pub fn serve_fails(socket: &Path, instances: Option<&Path>) -> String {
 /// explanation.
 pub fn serve_refuses_instances(instances: serde_json::Value) -> String {
     let dir = TempDir::new();
+    let file = write_instances(&dir, instances);
+    let socket = dir.join("guest/sock");
+    let err = serve_fails(&socket, Some(&file));
+    assert!(!socket.exists(), "nothing starts on a bad file");
+    err
+}
+
+/// Writes `{"instances": instances}` to `instances.json` in `dir`.
+fn write_instances(dir: &TempDir, instances: serde_json::Value) -> PathBuf {
     let file = dir.join("instances.json");
     fs::write(
         &file,
         serde_json::json!({ "instances": instances }).to_string(),
     )
     .expect("write instances");
-    let socket = dir.join("guest/sock");
-    let err = serve_fails(&socket, Some(&file));
-    assert!(!socket.exists(), "nothing starts on a bad file");
-    err
+    file
 }
