@@ -319,14 +319,23 @@ impl Conn {
         self.hold = None;
     }
 
+    /// Whether the held answer waits for exactly write `seq` (a connection
+    /// key may have been reused by a connection holding another answer).
+    pub fn holds(&self, seq: u64) -> bool {
+        matches!(self.hold, Some(Hold::Waiting { seq: held, .. }) if held == seq)
+    }
+
     /// Replaces the held answer by a `500` naming `error` (the change could
-    /// not be made durable) and closes after it.
+    /// not be made durable, so it was not made at all) and closes after it.
     pub fn fail_hold(&mut self, error: &str) {
         let Some(Hold::Waiting { at, .. } | Hold::Unassigned { at }) = self.hold.take() else {
             return;
         };
         self.output.truncate(at);
-        let response = Response::error(500, format!("the change was applied but {error}"));
+        let response = Response::error(
+            500,
+            format!("the change was not made ({error}); nothing changed, so it can be retried"),
+        );
         self.side_response(response)
             .write_to(&mut self.output, false, false, false);
         self.state = ConnState::Closing;

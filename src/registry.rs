@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::rc::Rc;
 
 use slab::Slab;
 
@@ -96,6 +97,30 @@ impl Instance {
             MatchRule::Pid(_) => self.pidns.is_some() && peer.pidns == self.pidns,
         }
     }
+}
+
+/// A version of an instance that a change would make: validated, its rule
+/// checked, but not yet durable, so not yet served (PROTOCOL.md section 6:
+/// a 2xx means the change is on disk; a guest sees it only from then on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    /// The description, validated, defaults filled in.
+    pub spec: InstanceSpec,
+    /// The guest state it will have.
+    pub state: GuestState,
+    /// For a `pid` rule, the namespace the rule stands for.
+    pub pidns: Option<u64>,
+}
+
+/// The newest version of an instance counting the changes in flight: what
+/// the next change to it builds on.
+#[derive(Debug, Clone)]
+struct Pending {
+    /// `None`: its removal is in flight.
+    latest: Option<Rc<Staged>>,
+    /// Changes in flight that named it; the entry goes when the last is
+    /// committed.
+    changes: u32,
 }
 
 /// Why a registration was refused.
@@ -194,6 +219,10 @@ pub struct Registry {
     host_name: String,
     /// The last registration's serial.
     serial: u64,
+    /// Changes accepted but not yet durable, by instance name: admin
+    /// changes build on them (so two in flight never undo each other) and
+    /// are checked against them, but guests never see them.
+    pending: HashMap<String, Pending>,
 }
 
 impl Registry {
@@ -330,42 +359,6 @@ impl Registry {
         Ok((id, warning))
     }
 
-    /// Replaces the description of the instance `id`, keeping its guest
-    /// state. Refused, leaving it as it was, if the new description is
-    /// invalid, renames it, or conflicts with another instance.
-    pub fn replace(&mut self, id: InstanceId, spec: InstanceSpec) -> Result<(), RegistryError> {
-        let Some(old) = self.instances.get(id) else {
-            return Err(RegistryError::Invalid(InvalidInstance {
-                field: "name".into(),
-                reason: "no such instance".into(),
-            }));
-        };
-        let spec = spec
-            .validate(&self.host_name)
-            .map_err(RegistryError::Invalid)?;
-        if spec.name != old.spec.name {
-            return Err(RegistryError::Invalid(InvalidInstance {
-                field: "name".into(),
-                reason: format!(
-                    "{:?} differs from the instance being replaced, {:?}; instances cannot be renamed",
-                    spec.name, old.spec.name
-                ),
-            }));
-        }
-        // An unchanged pid rule keeps its namespace: the process may have
-        // gone, but the rule still means the namespace it named.
-        let pidns = if spec.rule == old.spec.rule {
-            old.pidns
-        } else {
-            self.check_rule(&spec.rule, Some(id))?
-        };
-        let mut instance = self.detach(id);
-        instance.spec = spec;
-        instance.pidns = pidns;
-        self.attach(instance);
-        Ok(())
-    }
-
     /// Unregisters the instance with this name and returns it.
     pub fn remove(&mut self, name: &str) -> Option<(InstanceId, Instance)> {
         let id = *self.by_name.get(name)?;
@@ -416,62 +409,266 @@ impl Registry {
         instance
     }
 
-    /// Checks a rule against the other instances' (all but `except`); for a
-    /// `pid` rule, returns the namespace it stands for.
+    /// Checks a rule against every other instance's rule (all but the one
+    /// named `except`), counting the changes in flight; for a `pid` rule,
+    /// returns the namespace it stands for.
+    ///
+    /// A registered instance with a change in flight is judged by its newest
+    /// version, so two changes in flight can never register conflicting
+    /// rules, and a rule being given up is free only once that is durable
+    /// (until then its new owner is told `409` and may retry).
     fn check_rule(
         &self,
         rule: &MatchRule,
-        except: Option<InstanceId>,
+        except: Option<&str>,
     ) -> Result<Option<u64>, RegistryError> {
-        let conflict = |id: InstanceId, detail: String| -> Result<Option<u64>, RegistryError> {
-            if Some(id) == except {
-                return Ok(None);
+        let pidns = match rule {
+            MatchRule::Pid(pid) => Some(self.pid_rule_namespace(*pid)?),
+            _ => None,
+        };
+        let skip = |name: &str| Some(name) == except;
+        // Registered versions.
+        let durable = |id: InstanceId| -> Result<(), RegistryError> {
+            let other = &self.instances[id];
+            if skip(&other.spec.name) {
+                return Ok(());
             }
-            Err(RegistryError::Conflict {
-                other: self.instances[id].spec.name.clone(),
-                detail,
-            })
+            match rules_conflict((rule, pidns), (&other.spec.rule, other.pidns)) {
+                Some(detail) => Err(RegistryError::Conflict {
+                    other: other.spec.name.clone(),
+                    detail,
+                }),
+                None => Ok(()),
+            }
         };
         match rule {
-            MatchRule::Cgroup(path) => match self.by_cgroup.get(path) {
-                Some(&id) => conflict(id, format!("both match cgroup {path}")),
-                None => Ok(None),
-            },
-            MatchRule::UidRange(first, count) => {
-                let end = u64::from(*first) + u64::from(*count);
-                let before = self.by_uid.range(..=*first).next_back();
-                let after = self.by_uid.range(*first..).next();
-                for (&other_first, &(other_end, id)) in before.into_iter().chain(after) {
-                    if u64::from(other_first) < end && u64::from(*first) < other_end {
-                        conflict(
-                            id,
-                            format!(
-                                "uid ranges [{first}, {end}) and [{other_first}, {other_end}) overlap"
-                            ),
-                        )?;
-                    }
+            MatchRule::Cgroup(path) => {
+                if let Some(&id) = self.by_cgroup.get(path) {
+                    durable(id)?;
                 }
-                Ok(None)
             }
-            MatchRule::Pid(pid) => {
-                let ns = identity::pid_namespace(*pid).map_err(|e| {
-                    RegistryError::Invalid(InvalidInstance {
-                        field: "match.pid".into(),
-                        reason: format!("cannot read the pid namespace of process {pid}: {e}"),
-                    })
-                })?;
-                if Some(ns) == self.own_pidns {
-                    return Err(RegistryError::Invalid(InvalidInstance {
-                        field: "match.pid".into(),
-                        reason: format!(
-                            "process {pid} shares guestsock's own pid namespace, so the rule would match every host process; name a process inside the container"
-                        ),
-                    }));
+            MatchRule::UidRange(first, count) => {
+                // Registered ranges are disjoint: walking down from the end
+                // of this one, the overlapping ones come first.
+                let end = u64::from(*first) + u64::from(*count);
+                let below_end = u32::try_from(end)
+                    .map_or(self.by_uid.range(..), |end| self.by_uid.range(..end));
+                for (_, &(other_end, id)) in below_end.rev() {
+                    if other_end <= u64::from(*first) {
+                        break;
+                    }
+                    durable(id)?;
                 }
-                if let Some(&id) = self.by_pidns.get(&ns) {
-                    conflict(id, format!("both match pid namespace pid:[{ns}]"))?;
+            }
+            MatchRule::Pid(_) => {
+                if let Some(&id) = pidns.and_then(|ns| self.by_pidns.get(&ns)) {
+                    durable(id)?;
                 }
-                Ok(Some(ns))
+            }
+        }
+        // Versions in flight.
+        for (name, pending) in &self.pending {
+            let Some(staged) = pending.latest.as_deref() else {
+                continue;
+            };
+            if skip(name) {
+                continue;
+            }
+            if let Some(detail) = rules_conflict((rule, pidns), (&staged.spec.rule, staged.pidns)) {
+                return Err(RegistryError::Conflict {
+                    other: name.clone(),
+                    detail,
+                });
+            }
+        }
+        Ok(pidns)
+    }
+
+    /// The pid namespace a `pid` rule naming `pid` stands for, refusing
+    /// guestsock's own.
+    fn pid_rule_namespace(&self, pid: i32) -> Result<u64, RegistryError> {
+        let ns = identity::pid_namespace(pid).map_err(|e| {
+            RegistryError::Invalid(InvalidInstance {
+                field: "match.pid".into(),
+                reason: format!("cannot read the pid namespace of process {pid}: {e}"),
+            })
+        })?;
+        if Some(ns) == self.own_pidns {
+            return Err(RegistryError::Invalid(InvalidInstance {
+                field: "match.pid".into(),
+                reason: format!(
+                    "process {pid} shares guestsock's own pid namespace, so the rule would match every host process; name a process inside the container"
+                ),
+            }));
+        }
+        Ok(ns)
+    }
+
+    /// The newest version of the instance named `name`, counting the
+    /// changes in flight; `None` if it does not exist or its removal is in
+    /// flight. A change builds on this.
+    pub fn latest(&self, name: &str) -> Option<Staged> {
+        match self.pending.get(name) {
+            Some(pending) => pending.latest.as_deref().cloned(),
+            None => {
+                let instance = self.instances.get(*self.by_name.get(name)?)?;
+                Some(Staged {
+                    spec: instance.spec.clone(),
+                    state: instance.state,
+                    pidns: instance.pidns,
+                })
+            }
+        }
+    }
+
+    /// Whether an instance named `name` exists, counting changes in flight.
+    pub fn exists_latest(&self, name: &str) -> bool {
+        match self.pending.get(name) {
+            Some(pending) => pending.latest.is_some(),
+            None => self.by_name.contains_key(name),
+        }
+    }
+
+    /// Accepts the registration of `spec` as a change in flight, refusing a
+    /// taken name or a conflicting rule. Nothing is served until
+    /// [`Registry::commit`].
+    pub fn stage_insert(&mut self, spec: InstanceSpec) -> Result<Rc<Staged>, RegistryError> {
+        let spec = spec
+            .validate(&self.host_name)
+            .map_err(RegistryError::Invalid)?;
+        if self.exists_latest(&spec.name) {
+            return Err(RegistryError::NameTaken(spec.name));
+        }
+        let pidns = self.check_rule(&spec.rule, None)?;
+        Ok(self.stage(Staged {
+            spec,
+            state: GuestState::Started,
+            pidns,
+        }))
+    }
+
+    /// Accepts a new description of the existing instance `name`, keeping
+    /// its guest state, as a change in flight. Refused if the description
+    /// is invalid, renames it, or conflicts with another instance.
+    pub fn stage_replace(
+        &mut self,
+        name: &str,
+        spec: InstanceSpec,
+    ) -> Result<Rc<Staged>, RegistryError> {
+        let Some(old) = self.latest(name) else {
+            return Err(RegistryError::Invalid(InvalidInstance {
+                field: "name".into(),
+                reason: "no such instance".into(),
+            }));
+        };
+        let spec = spec
+            .validate(&self.host_name)
+            .map_err(RegistryError::Invalid)?;
+        if spec.name != old.spec.name {
+            return Err(RegistryError::Invalid(InvalidInstance {
+                field: "name".into(),
+                reason: format!(
+                    "{:?} differs from the instance being replaced, {:?}; instances cannot be renamed",
+                    spec.name, old.spec.name
+                ),
+            }));
+        }
+        // An unchanged pid rule keeps its namespace: the process may have
+        // gone, but the rule still means the namespace it named.
+        let pidns = if spec.rule == old.spec.rule {
+            old.pidns
+        } else {
+            self.check_rule(&spec.rule, Some(name))?
+        };
+        Ok(self.stage(Staged {
+            spec,
+            state: old.state,
+            pidns,
+        }))
+    }
+
+    /// Accepts a version of an existing instance whose rule is unchanged
+    /// (config, devices, state: built from [`Registry::latest`]) as a
+    /// change in flight.
+    pub fn stage(&mut self, staged: Staged) -> Rc<Staged> {
+        let staged = Rc::new(staged);
+        let pending = self
+            .pending
+            .entry(staged.spec.name.clone())
+            .or_insert(Pending {
+                latest: None,
+                changes: 0,
+            });
+        pending.latest = Some(Rc::clone(&staged));
+        pending.changes += 1;
+        staged
+    }
+
+    /// Accepts the removal of instance `name` as a change in flight;
+    /// `false` if there is no such instance.
+    pub fn stage_remove(&mut self, name: &str) -> bool {
+        if !self.exists_latest(name) {
+            return false;
+        }
+        let pending = self.pending.entry(name.to_owned()).or_insert(Pending {
+            latest: None,
+            changes: 0,
+        });
+        pending.latest = None;
+        pending.changes += 1;
+        true
+    }
+
+    /// Makes a staged version the registered one, now that it is durable:
+    /// from here on guests are served it. Returns its key.
+    ///
+    /// Cannot fail: its rule was checked against every registered and
+    /// in-flight version when it was staged, and changes are committed in
+    /// the order they were staged.
+    pub fn commit(&mut self, staged: &Staged) -> InstanceId {
+        self.settle(&staged.spec.name);
+        let staged = staged.clone();
+        match self.by_name.get(&staged.spec.name).copied() {
+            Some(id) => {
+                let mut instance = self.detach(id);
+                instance.spec = staged.spec;
+                instance.state = staged.state;
+                instance.pidns = staged.pidns;
+                self.attach(instance)
+            }
+            None => {
+                let serial = self.next_serial();
+                self.attach(Instance {
+                    spec: staged.spec,
+                    pidns: staged.pidns,
+                    state: staged.state,
+                    serial,
+                    connections: 0,
+                    bucket: TokenBucket::new(),
+                })
+            }
+        }
+    }
+
+    /// Unregisters instance `name`, now that its removal is durable, and
+    /// returns it.
+    pub fn commit_remove(&mut self, name: &str) -> Option<(InstanceId, Instance)> {
+        self.settle(name);
+        self.remove(name)
+    }
+
+    /// Forgets every change in flight: the state directory refused one of
+    /// them, and the others were built on it.
+    pub fn abandon_pending(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Counts one change to `name` as no longer in flight.
+    fn settle(&mut self, name: &str) {
+        if let Some(pending) = self.pending.get_mut(name) {
+            pending.changes = pending.changes.saturating_sub(1);
+            if pending.changes == 0 {
+                self.pending.remove(name);
             }
         }
     }
@@ -545,6 +742,29 @@ impl Registry {
     fn by_uid(&self, uid: u32) -> Option<InstanceId> {
         let (_, &(end, id)) = self.by_uid.range(..=uid).next_back()?;
         (u64::from(uid) < end).then_some(id)
+    }
+}
+
+/// What two rules (each with the namespace a `pid` rule stands for) could
+/// both claim, if anything. Rules of different kinds never conflict here:
+/// a caller they both claim is refused when it connects (section 4).
+fn rules_conflict(a: (&MatchRule, Option<u64>), b: (&MatchRule, Option<u64>)) -> Option<String> {
+    match (a.0, b.0) {
+        (MatchRule::Cgroup(x), MatchRule::Cgroup(y)) if x == y => {
+            Some(format!("both match cgroup {x}"))
+        }
+        (MatchRule::UidRange(first, count), MatchRule::UidRange(other_first, other_count)) => {
+            let end = u64::from(*first) + u64::from(*count);
+            let other_end = u64::from(*other_first) + u64::from(*other_count);
+            (u64::from(*other_first) < end && u64::from(*first) < other_end).then(|| {
+                format!("uid ranges [{first}, {end}) and [{other_first}, {other_end}) overlap")
+            })
+        }
+        (MatchRule::Pid(_), MatchRule::Pid(_)) => match (a.1, b.1) {
+            (Some(x), Some(y)) if x == y => Some(format!("both match pid namespace pid:[{x}]")),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -698,6 +918,62 @@ mod tests {
         assert_eq!(r.kinds_in_use(), RuleKinds::empty());
         r.insert(spec("a", r#"{"uid_range":[10,10]}"#)).unwrap();
         r.insert(spec("c", r#"{"cgroup":"/c"}"#)).unwrap();
+    }
+
+    #[test]
+    fn changes_in_flight_are_checked_against_each_other_but_not_served() {
+        let mut r = registry(&[("a", r#"{"uid_range":[100,10]}"#)]);
+        let b = r
+            .stage_insert(spec("b", r#"{"uid_range":[200,10]}"#))
+            .unwrap();
+        // Not served before it is committed, but its name and rule are taken.
+        assert!(r.identify(&facts(200, None)).is_err());
+        assert_eq!(
+            r.stage_insert(spec("b", r#"{"uid_range":[300,1]}"#)),
+            Err(RegistryError::NameTaken("b".into()))
+        );
+        assert!(matches!(
+            r.stage_insert(spec("c", r#"{"uid_range":[205,100]}"#)),
+            Err(RegistryError::Conflict { .. })
+        ));
+        // A removal in flight still serves the instance and still holds its
+        // rule; its name is free for the next change to build on.
+        assert!(r.stage_remove("a"));
+        assert!(!r.stage_remove("a"));
+        assert!(r.latest("a").is_none());
+        assert_eq!(name_of(&r, r.identify(&facts(105, None))).unwrap(), "a");
+        assert!(matches!(
+            r.stage_insert(spec("d", r#"{"uid_range":[100,1]}"#)),
+            Err(RegistryError::Conflict { .. })
+        ));
+        // Committed in order: then served.
+        r.commit(&b);
+        assert!(r.commit_remove("a").is_some());
+        assert_eq!(name_of(&r, r.identify(&facts(200, None))).unwrap(), "b");
+        assert!(r.identify(&facts(105, None)).is_err());
+        r.stage_insert(spec("d", r#"{"uid_range":[100,1]}"#))
+            .unwrap();
+        // Abandoned: nothing of it remains.
+        r.abandon_pending();
+        assert!(r.latest("d").is_none());
+        r.stage_insert(spec("d", r#"{"uid_range":[100,1]}"#))
+            .unwrap();
+    }
+
+    #[test]
+    fn uid_ranges_overlapping_several_registered_ones_conflict() {
+        let mut r = registry(&[
+            ("a", r#"{"uid_range":[100,10]}"#),
+            ("b", r#"{"uid_range":[200,10]}"#),
+        ]);
+        // Widening `b` skips `b` itself but must still find `a`, below it: a
+        // check that stopped at the first neighbour would miss it.
+        assert!(matches!(
+            r.stage_replace("b", spec("b", r#"{"uid_range":[0,4294967295]}"#)),
+            Err(RegistryError::Conflict { other, .. }) if other == "a"
+        ));
+        r.stage_replace("b", spec("b", r#"{"uid_range":[110,90]}"#))
+            .unwrap();
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! its change is durable. What happens on a connection is `conn`'s
 //! business; who the peer is, `identity`'s.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -31,11 +31,11 @@ use crate::activation;
 use crate::api::Change;
 use crate::api::admin::{Connections, ServerFacts};
 use crate::conn::{
-    Buffers, Conn, ConnState, Counted, Ctx, Expired, Hold, Listed, Next, Registration, Side,
+    Buffers, Conn, ConnState, Counted, Ctx, Expired, Listed, Next, Registration, Side,
 };
 use crate::events::{self, Event};
 use crate::identity;
-use crate::instance::{GuestState, InstanceSpec, RuleKinds};
+use crate::instance::{InstanceSpec, RuleKinds};
 use crate::limits::{ACCEPT_RETRY_MS, EVENTS_PER_POLL, READ_CHUNK_BYTES, RESERVED_FDS, Tunables};
 use crate::log;
 use crate::metrics::{Limit, Metrics};
@@ -175,6 +175,9 @@ struct Server {
     accept_retry_at: Option<Instant>,
     /// Changes made during one pass of the loop.
     changes: Vec<Change>,
+    /// Changes sent to the writer and not yet durable, in sequence order:
+    /// served once the writer reports them written.
+    in_flight: VecDeque<(u64, Change)>,
     writer: Writer,
     committed: Receiver<Committed>,
     /// Connections with an answer held until a sequence number is durable,
@@ -320,6 +323,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         facts,
         accept_retry_at: None,
         changes: Vec::new(),
+        in_flight: VecDeque::new(),
         writer,
         committed,
         waiting: Vec::new(),
@@ -754,7 +758,7 @@ impl Server {
         }
         let mut seq = None;
         for change in std::mem::take(&mut self.changes) {
-            seq = self.apply(change).or(seq);
+            seq = Some(self.apply(change));
         }
         if let (Some(seq), Some(conn)) = (seq, self.conns.get_mut(key)) {
             conn.assign_hold(seq);
@@ -762,29 +766,34 @@ impl Server {
         }
     }
 
-    /// Persists one change, announces it and closes what it ends; returns
-    /// the sequence number of its write.
-    fn apply(&mut self, change: Change) -> Option<u64> {
+    /// Sends one change to the writer; returns the sequence number of its
+    /// write. Nothing of it is served or announced until that is durable
+    /// ([`Server::commit`]).
+    fn apply(&mut self, change: Change) -> u64 {
+        let job = match &change {
+            Change::Put { staged, .. } => Job::Write {
+                name: staged.spec.name.clone(),
+                bytes: StoredInstance::encode(&staged.spec, staged.state, staged.pidns),
+            },
+            Change::Remove { name } => Job::Remove { name: name.clone() },
+        };
+        let seq = self.writer.submit(job);
+        self.in_flight.push_back((seq, change));
+        seq
+    }
+
+    /// A change is durable: serve it, announce it, and close what it ends.
+    fn commit(&mut self, change: Change) {
         match change {
-            Change::Saved { id, events } => {
-                let seq = self.save(id);
-                if let Some(name) = self.registry.get(id).map(|i| i.spec.name.clone()) {
-                    self.publish(id, &name, &events);
-                }
+            Change::Put { staged, events } => {
+                let id = self.registry.commit(&staged);
+                self.publish(id, &staged.spec.name, &events);
                 self.recheck_waiters(id);
-                seq
             }
-            Change::GuestState(id, state) => {
-                let seq = self.save(id);
-                if state == GuestState::Ready
-                    && let Some(name) = self.registry.get(id).map(|i| i.spec.name.clone())
-                {
-                    self.publish(id, &name, &[Event::InstanceReady]);
-                }
-                self.recheck_waiters(id);
-                seq
-            }
-            Change::Removed { id, name, instance } => {
+            Change::Remove { name } => {
+                let Some((id, instance)) = self.registry.commit_remove(&name) else {
+                    return;
+                };
                 self.close_guests_of(&instance);
                 // Its subscribers and waiters go with it: the id may be
                 // reused by the next registration.
@@ -799,7 +808,6 @@ impl Server {
                     self.finished.push(key);
                 }
                 self.publish_to(None, &name, &[Event::InstanceRemoved]);
-                Some(self.writer.submit(Job::Remove { name }))
             }
         }
     }
@@ -823,26 +831,50 @@ impl Server {
         }
     }
 
-    /// Takes the writer's reports and lets the answers they make durable go.
+    /// Takes the writer's reports: serves the changes they make durable
+    /// and lets their answers go; or, for a failed write, abandons every
+    /// change in flight and fails their answers, leaving memory as the disk
+    /// is (the orchestrator may retry).
     ///
     /// Answers released here are driven at once: the connection may have
     /// more pipelined requests behind them.
     fn take_commits(&mut self) {
-        while let Ok(Committed { seq, error }) = self.committed.try_recv() {
+        while let Ok(Committed { seq, epoch, error }) = self.committed.try_recv() {
+            if let Some(error) = error {
+                // A report of an epoch already abandoned changes nothing.
+                if epoch == self.writer.epoch() {
+                    self.abandon_in_flight(&error);
+                }
+                continue;
+            }
+            while self.in_flight.front().is_some_and(|&(s, _)| s <= seq) {
+                if let Some((_, change)) = self.in_flight.pop_front() {
+                    self.commit(change);
+                }
+            }
             let ready = self.waiting.partition_point(|&(s, _)| s <= seq);
             for (s, key) in self.waiting.drain(..ready).collect::<Vec<_>>() {
-                let Some(conn) = self.conns.get_mut(key) else {
-                    continue;
-                };
-                // The key may have been reused by a connection holding
-                // another answer.
-                if !matches!(conn.hold(), Some(Hold::Waiting { seq: held, .. }) if held == s) {
-                    continue;
+                if let Some(conn) = self.conns.get_mut(key)
+                    && conn.holds(s)
+                {
+                    conn.release_hold();
+                    self.drive(key);
                 }
-                match &error {
-                    None => conn.release_hold(),
-                    Some(error) => conn.fail_hold(error),
-                }
+            }
+        }
+    }
+
+    /// A write failed: every change in flight was built on it or batched
+    /// with it, so none of them is made, and their answers say so.
+    fn abandon_in_flight(&mut self, error: &str) {
+        self.writer.abandon();
+        self.registry.abandon_pending();
+        self.in_flight.clear();
+        for (s, key) in std::mem::take(&mut self.waiting) {
+            if let Some(conn) = self.conns.get_mut(key)
+                && conn.holds(s)
+            {
+                conn.fail_hold(error);
                 self.drive(key);
             }
         }

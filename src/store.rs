@@ -90,9 +90,15 @@ pub enum Job {
 pub struct Committed {
     /// The highest sequence number in the batch.
     pub seq: u64,
-    /// Why the batch could not be made durable, if it could not.
+    /// The epoch the batch's jobs were submitted in ([`Writer::abandon`]).
+    pub epoch: u64,
+    /// Why the batch could not be made durable, if it could not. Nothing
+    /// of a failed batch is on disk.
     pub error: Option<String>,
 }
+
+/// A job with its sequence number and the epoch it was submitted in.
+type Queued = (u64, u64, Job);
 
 /// The open state directory: holds its lock for as long as it lives.
 #[derive(Debug)]
@@ -197,7 +203,7 @@ impl StateDir {
         self,
         wake: Arc<dyn Fn() + Send + Sync>,
     ) -> io::Result<(Writer, Receiver<Committed>)> {
-        let (jobs_tx, jobs_rx) = mpsc::channel::<(u64, Job)>();
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Queued>();
         let (done_tx, done_rx) = mpsc::channel();
         let thread = thread::Builder::new()
             .name("guestsock-writer".into())
@@ -207,38 +213,65 @@ impl StateDir {
                 jobs: Some(jobs_tx),
                 thread: Some(thread),
                 next_seq: 1,
+                epoch: 0,
             },
             done_rx,
         ))
     }
 
+    /// The writer thread. Blocks for the first job of a batch, then takes
+    /// whatever else is queued: under load batches grow and fsyncs per
+    /// change fall.
+    ///
+    /// Once a batch fails, every job of its epoch still queued fails too
+    /// without being written: the event loop built those changes on the
+    /// failed ones, and it abandons them all (starting a new epoch) as soon
+    /// as it hears of the failure.
     fn run(
         self,
-        jobs: Receiver<(u64, Job)>,
+        jobs: Receiver<Queued>,
         done: Sender<Committed>,
         wake: Arc<dyn Fn() + Send + Sync>,
     ) {
-        // Blocks for the first job of a batch, then takes whatever else is
-        // queued: under load batches grow and fsyncs per change fall.
+        let mut failed_epoch: Option<u64> = None;
         while let Ok(first) = jobs.recv() {
             let mut batch: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-            let mut seq = 0;
-            for (job_seq, job) in std::iter::once(first).chain(jobs.try_iter()) {
-                seq = job_seq;
+            let (mut seq, mut epoch) = (None, 0);
+            let mut abandoned = None;
+            for (job_seq, job_epoch, job) in std::iter::once(first).chain(jobs.try_iter()) {
+                if failed_epoch.is_some_and(|failed| job_epoch <= failed) {
+                    abandoned = Some((job_seq, job_epoch));
+                    continue;
+                }
+                (seq, epoch) = (Some(job_seq), job_epoch);
                 match job {
                     Job::Write { name, bytes } => batch.insert(name, Some(bytes)),
                     Job::Remove { name } => batch.insert(name, None),
                 };
             }
-            let error = self
-                .commit(&batch)
-                .err()
-                .map(|e| format!("cannot write the state directory: {e}"));
-            if let Some(error) = &error {
-                log::warn(format_args!("{error}"));
+            let mut reports = Vec::new();
+            if let Some((seq, epoch)) = abandoned {
+                reports.push(Committed {
+                    seq,
+                    epoch,
+                    error: Some("an earlier change it was built on could not be written".into()),
+                });
             }
-            if done.send(Committed { seq, error }).is_err() {
-                return;
+            if let Some(seq) = seq {
+                let error = self
+                    .commit(&batch)
+                    .err()
+                    .map(|e| format!("cannot write the state directory: {e}"));
+                if let Some(error) = &error {
+                    log::warn(format_args!("{error}"));
+                    failed_epoch = Some(epoch);
+                }
+                reports.push(Committed { seq, epoch, error });
+            }
+            for report in reports {
+                if done.send(report).is_err() {
+                    return;
+                }
             }
             wake();
         }
@@ -247,24 +280,26 @@ impl StateDir {
     /// Writes a batch: every new file written and fsynced under a temporary
     /// name, then renamed into place, removals done, and the directory
     /// fsynced once so that the renames and removals are durable too.
+    ///
+    /// All or nothing as far as the disk allows: if any new file cannot be
+    /// written (a full disk, no descriptors), the temporary files are
+    /// removed and no instance file has changed. Only a failing rename,
+    /// unlink or directory fsync after that (an I/O error, not a full disk)
+    /// can leave part of a batch in place.
     fn commit(&self, batch: &BTreeMap<String, Option<Vec<u8>>>) -> io::Result<()> {
-        for (name, bytes) in batch {
-            if let Some(bytes) = bytes {
-                let tmp = self.instances_dir.join(format!("{name}.json.tmp"));
-                let mut file = OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .write(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                file.write_all(bytes)?;
-                file.sync_all()?;
+        let written = self.write_temporaries(batch);
+        if let Err(e) = written {
+            for (name, bytes) in batch {
+                if bytes.is_some() {
+                    let _ = fs::remove_file(self.temporary(name));
+                }
             }
+            return Err(e);
         }
         for (name, bytes) in batch {
             let path = self.instances_dir.join(format!("{name}.json"));
             if bytes.is_some() {
-                fs::rename(self.instances_dir.join(format!("{name}.json.tmp")), &path)?;
+                fs::rename(self.temporary(name), &path)?;
             } else {
                 match fs::remove_file(&path) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -275,14 +310,39 @@ impl StateDir {
         let dir = File::open(&self.instances_dir)?;
         nix::unistd::fsync(dir.as_fd()).map_err(io::Error::from)
     }
+
+    /// Writes and fsyncs every new file of a batch under its temporary name.
+    fn write_temporaries(&self, batch: &BTreeMap<String, Option<Vec<u8>>>) -> io::Result<()> {
+        for (name, bytes) in batch {
+            if let Some(bytes) = bytes {
+                let mut file = OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .mode(0o600)
+                    .open(self.temporary(name))?;
+                file.write_all(bytes)?;
+                file.sync_all()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where instance `name`'s next version is written before its rename.
+    fn temporary(&self, name: &str) -> PathBuf {
+        self.instances_dir.join(format!("{name}.json.tmp"))
+    }
 }
 
 /// The event loop's handle on the writer thread.
 #[derive(Debug)]
 pub struct Writer {
-    jobs: Option<Sender<(u64, Job)>>,
+    jobs: Option<Sender<Queued>>,
     thread: Option<JoinHandle<()>>,
     next_seq: u64,
+    /// Bumped by [`Writer::abandon`]: jobs of an epoch whose batch failed
+    /// are never written.
+    epoch: u64,
 }
 
 impl Writer {
@@ -294,9 +354,20 @@ impl Writer {
         if let Some(jobs) = &self.jobs {
             // Only fails if the thread died; its absence of a report then
             // leaves the waiting answer unsent, which `finish` reports.
-            let _ = jobs.send((seq, job));
+            let _ = jobs.send((seq, self.epoch, job));
         }
         seq
+    }
+
+    /// The epoch jobs are submitted in now.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Starts a new epoch after a failure of this one: the jobs of this
+    /// epoch still queued will fail unwritten.
+    pub fn abandon(&mut self) {
+        self.epoch += 1;
     }
 
     /// Stops taking jobs and waits until everything queued is written.

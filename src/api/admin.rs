@@ -8,6 +8,7 @@
 //! reports each change as a [`Change`].
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -17,7 +18,7 @@ use crate::events::{self, Event};
 use crate::http::request::{Request, percent_decode};
 use crate::http::response::Response;
 use crate::instance::{GuestState, InstanceSpec, check_config_entry, check_device, valid_key};
-use crate::registry::{Instance, InstanceId, Registry, RegistryError};
+use crate::registry::{Instance, Registry, RegistryError, Staged};
 
 /// What `GET /1.0` reports about the server.
 #[derive(Debug, Clone, Serialize)]
@@ -68,17 +69,16 @@ pub fn answer(req: &Request<'_>, registry: &mut Registry, facts: &ServerFacts) -
             _ => AdminAnswer::Respond(Response::method_not_allowed("GET"), None),
         };
     }
-    // What the instance was, to tell subscribers what changed.
+    // What the instance was (counting changes in flight), to tell
+    // subscribers what changed.
     let before = instance_name(req.path)
-        .and_then(|name| registry.find(name))
-        .and_then(|id| registry.get(id))
         .filter(|_| !matches!(req.method, "GET" | "HEAD"))
-        .map(|i| (i.spec.clone(), i.state));
+        .and_then(|name| registry.latest(name));
     let (response, change) = route(req, registry, facts);
     let change = change.map(|change| match change {
-        Change::Saved { id, .. } => Change::Saved {
-            id,
-            events: events_for(req, before, registry.get(id)),
+        Change::Put { staged, .. } => Change::Put {
+            events: events_for(req, before, &staged),
+            staged,
         },
         other => other,
     });
@@ -94,27 +94,20 @@ fn instance_name(path: &str) -> Option<&str> {
 /// The events a change made: registration, replacement and host state
 /// changes for the admin stream, then one per config key and device that
 /// differs.
-fn events_for(
-    req: &Request<'_>,
-    before: Option<(InstanceSpec, GuestState)>,
-    after: Option<&Instance>,
-) -> Vec<Event> {
-    let Some(after) = after else {
-        return Vec::new();
-    };
-    let Some((spec, state)) = before else {
+fn events_for(req: &Request<'_>, before: Option<Staged>, after: &Staged) -> Vec<Event> {
+    let Some(before) = before else {
         return vec![Event::InstanceCreated];
     };
     let mut events = Vec::new();
     if req.method == "PUT" && instance_name(req.path) == req.path.strip_prefix("/1.0/instances/") {
         events.push(Event::InstanceUpdated);
     }
-    if state != after.state {
+    if before.state != after.state {
         events.push(Event::State {
             state: after.state.as_str(),
         });
     }
-    events.extend(events::diff(Some(&spec), Some(&after.spec)));
+    events.extend(events::diff(Some(&before.spec), Some(&after.spec)));
     events
 }
 
@@ -149,37 +142,45 @@ fn route(
         Some((name, sub)) => (name, Some(sub)),
         None => (rest, None),
     };
-    let Some(id) = registry.find(name) else {
+    // Reads show what is durable; changes build on the newest version,
+    // counting changes in flight.
+    let id = registry.find(name);
+    if id.is_none() && !registry.exists_latest(name) {
         return (instance_not_found(name), None);
+    }
+    let durable = |get: &dyn Fn(&Instance) -> Response| match id.and_then(|id| registry.get(id)) {
+        Some(instance) => get(instance),
+        None => instance_not_found(name),
     };
     match sub {
         None => match req.method {
-            "GET" | "HEAD" => (view(registry, id), None),
-            "PUT" => replace_instance(registry, id, req.body),
+            "GET" | "HEAD" => (
+                durable(&|i| Response::json(&instance_view(&i.spec, i.state))),
+                None,
+            ),
+            "PUT" => replace_instance(registry, name, req.body),
             "DELETE" => {
-                let name = name.to_owned();
-                match registry.remove(&name) {
-                    Some((id, instance)) => (
+                if registry.stage_remove(name) {
+                    (
                         Response::json(&serde_json::json!({})),
-                        Some(Change::Removed {
-                            id,
-                            name,
-                            instance: Box::new(instance),
+                        Some(Change::Remove {
+                            name: name.to_owned(),
                         }),
-                    ),
-                    None => (instance_not_found(&name), None),
+                    )
+                } else {
+                    (instance_not_found(name), None)
                 }
             }
             _ => (Response::method_not_allowed("GET, HEAD, PUT, DELETE"), None),
         },
         Some("config") => match req.method {
-            "PATCH" => patch_config(registry, id, req.body),
-            "GET" | "HEAD" => (field(registry, id, |i| &i.spec.config), None),
+            "PATCH" => patch_config(registry, name, req.body),
+            "GET" | "HEAD" => (durable(&|i| Response::json(&i.spec.config)), None),
             _ => (Response::method_not_allowed("GET, HEAD, PATCH"), None),
         },
         Some("state") => match req.method {
-            "PUT" => put_state(registry, id, req.body),
-            "GET" | "HEAD" => (field(registry, id, |i| &i.state), None),
+            "PUT" => put_state(registry, name, req.body),
+            "GET" | "HEAD" => (durable(&|i| Response::json(&i.state)), None),
             _ => (Response::method_not_allowed("GET, HEAD, PUT"), None),
         },
         Some(sub) => {
@@ -189,18 +190,15 @@ fn route(
                     Err(response) => return (response, None),
                 };
                 match req.method {
-                    "PUT" => set_config(registry, id, key, req.body),
-                    "DELETE" => unset_config(registry, id, &key),
-                    "GET" | "HEAD" => {
-                        let value = registry.get(id).and_then(|i| i.spec.config.get(&key));
-                        match value {
-                            Some(value) => (Response::raw(value.clone().into_bytes()), None),
-                            None => (
-                                Response::error(404, format!("key {key:?} is not set")),
-                                None,
-                            ),
-                        }
-                    }
+                    "PUT" => set_config(registry, name, key, req.body),
+                    "DELETE" => unset_config(registry, name, &key),
+                    "GET" | "HEAD" => (
+                        durable(&|i| match i.spec.config.get(&key) {
+                            Some(value) => Response::raw(value.clone().into_bytes()),
+                            None => Response::error(404, format!("key {key:?} is not set")),
+                        }),
+                        None,
+                    ),
                     _ => (Response::method_not_allowed("GET, HEAD, PUT, DELETE"), None),
                 }
             } else if let Some(raw_dev) = sub.strip_prefix("devices/") {
@@ -209,44 +207,21 @@ fn route(
                     Err(response) => return (response, None),
                 };
                 match req.method {
-                    "PUT" => put_device(registry, id, dev, req.body),
-                    "DELETE" => remove_device(registry, id, &dev),
-                    "GET" | "HEAD" => {
-                        let fields = registry.get(id).and_then(|i| i.spec.devices.get(&dev));
-                        match fields {
-                            Some(fields) => (Response::json(fields), None),
-                            None => (
-                                Response::error(404, format!("device {dev:?} does not exist")),
-                                None,
-                            ),
-                        }
-                    }
+                    "PUT" => put_device(registry, name, dev, req.body),
+                    "DELETE" => remove_device(registry, name, &dev),
+                    "GET" | "HEAD" => (
+                        durable(&|i| match i.spec.devices.get(&dev) {
+                            Some(fields) => Response::json(fields),
+                            None => Response::error(404, format!("device {dev:?} does not exist")),
+                        }),
+                        None,
+                    ),
                     _ => (Response::method_not_allowed("GET, HEAD, PUT, DELETE"), None),
                 }
             } else {
                 (Response::error(404, "not found"), None)
             }
         }
-    }
-}
-
-/// The admin view of instance `id`, or `404` if it is gone.
-fn view(registry: &Registry, id: InstanceId) -> Response {
-    match registry.get(id) {
-        Some(instance) => Response::json(&instance_view(instance)),
-        None => Response::error(404, "instance not found"),
-    }
-}
-
-/// A field of instance `id`, as JSON, or `404` if it is gone.
-fn field<T: Serialize>(
-    registry: &Registry,
-    id: InstanceId,
-    get: impl Fn(&Instance) -> &T,
-) -> Response {
-    match registry.get(id) {
-        Some(instance) => Response::json(get(instance)),
-        None => Response::error(404, "instance not found"),
     }
 }
 
@@ -284,10 +259,10 @@ fn registry_error(e: RegistryError) -> Response {
 
 /// An instance as the admin API shows it: the section 4 object plus its
 /// guest `state`.
-fn instance_view(instance: &Instance) -> serde_json::Value {
-    let mut value = serde_json::to_value(&instance.spec).unwrap_or_default();
+fn instance_view(spec: &InstanceSpec, state: GuestState) -> serde_json::Value {
+    let mut value = serde_json::to_value(spec).unwrap_or_default();
     if let Some(object) = value.as_object_mut() {
-        object.insert("state".into(), instance.state.as_str().into());
+        object.insert("state".into(), state.as_str().into());
     }
     value
 }
@@ -307,7 +282,10 @@ fn list_instances(registry: &Registry, query: &str) -> Response {
     let mut instances: Vec<&Instance> = registry.iter().map(|(_, i)| i).collect();
     instances.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     if recursion {
-        let views: Vec<serde_json::Value> = instances.into_iter().map(instance_view).collect();
+        let views: Vec<serde_json::Value> = instances
+            .into_iter()
+            .map(|i| instance_view(&i.spec, i.state))
+            .collect();
         Response::json(&views)
     } else {
         let urls: Vec<String> = instances
@@ -318,16 +296,33 @@ fn list_instances(registry: &Registry, query: &str) -> Response {
     }
 }
 
-/// The answer to a change: the instance as it is now. Its events are
-/// filled in by `answer`, which saw it before.
-fn saved(registry: &Registry, id: InstanceId) -> (Response, Option<Change>) {
+/// The answer to a change: the instance as it will be once the change is
+/// durable (the answer is held until then). Its events are filled in by
+/// `answer`, which saw it before.
+fn saved(staged: Rc<Staged>) -> (Response, Option<Change>) {
     (
-        view(registry, id),
-        Some(Change::Saved {
-            id,
+        Response::json(&instance_view(&staged.spec, staged.state)),
+        Some(Change::Put {
+            staged,
             events: Vec::new(),
         }),
     )
+}
+
+/// Builds a change on the newest version of instance `name` (its rule
+/// unchanged): `edit` changes a copy, or refuses with its answer.
+fn change(
+    registry: &mut Registry,
+    name: &str,
+    edit: impl FnOnce(&mut Staged) -> Result<(), Response>,
+) -> (Response, Option<Change>) {
+    let Some(mut staged) = registry.latest(name) else {
+        return (instance_not_found(name), None);
+    };
+    if let Err(response) = edit(&mut staged) {
+        return (response, None);
+    }
+    saved(registry.stage(staged))
 }
 
 fn create_instance(registry: &mut Registry, body: &[u8]) -> (Response, Option<Change>) {
@@ -335,23 +330,23 @@ fn create_instance(registry: &mut Registry, body: &[u8]) -> (Response, Option<Ch
         Ok(spec) => spec,
         Err(response) => return (response, None),
     };
-    match registry.insert(spec) {
-        Ok(id) => saved(registry, id),
+    match registry.stage_insert(spec) {
+        Ok(staged) => saved(staged),
         Err(e) => (registry_error(e), None),
     }
 }
 
 fn replace_instance(
     registry: &mut Registry,
-    id: InstanceId,
+    name: &str,
     body: &[u8],
 ) -> (Response, Option<Change>) {
     let spec: InstanceSpec = match parse_body(body, "instance") {
         Ok(spec) => spec,
         Err(response) => return (response, None),
     };
-    match registry.replace(id, spec) {
-        Ok(()) => saved(registry, id),
+    match registry.stage_replace(name, spec) {
+        Ok(staged) => saved(staged),
         Err(e) => (registry_error(e), None),
     }
 }
@@ -360,7 +355,7 @@ fn replace_instance(
 /// strings, and within the value limit.
 fn set_config(
     registry: &mut Registry,
-    id: InstanceId,
+    name: &str,
     key: String,
     body: &[u8],
 ) -> (Response, Option<Change>) {
@@ -373,33 +368,24 @@ fn set_config(
     if let Err(e) = check_config_entry(&key, value) {
         return (Response::error(400, e), None);
     }
-    let Some(instance) = registry.get_mut(id) else {
-        return (Response::error(404, "instance not found"), None);
-    };
-    instance.spec.config.insert(key, value.to_owned());
-    saved(registry, id)
+    change(registry, name, |staged| {
+        staged.spec.config.insert(key, value.to_owned());
+        Ok(())
+    })
 }
 
-fn unset_config(registry: &mut Registry, id: InstanceId, key: &str) -> (Response, Option<Change>) {
-    let Some(instance) = registry.get_mut(id) else {
-        return (Response::error(404, "instance not found"), None);
-    };
-    if instance.spec.config.remove(key).is_none() {
-        return (
-            Response::error(404, format!("key {key:?} is not set")),
-            None,
-        );
-    }
-    saved(registry, id)
+fn unset_config(registry: &mut Registry, name: &str, key: &str) -> (Response, Option<Change>) {
+    change(registry, name, |staged| {
+        match staged.spec.config.remove(key) {
+            Some(_) => Ok(()),
+            None => Err(Response::error(404, format!("key {key:?} is not set"))),
+        }
+    })
 }
 
 /// `PATCH .../config`: key to string (set) or `null` (unset), every entry
 /// checked before any is applied.
-fn patch_config(
-    registry: &mut Registry,
-    id: InstanceId,
-    body: &[u8],
-) -> (Response, Option<Change>) {
+fn patch_config(registry: &mut Registry, name: &str, body: &[u8]) -> (Response, Option<Change>) {
     let patch: BTreeMap<String, Option<String>> = match parse_body(body, "config patch") {
         Ok(patch) => patch,
         Err(response) => return (response, None),
@@ -413,21 +399,20 @@ fn patch_config(
             return (Response::error(400, e), None);
         }
     }
-    let Some(instance) = registry.get_mut(id) else {
-        return (Response::error(404, "instance not found"), None);
-    };
-    for (key, value) in patch {
-        match value {
-            Some(value) => instance.spec.config.insert(key, value),
-            None => instance.spec.config.remove(&key),
-        };
-    }
-    saved(registry, id)
+    change(registry, name, |staged| {
+        for (key, value) in patch {
+            match value {
+                Some(value) => staged.spec.config.insert(key, value),
+                None => staged.spec.config.remove(&key),
+            };
+        }
+        Ok(())
+    })
 }
 
 fn put_device(
     registry: &mut Registry,
-    id: InstanceId,
+    name: &str,
     dev: String,
     body: &[u8],
 ) -> (Response, Option<Change>) {
@@ -438,27 +423,25 @@ fn put_device(
     if let Err(e) = check_device(&dev, &fields) {
         return (Response::error(400, e), None);
     }
-    let Some(instance) = registry.get_mut(id) else {
-        return (Response::error(404, "instance not found"), None);
-    };
-    instance.spec.devices.insert(dev, fields);
-    saved(registry, id)
+    change(registry, name, |staged| {
+        staged.spec.devices.insert(dev, fields);
+        Ok(())
+    })
 }
 
-fn remove_device(registry: &mut Registry, id: InstanceId, dev: &str) -> (Response, Option<Change>) {
-    let Some(instance) = registry.get_mut(id) else {
-        return (Response::error(404, "instance not found"), None);
-    };
-    if instance.spec.devices.remove(dev).is_none() {
-        return (
-            Response::error(404, format!("device {dev:?} does not exist")),
-            None,
-        );
-    }
-    saved(registry, id)
+fn remove_device(registry: &mut Registry, name: &str, dev: &str) -> (Response, Option<Change>) {
+    change(registry, name, |staged| {
+        match staged.spec.devices.remove(dev) {
+            Some(_) => Ok(()),
+            None => Err(Response::error(
+                404,
+                format!("device {dev:?} does not exist"),
+            )),
+        }
+    })
 }
 
-fn put_state(registry: &mut Registry, id: InstanceId, body: &[u8]) -> (Response, Option<Change>) {
+fn put_state(registry: &mut Registry, name: &str, body: &[u8]) -> (Response, Option<Change>) {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Put {
@@ -478,9 +461,8 @@ fn put_state(registry: &mut Registry, id: InstanceId, body: &[u8]) -> (Response,
             );
         }
     };
-    let Some(instance) = registry.get_mut(id) else {
-        return (Response::error(404, "instance not found"), None);
-    };
-    instance.state = state;
-    saved(registry, id)
+    change(registry, name, |staged| {
+        staged.state = state;
+        Ok(())
+    })
 }

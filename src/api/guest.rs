@@ -5,8 +5,10 @@
 //! bodies of every guest endpoint. Reading requests and writing responses is
 //! `http`'s business; the event stream is served by the connection itself.
 
-use crate::api::Change;
 use std::time::Duration;
+
+use crate::api::Change;
+use crate::events::Event;
 
 use crate::http::request::{Request, percent_decode, query_param};
 use crate::http::response::Response;
@@ -95,15 +97,12 @@ pub fn answer(
         "/" => Response::method_not_allowed("GET, HEAD"),
         "/1.0" if read => api_info(instance),
         "/1.0" if req.method == "PATCH" => {
+            let (name, durable) = (instance.spec.name.clone(), instance.state);
             return match patch_state(req.body) {
-                Ok(state) => {
-                    let changed = instance.state != state;
-                    instance.state = state;
-                    GuestAnswer::Respond(
-                        Response::raw(Vec::new()),
-                        changed.then_some(Change::GuestState(id, state)),
-                    )
-                }
+                Ok(state) => GuestAnswer::Respond(
+                    Response::raw(Vec::new()),
+                    stage_state(registry, &name, durable, state),
+                ),
                 Err(response) => GuestAnswer::Respond(response, None),
             };
         }
@@ -123,6 +122,30 @@ pub fn answer(
         },
     };
     conditional(req, id, tagged)
+}
+
+/// The change a guest's `PATCH /1.0` makes, if any: its instance (named
+/// `name`, registered with state `durable`) with the new state. The guest
+/// is answered, and sees the state, once that is durable.
+fn stage_state(
+    registry: &mut Registry,
+    name: &str,
+    durable: GuestState,
+    state: GuestState,
+) -> Option<Change> {
+    let mut staged = registry.latest(name)?;
+    if staged.state == state && durable == state {
+        return None;
+    }
+    staged.state = state;
+    let events = match state {
+        GuestState::Ready => vec![Event::InstanceReady],
+        GuestState::Started => Vec::new(),
+    };
+    Some(Change::Put {
+        staged: registry.stage(staged),
+        events,
+    })
 }
 
 /// Applies `If-None-Match` and `?wait_for_change=` to an answer that may
@@ -421,10 +444,18 @@ mod tests {
             (resp.status, resp.body.len(), resp.kind),
             (200, 0, BodyKind::Raw)
         );
-        assert!(matches!(
-            change,
-            Some(Change::GuestState(_, GuestState::Ready))
-        ));
+        let Some(Change::Put { staged, events }) = change else {
+            panic!("{change:?}")
+        };
+        assert_eq!(
+            (staged.state, events),
+            (GuestState::Ready, vec![Event::InstanceReady])
+        );
+        assert!(
+            ok(&mut r, 1000, "/1.0").contains("\"state\":\"Started\""),
+            "not served before it is durable"
+        );
+        r.commit(&staged);
         assert!(ok(&mut r, 1000, "/1.0").contains("\"state\":\"Ready\""));
         let (_, change) = respond(answer(&req, &peer(1000), &mut r, None));
         assert!(change.is_none(), "no change, nothing to announce");

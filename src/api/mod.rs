@@ -7,30 +7,28 @@
 pub mod admin;
 pub mod guest;
 
-use crate::events::Event;
-use crate::instance::GuestState;
-use crate::registry::{Instance, InstanceId};
+use std::rc::Rc;
 
-/// What an answered request changed.
+use crate::events::Event;
+use crate::registry::Staged;
+
+/// What an answered request changed: made durable by the server, and only
+/// then served to guests and announced (PROTOCOL.md section 6).
 #[derive(Debug)]
 pub enum Change {
-    /// The host registered or changed the instance (description or state);
-    /// `events` says what changed, in order.
-    Saved {
-        /// The instance.
-        id: InstanceId,
+    /// A new version of an instance: registered, replaced or changed by
+    /// the host, or its state set by its guest. `events` says what changed,
+    /// in order.
+    Put {
+        /// The version to make durable, then serve.
+        staged: Rc<Staged>,
         /// What changed, for subscribers.
         events: Vec<Event>,
     },
-    /// The guest set its own state (`PATCH /1.0`) to a different value.
-    GuestState(InstanceId, GuestState),
-    /// The host unregistered the instance; its guest connections end.
-    Removed {
-        /// Its key, until now.
-        id: InstanceId,
+    /// The host unregistered the instance; once that is durable its guest
+    /// connections end.
+    Remove {
         /// Its name, which names its state file.
         name: String,
-        /// What it was, to find the connections it claimed.
-        instance: Box<Instance>,
     },
 }
