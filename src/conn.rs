@@ -87,6 +87,8 @@ pub struct Ctx<'a> {
     pub buffers: &'a mut Buffers,
     /// The server is stopping: every answer closes its connection.
     pub stopping: bool,
+    /// When a refusal was last logged (one line a second at most).
+    pub refusal_logged: &'a mut Option<Instant>,
 }
 
 /// Whose events a subscriber receives, and which types.
@@ -675,7 +677,12 @@ impl Conn {
             answered = true;
             let (response, change) = match self.side {
                 Side::Guest => {
-                    refresh_peer(&self.stream, &mut self.peer, ctx.registry, ctx.cgroups);
+                    identity::gather_missing(
+                        &self.stream,
+                        &mut self.peer,
+                        ctx.registry.kinds_in_use(),
+                        ctx.cgroups,
+                    );
                     match guest::answer(&req, &self.peer, ctx.registry, Some(ctx.limits)) {
                         GuestAnswer::Respond(response, change) => (response, change),
                         GuestAnswer::Subscribe(id) => {
@@ -918,41 +925,30 @@ pub struct Buffers {
     pub output: Vec<u8>,
 }
 
-/// Gathers the `/proc` facts a connection accepted before any cgroup or pid
-/// rule existed now needs. The pidfd taken from the socket still pins the
-/// process that connected, so facts proved through it now are as good as
-/// at accept; if that process has exited, the facts fail closed.
-fn refresh_peer(
-    stream: &UnixStream,
-    peer: &mut PeerFacts,
-    registry: &Registry,
-    cgroups: &mut CgroupPaths,
-) {
-    let kinds = registry.kinds_in_use();
-    if kinds.needs_proc() && !peer.gathered.contains(kinds.proc_kinds()) {
-        match identity::peer_facts(stream, kinds, cgroups) {
-            Ok(facts) => *peer = facts,
-            Err(_) => {
-                peer.gathered = kinds.proc_kinds();
-                peer.proc_error = Some("its credentials could not be read again");
-            }
-        }
-    }
-}
-
 /// Counts why a guest request was refused, for the metrics.
 fn count_refusal(ctx: &mut Ctx<'_>, peer: &PeerFacts, status: u16) {
     use crate::registry::Refusal;
     match status {
         401 => ctx.metrics.identity_wrong_uid += 1,
         429 => ctx.metrics.limit_hit(Limit::Rate),
-        403 => match ctx.registry.identify(peer) {
-            Err(Refusal::NoInstance { .. }) => ctx.metrics.identity_no_instance += 1,
-            Err(Refusal::Ambiguous { .. }) => ctx.metrics.identity_ambiguous += 1,
-            Err(Refusal::Unverified { .. }) => ctx.metrics.identity_unverified += 1,
-            // A key outside user.*/cloud-init.*: not an identity failure.
-            Ok(_) => {}
-        },
+        403 => {
+            let refusal = match ctx.registry.identify(peer) {
+                // A key outside user.*/cloud-init.*: not an identity failure.
+                Ok(_) => return,
+                Err(refusal) => refusal,
+            };
+            match refusal {
+                Refusal::NoInstance { .. } => ctx.metrics.identity_no_instance += 1,
+                Refusal::Ambiguous { .. } => ctx.metrics.identity_ambiguous += 1,
+                Refusal::Unverified { .. } => ctx.metrics.identity_unverified += 1,
+            }
+            // The guest was told only its own pid and uid; the host is told
+            // the whole reason (which instances), one line a second at most.
+            crate::server::log_throttled(
+                ctx.refusal_logged,
+                format_args!("refused a guest request: {refusal}"),
+            );
+        }
         _ => {}
     }
 }

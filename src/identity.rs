@@ -81,6 +81,41 @@ pub fn peer_facts<S: AsFd>(
     Ok(facts)
 }
 
+/// Adds to `facts`, taken at accept, the `/proc` facts of kinds that were not
+/// gathered then and that `kinds` (the rules in use now) needs: a rule of a
+/// new kind was registered since. Facts already gathered are never read
+/// again, so a process that moved to another cgroup after connecting keeps
+/// the instance it connected as (SECURITY.md). The peer's pidfd still pins
+/// the process that connected, so what is read now is that process's; if it
+/// has exited, the new facts fail closed.
+pub fn gather_missing<S: AsFd>(
+    stream: &S,
+    facts: &mut PeerFacts,
+    kinds: RuleKinds,
+    cgroups: &mut CgroupPaths,
+) {
+    let missing = kinds.proc_kinds().without(facts.gathered);
+    if missing.is_empty() {
+        return;
+    }
+    facts.gathered = facts.gathered.union(missing);
+    if facts.proc_error.is_some() {
+        return;
+    }
+    let mut more = facts.clone();
+    match read_proc_facts(stream, &mut more, missing, cgroups) {
+        Ok(()) => {
+            if missing.contains(RuleKinds::CGROUP) {
+                facts.cgroup = more.cgroup;
+            }
+            if missing.contains(RuleKinds::PID) {
+                facts.pidns = more.pidns;
+            }
+        }
+        Err(reason) => facts.proc_error = Some(reason),
+    }
+}
+
 /// Fills in the facts `wanted` asks for, then, if any came from `/proc` by
 /// pid, checks the pidfd. Only the kinds of rule in use are read (each read
 /// is a system call on every connection); a rule of another kind registered

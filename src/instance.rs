@@ -124,6 +124,11 @@ impl RuleKinds {
         RuleKinds(self.0 | other.0)
     }
 
+    /// The kinds in this set and not in `other`.
+    pub fn without(self, other: RuleKinds) -> RuleKinds {
+        RuleKinds(self.0 & !other.0)
+    }
+
     /// Whether any of these kinds needs a read of `/proc/<pid>`.
     pub fn needs_proc(self) -> bool {
         !self.proc_kinds().is_empty()

@@ -68,6 +68,13 @@ pub const EVENTS_PER_POLL: usize = 1024;
 /// loop on an error that only a closed connection can clear.
 pub const ACCEPT_RETRY_MS: u64 = 100;
 
+/// Least time between two log lines about refused callers or exhausted
+/// descriptors: 1 s.
+///
+/// Every such line is caused by a peer, and a peer can cause them as fast
+/// as it can connect; the README promises one line a second at most.
+pub const LOG_THROTTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Largest request body on the admin socket, in bytes: 8 MiB.
 ///
 /// Admin bodies are instance objects, whose config values may each be up to

@@ -174,6 +174,20 @@ pub enum Refusal {
     },
 }
 
+impl Refusal {
+    /// What the caller is told: its own pid and uid and why, never the name
+    /// of an instance, which would tell a guest about its neighbours. The
+    /// whole reason ([`fmt::Display`]) is for the host's log.
+    pub fn guest_message(&self) -> String {
+        match self {
+            Refusal::NoInstance { .. } | Refusal::Unverified { .. } => self.to_string(),
+            Refusal::Ambiguous { pid, uid, .. } => {
+                format!("pid {pid} (uid {uid}) matches more than one instance; refusing to guess")
+            }
+        }
+    }
+}
+
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -886,6 +900,13 @@ mod tests {
         let refusal = r.identify(&facts(100001, Some("/c/x"))).unwrap_err();
         assert!(matches!(refusal, Refusal::Ambiguous { .. }), "{refusal:?}");
         assert!(refusal.to_string().contains("\"a\"") && refusal.to_string().contains("\"c\""));
+        // The guest is told neither name.
+        let told = refusal.guest_message();
+        assert!(told.contains("pid 42 (uid 100001)"), "{told}");
+        assert!(
+            !told.contains('"') && !told.contains(" a ") && !told.contains(" c "),
+            "{told}"
+        );
         assert_eq!(
             name_of(&r, r.identify(&facts(100001, Some("/other")))).unwrap(),
             "a"

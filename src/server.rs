@@ -36,7 +36,9 @@ use crate::conn::{
 use crate::events::{self, Event};
 use crate::identity;
 use crate::instance::{InstanceSpec, RuleKinds};
-use crate::limits::{ACCEPT_RETRY_MS, EVENTS_PER_POLL, READ_CHUNK_BYTES, RESERVED_FDS, Tunables};
+use crate::limits::{
+    ACCEPT_RETRY_MS, EVENTS_PER_POLL, LOG_THROTTLE, READ_CHUNK_BYTES, RESERVED_FDS, Tunables,
+};
 use crate::log;
 use crate::metrics::{Limit, Metrics};
 use crate::registry::{Instance, InstanceId, Registry};
@@ -732,6 +734,7 @@ impl Server {
             cgroups: &mut self.cgroups,
             buffers: &mut self.buffers,
             stopping: self.stopping.is_some(),
+            refusal_logged: &mut self.refusal_logged,
         };
         if conn.drive(&mut ctx) == Next::Close {
             self.finished.push(key);
@@ -1025,14 +1028,7 @@ impl Server {
     /// Logs a refusal, one line a second at most, so that an attack cannot
     /// flood the log.
     fn log_throttled(&mut self, message: std::fmt::Arguments<'_>) {
-        let now = Instant::now();
-        if self
-            .refusal_logged
-            .is_none_or(|then| now.duration_since(then) >= Duration::from_secs(1))
-        {
-            self.refusal_logged = Some(now);
-            log::warn(message);
-        }
+        log_throttled(&mut self.refusal_logged, message);
     }
 
     fn refuse(&mut self, stream: mio::net::UnixStream, peer: &identity::PeerFacts, why: &str) {
@@ -1067,6 +1063,16 @@ fn connection_cap(wanted: Option<usize>) -> usize {
         .unwrap_or(1024);
     let ceiling = files.saturating_sub(RESERVED_FDS).max(1);
     wanted.map_or(ceiling, |w| w.min(ceiling))
+}
+
+/// Logs `message` unless a line was logged through `last` less than a
+/// second ago, so that an attack cannot flood the log.
+pub(crate) fn log_throttled(last: &mut Option<Instant>, message: std::fmt::Arguments<'_>) {
+    let now = Instant::now();
+    if last.is_none_or(|then| now.duration_since(then) >= LOG_THROTTLE) {
+        *last = Some(now);
+        log::warn(message);
+    }
 }
 
 /// Takes `key` off a list.

@@ -115,9 +115,17 @@ fn cgroup_and_uid_rules_that_disagree_are_refused_as_ambiguous() {
     ]));
     let (status, body) = g.curl(Some(4242), &server.socket, "/1.0");
     assert_eq!(status, 403, "{body}");
+    // The guest learns nothing about other instances, not even their names;
+    // the host's log has the whole reason.
+    assert!(body.contains("matches more than one instance"), "{body}");
     assert!(
-        body.contains("by-cgroup") && body.contains("by-uid"),
+        !body.contains("by-cgroup") && !body.contains("by-uid"),
         "{body}"
+    );
+    let log = server.stderr();
+    assert!(
+        log.contains("\"by-cgroup\"") && log.contains("\"by-uid\""),
+        "{log}"
     );
     // Each rule alone still works.
     assert_eq!(g.curl(Some(4243), &server.socket, "/1.0").0, 200);
@@ -227,4 +235,91 @@ fn a_cgroup_seen_before_follows_the_registry() {
         group.curl(None, &server.socket, "/1.0/config/user.who"),
         (200, "second".to_owned())
     );
+}
+
+/// A guest holding one connection open: each line on its standard input
+/// sends `GET /1.0/config/user.who` on that same connection and prints
+/// `status body`.
+const KEEP_ALIVE_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rb")
+for _ in sys.stdin:
+    s.sendall(b"GET /1.0/config/user.who HTTP/1.1\r\nHost: lxd\r\n\r\n")
+    status = f.readline().split()[1].decode()
+    length = 0
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    print(status, f.read(length).decode().strip(), flush=True)
+"#;
+
+#[test]
+fn a_connection_keeps_the_identity_taken_at_accept_when_a_new_rule_kind_arrives() {
+    require_root!();
+    use std::io::{BufRead, BufReader, Write};
+    let (a, b) = (util::Cgroup::new(), util::Cgroup::new());
+    let server = util::Server::start(json!([
+        {"name": "a", "match": {"cgroup": a.path}, "config": {"user.who": "a"}},
+        {"name": "b", "match": {"cgroup": b.path}, "config": {"user.who": "b"}},
+    ]));
+    let mut guest = a
+        .command(
+            None,
+            "python3",
+            &[
+                "-c",
+                KEEP_ALIVE_CLIENT,
+                &server.socket.display().to_string(),
+            ],
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut to_guest = guest.stdin.take().expect("stdin");
+    let mut from_guest = BufReader::new(guest.stdout.take().expect("stdout"));
+    let mut ask = || {
+        writeln!(to_guest).expect("ask");
+        let mut line = String::new();
+        from_guest.read_line(&mut line).expect("answer");
+        line.trim().to_owned()
+    };
+    assert_eq!(ask(), "200 a");
+    // Moved to b after connecting: the connection is still a's.
+    let pid = guest.id().to_string();
+    std::fs::write(b.dir.join("cgroup.procs"), &pid).expect("move to b");
+    assert_eq!(ask(), "200 a");
+    // The first pid rule makes the server gather the pid namespace of
+    // connections opened before it; what it knew already stays as it was.
+    let ns = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "sleep", "300"])
+        .spawn()
+        .expect("unshare");
+    let init = {
+        let children = format!("/proc/{0}/task/{0}/children", ns.id());
+        let deadline = std::time::Instant::now() + util::PATIENCE;
+        loop {
+            let text = std::fs::read_to_string(&children).unwrap_or_default();
+            if let Some(pid) = text.split_whitespace().next() {
+                break pid.to_owned();
+            }
+            assert!(std::time::Instant::now() < deadline, "unshare never forked");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    server.create_instance(&json!({"name": "p", "match": {"pid": init.parse::<i32>().unwrap()}}));
+    assert_eq!(ask(), "200 a");
+    assert_eq!(ask(), "200 a");
+    // A new connection from the same process is b's.
+    assert_eq!(b.curl(None, &server.socket, "/1.0/config/user.who").1, "b");
+    drop(to_guest);
+    let _ = guest.wait();
+    let mut ns = ns;
+    let _ = ns.kill();
+    let _ = ns.wait();
 }

@@ -45,7 +45,7 @@ const DEFAULT_WAIT_SECS: u64 = 60;
 pub fn authorize(peer: &PeerFacts, registry: &Registry) -> Result<InstanceId, Response> {
     let id = registry
         .identify(peer)
-        .map_err(|refusal| Response::error(403, refusal))?;
+        .map_err(|refusal| Response::error(403, refusal.guest_message()))?;
     let instance = registry
         .get(id)
         .ok_or_else(|| Response::error(403, "instance vanished"))?;
