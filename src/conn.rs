@@ -24,7 +24,7 @@ use crate::http::request::{self, Parsed, Request, WebSocketHeaders, percent_deco
 use crate::http::response::Response;
 use crate::identity::{self, CgroupPaths, PeerFacts};
 use crate::limits::{
-    MAX_ADMIN_BODY_BYTES, MAX_GUEST_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES,
+    MAX_ADMIN_BODY_BYTES, MAX_EVENT_FRAMING_BYTES, MAX_GUEST_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES,
     MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES, Tunables,
 };
 use crate::metrics::{Limit, Metrics};
@@ -190,6 +190,9 @@ pub struct Conn {
     output: Vec<u8>,
     /// How much of `output` the kernel has taken.
     written: usize,
+    /// Where, in `output`, the event a subscriber is reading now ends: what
+    /// is queued behind it counts against its bound.
+    event_end: usize,
     state: ConnState,
     /// Edge-triggered readiness not yet drained by a read that would block.
     readable: bool,
@@ -254,6 +257,7 @@ impl Conn {
             scan_from: 0,
             output: Vec::new(),
             written: 0,
+            event_end: 0,
             state: ConnState::Open,
             // A request may be waiting already: the first drive reads.
             readable: true,
@@ -361,10 +365,17 @@ impl Conn {
         self.output.len() - self.written
     }
 
-    /// Queues one event for a subscriber: `json` is the event object. A
-    /// subscriber whose queue would pass [`MAX_SUBSCRIBER_QUEUE_BYTES`] is cut
-    /// off instead (websocket close 1008, or just closed in stream mode), so
-    /// one that does not read never makes the server's memory grow. Returns
+    /// Queues one event for a subscriber: `json` is the event object.
+    ///
+    /// A subscriber is cut off (websocket close 1008, or just closed in
+    /// stream mode) only for what it failed to read: when the events
+    /// waiting behind the one it is reading now would pass
+    /// [`MAX_SUBSCRIBER_QUEUE_BYTES`]. An event larger than that bound (a
+    /// 1 MiB config value) is still queued when nothing waits behind the
+    /// event being read, so a reading subscriber gets every event of a
+    /// change that sets two large values, and a queue holds at most the
+    /// event being read plus the bound or one larger event: a subscriber
+    /// that does not read never makes the server's memory grow. Returns
     /// `false` if it was cut off.
     pub fn push_event(&mut self, json: &[u8]) -> bool {
         let websocket = match &self.state {
@@ -372,7 +383,13 @@ impl Conn {
             ConnState::WebSocket { .. } => true,
             _ => return true,
         };
-        if self.pending_output() + json.len() + 14 > MAX_SUBSCRIBER_QUEUE_BYTES {
+        let was_empty = self.pending_output() == 0;
+        let behind = self
+            .output
+            .len()
+            .saturating_sub(self.event_end.max(self.written));
+        if behind > 0 && behind + json.len() + MAX_EVENT_FRAMING_BYTES > MAX_SUBSCRIBER_QUEUE_BYTES
+        {
             self.cut_off(close_code::POLICY);
             return false;
         }
@@ -381,6 +398,9 @@ impl Conn {
         } else {
             self.output.extend_from_slice(json);
             self.output.push(b'\n');
+        }
+        if was_empty {
+            self.event_end = self.output.len();
         }
         self.flush_and_release();
         true
@@ -626,6 +646,7 @@ impl Conn {
         }
         self.output.clear();
         self.written = 0;
+        self.event_end = 0;
         Ok(true)
     }
 

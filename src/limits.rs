@@ -97,6 +97,11 @@ pub const MAX_WS_MESSAGE_BYTES: u64 = 64 * 1024;
 /// making the server's memory grow; a reading subscriber never gets near it.
 pub const MAX_SUBSCRIBER_QUEUE_BYTES: usize = 256 * 1024;
 
+/// The most bytes a subscriber's framing adds to one event: 10, a server
+/// websocket frame's longest header (RFC 6455 5.2: 2 bytes, plus 8 for a
+/// 64-bit length, no mask); a stream adds one newline.
+pub const MAX_EVENT_FRAMING_BYTES: usize = 10;
+
 /// How often the server pings a websocket subscriber: 10 s. A subscriber
 /// silent for three intervals is dropped (PROTOCOL.md section 5).
 pub const PING_INTERVAL_SECS: u64 = 10;
