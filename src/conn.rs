@@ -274,6 +274,17 @@ impl Conn {
         }
     }
 
+    /// Takes the bytes read from the socket when it was accepted; `drained`
+    /// says the read was short, so the kernel had nothing more then (a
+    /// later arrival raises a readiness event once it is registered).
+    pub fn received(&mut self, bytes: &[u8], drained: bool) {
+        if !bytes.is_empty() {
+            self.input.extend_from_slice(bytes);
+            self.request_started = Some(self.last_progress);
+        }
+        self.readable = !drained;
+    }
+
     /// The socket, to register with the event loop.
     pub fn stream_mut(&mut self) -> &mut UnixStream {
         &mut self.stream

@@ -61,6 +61,15 @@ pub const MAX_INSTANCES_FILE_BYTES: u64 = 256 * 1024 * 1024;
 /// Readiness events taken from epoll per wake-up: 1024.
 pub const EVENTS_PER_POLL: usize = 1024;
 
+/// Connections accepted from one listening socket per turn of the event
+/// loop: 64 (HAProxy's `tune.maxaccept`; nginx takes one per wake-up).
+///
+/// Between two batches the loop serves the connections already open, the
+/// signals, the timers and the other socket. Accepting until the backlog
+/// is empty instead lets one process that only connects and closes, as
+/// fast as it can, stall everything else for as long as it keeps going.
+pub const ACCEPTS_PER_TURN: usize = 64;
+
 /// How long the accept loop waits before retrying after the process ran out
 /// of file descriptors (`EMFILE`/`ENFILE`): 100 ms.
 ///
@@ -146,9 +155,21 @@ pub struct Tunables {
     pub ping_interval: std::time::Duration,
 }
 
-/// File descriptors kept free of connections for everything else the
-/// server opens (state files, the epoll and signal descriptors): 64.
+/// File descriptors kept free of guest connections for everything else the
+/// server opens (the state writer's files, the epoll and signal
+/// descriptors, a peer's pidfd, admin connections): 64. Guests past the
+/// open-file limit less this get `503`; the limit is read again on every
+/// accepting turn, so a limit lowered under a running server (`prlimit`)
+/// is honoured at once. The kernel refuses a descriptor *number* at or
+/// above the limit, and while fewer descriptors than the limit are open
+/// some number below it is free, so the writer and the operator always
+/// find one.
 pub const RESERVED_FDS: usize = 64;
+
+/// Admin connections open at once, at most: 16. They may go past the guest
+/// ceiling, into [`RESERVED_FDS`], so that the operator always gets in when
+/// guests hold every slot; the rest of the reserve stays for the writer.
+pub const MAX_ADMIN_CONNECTIONS: usize = 16;
 
 impl Default for Tunables {
     fn default() -> Tunables {

@@ -37,7 +37,8 @@ use crate::events::{self, Event};
 use crate::identity;
 use crate::instance::{InstanceSpec, RuleKinds};
 use crate::limits::{
-    ACCEPT_RETRY_MS, EVENTS_PER_POLL, LOG_THROTTLE, READ_CHUNK_BYTES, RESERVED_FDS, Tunables,
+    ACCEPT_RETRY_MS, ACCEPTS_PER_TURN, EVENTS_PER_POLL, LOG_THROTTLE, MAX_ADMIN_CONNECTIONS,
+    READ_CHUNK_BYTES, RESERVED_FDS, Tunables,
 };
 use crate::log;
 use crate::metrics::{Limit, Metrics};
@@ -163,6 +164,16 @@ impl Listener {
     }
 }
 
+/// Which listening sockets may have connections waiting in their backlog
+/// (`Waiting`, not `Backlog`: nix names the listen(2) argument that):
+/// set by a readiness event (edge-triggered: it comes once), cleared when
+/// `accept` says `WouldBlock`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Waiting {
+    guest: bool,
+    admin: bool,
+}
+
 /// The running server.
 struct Server {
     poll: Poll,
@@ -175,6 +186,10 @@ struct Server {
     facts: ServerFacts,
     /// Set while accepting is paused after running out of file descriptors.
     accept_retry_at: Option<Instant>,
+    /// Which listeners may have connections waiting to be accepted.
+    backlog: Waiting,
+    /// The open-file soft limit, read again every accepting turn.
+    fd_limit: usize,
     /// Changes made during one pass of the loop.
     changes: Vec<Change>,
     /// Changes sent to the writer and not yet durable, in sequence order:
@@ -324,6 +339,8 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         registry,
         facts,
         accept_retry_at: None,
+        backlog: Waiting::default(),
+        fd_limit: open_file_limit(),
         changes: Vec::new(),
         in_flight: VecDeque::new(),
         writer,
@@ -403,7 +420,12 @@ impl Server {
             .into_iter()
             .flatten()
             .min();
-            let timeout = wake_at.map(|at| at.saturating_duration_since(now));
+            let mut timeout = wake_at.map(|at| at.saturating_duration_since(now));
+            if self.backlog_pending() {
+                // Connections are left in a backlog: look at the other
+                // sources, then accept more, without sleeping.
+                timeout = Some(Duration::ZERO);
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -413,13 +435,15 @@ impl Server {
             let now = Instant::now();
             if self.accept_retry_at.is_some_and(|at| at <= now) {
                 self.accept_retry_at = None;
-                self.accept(Side::Guest);
-                self.accept(Side::Admin { authorized: false });
+                self.backlog = Waiting {
+                    guest: true,
+                    admin: true,
+                };
             }
             for event in events.iter() {
                 match event.token() {
-                    GUEST_LISTENER => self.accept(Side::Guest),
-                    ADMIN_LISTENER => self.accept(Side::Admin { authorized: false }),
+                    GUEST_LISTENER => self.backlog.guest = true,
+                    ADMIN_LISTENER => self.backlog.admin = true,
                     WRITER => self.take_commits(),
                     SIGNALS => match self.take_signal() {
                         Some(Signal::SIGHUP) => self.hand_over(now),
@@ -436,6 +460,11 @@ impl Server {
                     }
                 }
             }
+            // Accepting comes after the connections already open, the
+            // signals and the writer's reports, and takes a bounded number
+            // of connections a turn: a flood of connections waits in the
+            // backlog instead of keeping the loop from everything else.
+            self.accept_turn();
             self.fire_timers(now);
             if self.next_ping <= now {
                 self.ping_subscribers(now);
@@ -718,10 +747,11 @@ impl Server {
         });
     }
 
-    /// Drives one connection, then makes what it changed durable.
-    fn drive(&mut self, key: usize) {
+    /// Drives one connection, then makes what it changed durable. Returns
+    /// whether the connection stays open.
+    fn drive(&mut self, key: usize) -> bool {
         let Some(conn) = self.conns.get_mut(key) else {
-            return;
+            return false;
         };
         let mut ctx = Ctx {
             registry: &mut self.registry,
@@ -736,7 +766,8 @@ impl Server {
             stopping: self.stopping.is_some(),
             refusal_logged: &mut self.refusal_logged,
         };
-        if conn.drive(&mut ctx) == Next::Close {
+        let open = conn.drive(&mut ctx) == Next::Wait;
+        if !open {
             self.finished.push(key);
         }
         if let Some(registration) = conn.take_registration() {
@@ -755,9 +786,11 @@ impl Server {
                 }
             }
         }
-        self.set_timer(key);
+        if open {
+            self.set_timer(key);
+        }
         if self.changes.is_empty() {
-            return;
+            return open;
         }
         let mut seq = None;
         for change in std::mem::take(&mut self.changes) {
@@ -767,6 +800,7 @@ impl Server {
             conn.assign_hold(seq);
             self.waiting.push((seq, key));
         }
+        open
     }
 
     /// Sends one change to the writer; returns the sequence number of its
@@ -883,20 +917,44 @@ impl Server {
         }
     }
 
-    /// Accepts until the backlog is empty (edge-triggered: nothing would
-    /// wake us for connections left behind).
-    fn accept(&mut self, side: Side) {
-        if self.accept_retry_at.is_some() {
+    /// Whether a listener may still have connections to accept now.
+    fn backlog_pending(&self) -> bool {
+        self.stopping.is_none()
+            && self.accept_retry_at.is_none()
+            && (self.backlog.guest || self.backlog.admin)
+    }
+
+    /// Accepts from each listener with a backlog, at most
+    /// [`ACCEPTS_PER_TURN`] connections each; the admin socket first, so
+    /// that the operator always gets in.
+    fn accept_turn(&mut self) {
+        if !self.backlog_pending() {
             return;
         }
-        loop {
+        // prlimit(1) may have changed it since the last turn.
+        self.fd_limit = open_file_limit();
+        if self.backlog.admin {
+            self.backlog.admin = self.accept_some(Side::Admin { authorized: false });
+        }
+        if self.backlog.guest {
+            self.backlog.guest = self.accept_some(Side::Guest);
+        }
+    }
+
+    /// Accepts up to [`ACCEPTS_PER_TURN`] connections from one listener;
+    /// returns whether more may be waiting.
+    fn accept_some(&mut self, side: Side) -> bool {
+        for _ in 0..ACCEPTS_PER_TURN {
+            if self.accept_retry_at.is_some() {
+                return true;
+            }
             let listener = match side {
                 Side::Guest => &self.guest.socket,
                 Side::Admin { .. } => &self.admin.socket,
             };
             let stream = match listener.accept() {
                 Ok((stream, _)) => stream,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e)
                     if matches!(
@@ -904,98 +962,150 @@ impl Server {
                         Some(nix::libc::EMFILE | nix::libc::ENFILE)
                     ) =>
                 {
-                    log::warn(format_args!(
-                        "out of file descriptors with {} connections open; pausing accept for {ACCEPT_RETRY_MS} ms",
-                        self.conns.len()
-                    ));
-                    self.accept_retry_at =
-                        Some(Instant::now() + Duration::from_millis(ACCEPT_RETRY_MS));
-                    return;
+                    self.out_of_descriptors();
+                    return true;
                 }
                 // ECONNABORTED and the like concern one connection only.
                 Err(_) => continue,
             };
-            let kinds = match side {
-                Side::Guest => self.registry.kinds_in_use(),
-                Side::Admin { .. } => RuleKinds::empty(),
-            };
-            let peer = match identity::peer_facts(&stream, kinds, &mut self.cgroups) {
-                Ok(peer) => peer,
-                Err(e) => {
+            self.admit_one(stream, side);
+        }
+        true
+    }
+
+    /// The process ran out of file descriptors: accepting pauses for
+    /// [`ACCEPT_RETRY_MS`], with one log line a second at most.
+    fn out_of_descriptors(&mut self) {
+        let open = self.conns.len();
+        self.log_throttled(format_args!(
+            "out of file descriptors with {open} connections open; pausing accept for {ACCEPT_RETRY_MS} ms"
+        ));
+        self.accept_retry_at = Some(Instant::now() + Duration::from_millis(ACCEPT_RETRY_MS));
+    }
+
+    /// Takes one accepted connection: reads what the peer sent already,
+    /// identifies it, admits or refuses it, and answers what it can at once.
+    ///
+    /// A peer that connected and closed without sending anything (the
+    /// connect-and-close flood) costs one `read` and a `close`: there is
+    /// nobody to answer, so it is never identified or registered with
+    /// epoll. Most clients send their request right after connecting, so
+    /// a request is usually answered here, before any epoll registration,
+    /// and a connection that closes after its answer is never registered.
+    fn admit_one(&mut self, mut stream: mio::net::UnixStream, side: Side) {
+        let received = match io::Read::read(&mut stream, &mut self.scratch) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(_) => return,
+        };
+        let kinds = match side {
+            Side::Guest => self.registry.kinds_in_use(),
+            Side::Admin { .. } => RuleKinds::empty(),
+        };
+        let peer = match identity::peer_facts(&stream, kinds, &mut self.cgroups) {
+            Ok(peer) => peer,
+            Err(e) => {
+                log::warn(format_args!(
+                    "dropping a connection whose peer cannot be read: {e}"
+                ));
+                return;
+            }
+        };
+        let side = match side {
+            Side::Guest => Side::Guest,
+            Side::Admin { .. } => {
+                let authorized = peer.uid == 0 || self.admin_uids.contains(&peer.uid);
+                if !authorized {
                     log::warn(format_args!(
-                        "dropping a connection whose peer cannot be read: {e}"
+                        "admin socket: refusing pid {} (uid {}), which is neither root nor an --admin-uid",
+                        peer.pid, peer.uid
                     ));
-                    continue;
                 }
-            };
-            let side = match side {
-                Side::Guest => Side::Guest,
-                Side::Admin { .. } => {
-                    let authorized = peer.uid == 0 || self.admin_uids.contains(&peer.uid);
-                    if !authorized {
-                        log::warn(format_args!(
-                            "admin socket: refusing pid {} (uid {}), which is neither root nor an --admin-uid",
-                            peer.pid, peer.uid
-                        ));
-                    }
-                    Side::Admin { authorized }
-                }
-            };
-            let counted = match side {
-                Side::Admin { .. } => Counted::Nothing,
-                Side::Guest => match self.registry.identify(&peer) {
-                    Ok(id) => match self.registry.get(id) {
-                        Some(instance) => Counted::Instance(id, instance.serial),
-                        None => Counted::Unknown,
-                    },
-                    Err(refusal) => {
-                        self.log_throttled(format_args!("unrecognised caller: {refusal}"));
-                        Counted::Unknown
-                    }
+                Side::Admin { authorized }
+            }
+        };
+        let counted = match side {
+            Side::Admin { .. } => Counted::Nothing,
+            Side::Guest => match self.registry.identify(&peer) {
+                Ok(id) => match self.registry.get(id) {
+                    Some(instance) => Counted::Instance(id, instance.serial),
+                    None => Counted::Unknown,
                 },
-            };
-            if let Err((limit, why)) = self.admit(counted) {
-                self.metrics.limit_hit(limit);
-                self.refuse(stream, &peer, &why);
-                continue;
-            }
-            match side {
-                Side::Guest => self.facts.connections.guest += 1,
-                Side::Admin { .. } => self.facts.connections.admin += 1,
-            }
-            match counted {
-                Counted::Nothing => {}
-                Counted::Unknown => self.unknown_connections += 1,
-                Counted::Instance(id, _) => {
-                    if let Some(instance) = self.registry.get_mut(id) {
-                        instance.connections += 1;
-                    }
+                Err(refusal) => {
+                    self.log_throttled(format_args!("unrecognised caller: {refusal}"));
+                    Counted::Unknown
+                }
+            },
+        };
+        if let Err((limit, why)) = self.admit(side, counted) {
+            self.metrics.limit_hit(limit);
+            self.refuse(stream, &peer, &why);
+            return;
+        }
+        match side {
+            Side::Guest => self.facts.connections.guest += 1,
+            Side::Admin { .. } => self.facts.connections.admin += 1,
+        }
+        match counted {
+            Counted::Nothing => {}
+            Counted::Unknown => self.unknown_connections += 1,
+            Counted::Instance(id, _) => {
+                if let Some(instance) = self.registry.get_mut(id) {
+                    instance.connections += 1;
                 }
             }
-            let entry = self.conns.vacant_entry();
-            let key = entry.key();
-            let mut conn = Conn::new(stream, peer, side);
-            conn.counted = counted;
-            let conn = entry.insert(conn);
-            if let Err(e) = self.poll.registry().register(
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let mut conn = Conn::new(stream, peer, side);
+        conn.counted = counted;
+        conn.received(&self.scratch[..received], received < self.scratch.len());
+        entry.insert(conn);
+        if !self.drive(key) {
+            // Answered and done: it never needed epoll, and it goes now, not
+            // in the sweep, so that its slot under the caps is free for the
+            // next connection of this turn. No event can name its key (it
+            // was never registered), so the key may be reused at once.
+            self.finished.retain(|&k| k != key);
+            self.remove_conn(key);
+            return;
+        }
+        if let Some(conn) = self.conns.get_mut(key)
+            && let Err(e) = self.poll.registry().register(
                 conn.stream_mut(),
                 Token(key),
                 Interest::READABLE | Interest::WRITABLE,
-            ) {
-                log::warn(format_args!("cannot register a connection with epoll: {e}"));
-                self.finished.push(key);
-            }
+            )
+        {
+            log::warn(format_args!("cannot register a connection with epoll: {e}"));
+            self.finished.push(key);
         }
     }
 
-    /// Whether one more connection fits under the caps; if not, why.
-    fn admit(&self, counted: Counted) -> Result<(), (Limit, String)> {
-        if self.conns.len() >= self.max_connections {
+    /// Whether one more connection from `side` fits under the caps; if
+    /// not, why. Guests stop at the connection cap, never above the
+    /// open-file limit less [`RESERVED_FDS`] (read again every turn, so a
+    /// limit lowered under a running server counts at once); admin
+    /// connections only at [`MAX_ADMIN_CONNECTIONS`], out of that reserve.
+    fn admit(&self, side: Side, counted: Counted) -> Result<(), (Limit, String)> {
+        if let Side::Admin { .. } = side {
+            if self.facts.connections.admin >= MAX_ADMIN_CONNECTIONS {
+                return Err((
+                    Limit::Connections,
+                    format!(
+                        "the admin socket has {MAX_ADMIN_CONNECTIONS} connections open, its limit"
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        if self.conns.len() >= self.guest_ceiling() {
             return Err((
                 Limit::Connections,
                 format!(
                     "guestsock has {} connections open, its limit",
-                    self.max_connections
+                    self.guest_ceiling()
                 ),
             ));
         }
@@ -1022,9 +1132,13 @@ impl Server {
         }
     }
 
-    /// Answers a connection over a cap with `503` and closes it. The write
-    /// goes to a fresh socket's empty buffer, so it does not block; if it
-    /// fails, closing says enough.
+    /// Open connections past which guests are refused: the operator's cap,
+    /// or the open-file limit less [`RESERVED_FDS`] if that is lower.
+    fn guest_ceiling(&self) -> usize {
+        self.max_connections
+            .min(self.fd_limit.saturating_sub(RESERVED_FDS).max(1))
+    }
+
     /// Logs a refusal, one line a second at most, so that an attack cannot
     /// flood the log.
     fn log_throttled(&mut self, message: std::fmt::Arguments<'_>) {
@@ -1057,12 +1171,16 @@ impl Server {
 /// less [`RESERVED_FDS`], so that accept never runs out of descriptors for
 /// want of a cap.
 fn connection_cap(wanted: Option<usize>) -> usize {
-    use nix::sys::resource::{Resource, getrlimit};
-    let files = getrlimit(Resource::RLIMIT_NOFILE)
-        .map(|(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX))
-        .unwrap_or(1024);
-    let ceiling = files.saturating_sub(RESERVED_FDS).max(1);
+    let ceiling = open_file_limit().saturating_sub(RESERVED_FDS).max(1);
     wanted.map_or(ceiling, |w| w.min(ceiling))
+}
+
+/// The open-file soft limit now (`prlimit` may change it at any time).
+fn open_file_limit() -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    getrlimit(Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX))
+        .unwrap_or(1024)
 }
 
 /// Logs `message` unless a line was logged through `last` less than a

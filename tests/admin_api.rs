@@ -41,7 +41,10 @@ fn server_facts_and_instance_listing() {
         {"name": "b", "match": {"uid_range": [2000, 10]}},
         {"name": "a", "match": {"cgroup": "/a"}, "config": {"user.x": "1"}},
     ]));
-    let _guest = server.connect();
+    // Answered once, so it is certainly accepted (and still open) before
+    // the admin call below.
+    let mut guest = server.connect();
+    assert_eq!(guest.request("GET", "/1.0", b"").status, 403);
     let facts = ok(&server.admin_call("GET", "/1.0", b""));
     assert_eq!(facts["instances"], 2);
     assert_eq!(facts["guest_socket"], server.socket.display().to_string());

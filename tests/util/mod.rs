@@ -255,6 +255,11 @@ impl Server {
         wait_with_deadline(&mut self.child)
     }
 
+    /// Waits for the exit (after a signal sent elsewhere).
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        wait_with_deadline(&mut self.child)
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);

@@ -1,0 +1,190 @@
+//! Out of file descriptors: when guests take every connection the server's
+//! open-file limit allows (the limit lowered under it with `prlimit`), the
+//! operator still gets in on the admin socket and the state writer still
+//! persists, on descriptors guests cannot take; and when the process truly
+//! has none left, it says so in the log at most once a second
+//! (SECURITY.md).
+
+mod util;
+
+use std::fs;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+/// Sets the server's open-file limit (soft, with the hard limit at
+/// `hard`) with util-linux's `prlimit`, as an operator would. (The hard
+/// limit is never raised again: this machine's root may lack
+/// CAP_SYS_RESOURCE.)
+fn prlimit(pid: u32, files: usize, hard: usize) {
+    let status = Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={files}:{hard}"),
+        ])
+        .status()
+        .expect("prlimit (apt-get install util-linux)");
+    assert!(status.success(), "prlimit failed");
+}
+
+fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .count()
+}
+
+/// Opens `n` guest connections, each asking `GET /1.0` and kept open;
+/// returns the open ones and how many were refused with `503`.
+fn guests(server: &util::Server, n: usize) -> (Vec<util::Client>, usize) {
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..n {
+        let mut c = server.connect();
+        // A connection refused at accept is answered before it sends.
+        let _ = std::io::Write::write_all(&mut c.stream, b"GET /1.0 HTTP/1.1\r\nHost: lxd\r\n\r\n");
+        let reply = c.read_reply(false);
+        match reply.status {
+            200 => open.push(c),
+            503 => refused += 1,
+            other => panic!("{other}: {}", reply.text()),
+        }
+    }
+    (open, refused)
+}
+
+/// The number of "out of file descriptors" lines in the log.
+fn exhaustion_lines(server: &util::Server) -> usize {
+    server
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("out of file descriptors"))
+        .count()
+}
+
+fn admin_works(server: &util::Server, value: &str) {
+    let started = Instant::now();
+    let reply = server.admin_call("GET", "/1.0", b"");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = server.admin_call("PUT", "/1.0/instances/c1/config/user.v", value.as_bytes());
+    assert_eq!(
+        reply.status,
+        200,
+        "the writer could not persist: {}",
+        reply.text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the admin socket took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.get_as_guest_value(), value);
+}
+
+trait GuestValue {
+    fn get_as_guest_value(&self) -> String;
+}
+
+impl GuestValue for util::Server {
+    /// `user.v` as a guest reads it, once there is a descriptor for it.
+    fn get_as_guest_value(&self) -> String {
+        let state = fs::read_to_string(self.state_dir.join("instances/c1.json")).expect("state");
+        let stored: serde_json::Value = serde_json::from_str(&state).expect("state JSON");
+        stored["instance"]["config"]["user.v"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+#[test]
+fn guests_cannot_take_the_operators_descriptors() {
+    require_root!();
+    let server = util::Server::start_with(
+        json!([{"name": "c1", "match": {"uid_range": [util::my_uid(), 1]}, "guest_access": "any"}]),
+        &["--max-per-instance", "100000", "--rate-limit", "0"],
+    );
+    let pid = server.pid();
+    // Room for the server's own descriptors and 100 more.
+    let limit = open_fds(pid) + 100;
+    prlimit(pid, limit, limit);
+
+    // Guests get what the limit leaves after the reserve, then a clear 503.
+    let (held, refused) = guests(&server, 150);
+    assert!(
+        refused > 0,
+        "no guest was refused at {} connections",
+        held.len()
+    );
+    assert!(held.len() >= 30, "only {} guests got in", held.len());
+    assert!(open_fds(pid) < limit, "the reserve was used by guests");
+    admin_works(&server, "one");
+
+    assert_eq!(
+        exhaustion_lines(&server),
+        0,
+        "guests alone never exhaust it"
+    );
+
+    // Now the limit drops below what guests already hold: the kernel has
+    // no descriptor to give at all (it refuses any number at or above the
+    // limit). Accepting pauses and says so, at most once a second.
+    // (Once the admin connections above are closed on the server's side.)
+    thread::sleep(Duration::from_millis(300));
+    prlimit(pid, lowest_free_fd(pid), limit);
+    let started = Instant::now();
+    let mut waiting = Vec::new();
+    for _ in 0..20 {
+        // These wait in the backlog: there is no descriptor to accept them.
+        waiting.push(std::os::unix::net::UnixStream::connect(&server.socket).expect("connect"));
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_millis(1000));
+    let lines = exhaustion_lines(&server);
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(lines >= 1, "exhaustion never logged: {}", server.stderr());
+    assert!(
+        lines as f64 <= seconds + 1.0,
+        "{lines} lines in {seconds:.1} s: {}",
+        server.stderr()
+    );
+
+    // With room again, the connections that waited are answered, and the
+    // operator and the writer work as before.
+    drop(held);
+    thread::sleep(Duration::from_millis(300));
+    prlimit(pid, limit, limit);
+    let mut answered = 0;
+    for mut stream in waiting {
+        use std::io::{Read, Write};
+        stream
+            .set_read_timeout(Some(util::PATIENCE))
+            .expect("timeout");
+        // One accepted through a descriptor freed meanwhile was refused
+        // with 503 at once (the ceiling had dropped): it may be closed.
+        let _ = stream.write_all(
+            b"GET /1.0/config/user.v HTTP/1.1\r\nHost: lxd\r\nConnection: close\r\n\r\n",
+        );
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).expect("reply");
+        if reply.starts_with("HTTP/1.1 503") {
+            continue;
+        }
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(reply.ends_with("one"), "{reply}");
+        answered += 1;
+    }
+    assert!(answered > 0, "no waiting connection was answered");
+    admin_works(&server, "two");
+}
+
+/// The lowest descriptor number the process does not use.
+fn lowest_free_fd(pid: u32) -> usize {
+    let used: std::collections::BTreeSet<usize> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !used.contains(n)).expect("a free number")
+}
