@@ -422,14 +422,7 @@ pub fn run(command: Command) -> Result<(), String> {
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
-    let level = args.log_level.or_else(|| {
-        std::env::var("RUST_LOG")
-            .ok()
-            .and_then(|v| crate::log::Level::from_rust_log(&v))
-    });
-    if let Some(level) = level {
-        crate::log::set_level(level);
-    }
+    crate::log::init(args.log_level);
     let host_name = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());

@@ -112,9 +112,27 @@ impl Server {
         Server::start_in(dir, &extra)
     }
 
+    /// Like [`Server::start_with`], with `env` set for the server (which
+    /// otherwise runs without `RUST_LOG`, whatever the test's own).
+    pub fn start_with_env(
+        instances: serde_json::Value,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        let dir = TempDir::new();
+        let file = write_instances(&dir, instances);
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        extra.extend(["--instances".into(), file.display().to_string()]);
+        Server::start_in_env(dir, &extra, env)
+    }
+
     /// Starts `guestsock serve` with its sockets and state under `dir`
     /// (which may hold state from an earlier server) and `extra` flags.
     pub fn start_in(dir: TempDir, extra: &[String]) -> Server {
+        Server::start_in_env(dir, extra, &[])
+    }
+
+    fn start_in_env(dir: TempDir, extra: &[String], env: &[(&str, &str)]) -> Server {
         let socket = dir.join("guest/sock");
         let admin_socket = dir.join("admin.sock");
         let state_dir = dir.join("state");
@@ -131,6 +149,8 @@ impl Server {
         args.extend(extra.iter().cloned());
         let child = Command::new(bin())
             .args(&args)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&stderr_path).expect("stderr file"))
