@@ -34,23 +34,71 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_guestsock")
 }
 
-/// Whether this process runs as root (root-only tests skip otherwise).
+/// Whether this process runs as root.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Returns early from a test that needs root, saying so loudly.
+/// Fails the test unless it runs as root: a behaviour that needs root to be
+/// exercised is never reported `ok` without having run.
+pub fn needs_root(test: &str) {
+    assert!(
+        is_root(),
+        "{test} needs root (it makes real cgroups, setuid children or pid namespaces): \
+         run the tests as root, as the README says: sudo ./test.sh"
+    );
+}
+
+/// Fails the calling test unless it runs as root (see [`needs_root`]).
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !util::is_root() {
-            eprintln!(
-                "SKIPPED {}: needs root (CI runs as root and runs it)",
-                module_path!()
-            );
-            return;
-        }
+        util::needs_root(module_path!())
     };
+}
+
+/// The Debian package that brings each program the tests run.
+const TOOLS: [(&str, &str); 7] = [
+    ("curl", "curl"),
+    ("setpriv", "util-linux"),
+    ("unshare", "util-linux"),
+    ("nsenter", "util-linux"),
+    ("mount", "mount"),
+    ("pgrep", "procps"),
+    ("python3", "python3"),
+];
+
+/// `program`, after checking that it is on `PATH`: a missing one fails the
+/// test with the command that installs it, rather than with a bare "No such
+/// file or directory".
+pub fn tool(program: &str) -> &str {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
+    let package = TOOLS
+        .iter()
+        .find(|(p, _)| *p == program)
+        .map_or(program, |(_, package)| package);
+    assert!(
+        on_path,
+        "{program} is not on PATH: install it with `apt-get install {package}`, or run ./test.sh, which installs everything the tests need"
+    );
+    program
+}
+
+/// Fails the test, naming the command that installs `what`, unless
+/// `probe` (a program and its arguments) succeeds.
+pub fn needs_installed(what: &str, install: &str, probe: &[&str]) {
+    let found = Command::new(probe[0])
+        .args(&probe[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{what} is missing (`{}` failed): install it with `{install}`, or run ./test.sh, which installs everything the tests need",
+        probe.join(" ")
+    );
 }
 
 /// This process's uid.
@@ -499,9 +547,10 @@ impl Cgroup {
         cmd.arg("-c")
             .arg("echo $$ > \"$0\" && exec \"$@\"")
             .arg(self.dir.join("cgroup.procs"));
+        tool(program);
         if let Some(uid) = uid {
             cmd.args([
-                "setpriv",
+                tool("setpriv"),
                 &format!("--reuid={uid}"),
                 &format!("--regid={uid}"),
                 "--clear-groups",
@@ -559,19 +608,19 @@ impl Cgroup {
     pub fn curl(&self, uid: Option<u32>, socket: &Path, path: &str) -> (u16, String) {
         let args = curl_args(socket, path);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        curl_in(self.command(uid, "curl", &args))
+        curl_in(self.command(uid, tool("curl"), &args))
     }
 }
 
 /// `GET path` with curl from a child that setuid/setgid to `uid` (through
 /// setpriv), in this process's own cgroup: (status, body).
 pub fn curl_as(uid: u32, socket: &Path, path: &str) -> (u16, String) {
-    let mut cmd = Command::new("setpriv");
+    let mut cmd = Command::new(tool("setpriv"));
     cmd.args([
         &format!("--reuid={uid}"),
         &format!("--regid={uid}"),
         "--clear-groups",
-        "curl",
+        tool("curl"),
     ]);
     cmd.args(curl_args(socket, path));
     curl_in(cmd)
