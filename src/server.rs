@@ -83,6 +83,8 @@ pub struct ServeConfig {
     pub seeds: Vec<Seed>,
     /// The operator's limits.
     pub limits: Tunables,
+    /// Where this server writes its pid once serving.
+    pub pid_file: PathBuf,
 }
 
 /// A listening socket and the file it is bound to, removed on exit only if
@@ -359,6 +361,9 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             )
         })
         .map_err(|e| format!("cannot register with epoll: {e}"))?;
+    // Written once serving (a successor's after its predecessor let go),
+    // so the file never names a server that failed to start.
+    let pid_file = crate::pidfile::PidFile::write(&config.pid_file)?;
     log::info(format_args!(
         "serving {} instance(s) ({} from {}) on {}; admin socket {}",
         server.registry.len(),
@@ -375,8 +380,10 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     let result = server.run();
     // Finishing the writer closes the state directory and its lock.
     server.writer.finish();
-    if let Some(channel) = server.successor.as_mut() {
-        activation::release(channel);
+    match server.successor.as_mut() {
+        // The successor writes its own pid once released.
+        Some(channel) => activation::release(channel),
+        None => pid_file.remove(),
     }
     server.guest.remove();
     server.admin.remove();

@@ -323,6 +323,11 @@ impl Server {
         wait_with_deadline(&mut self.child)
     }
 
+    /// Waits for the exit (of a process told to stop some other way).
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        wait_with_deadline(&mut self.child)
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
@@ -702,4 +707,107 @@ fn write_instances(dir: &TempDir, instances: serde_json::Value) -> PathBuf {
     )
     .expect("write instances");
     file
+}
+
+/// A running `guestsock serve --demo` in a directory of its own (the
+/// current directory it was started in), killed on drop.
+pub struct Demo {
+    /// Its current directory; the demo lives in `guestsock-demo/` inside.
+    pub cwd: TempDir,
+    child: Child,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl Demo {
+    /// Starts `guestsock serve --demo` (plus `extra`) as `uid` (through
+    /// setpriv; this process's own when `None`) with `env`, in a fresh
+    /// directory owned by that uid, and waits until it serves.
+    pub fn start(uid: Option<u32>, env: &[(&str, &str)], extra: &[&str]) -> Demo {
+        let cwd = TempDir::new();
+        if let Some(uid) = uid {
+            nix::unistd::chown(
+                &cwd.path,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(uid)),
+            )
+            .expect("chown the demo's directory");
+        }
+        let stdout_path = std::env::temp_dir().join(unique("guestsock-demo-stdout"));
+        let stderr_path = std::env::temp_dir().join(unique("guestsock-demo-stderr"));
+        let mut cmd = match uid {
+            Some(uid) => {
+                let mut cmd = Command::new(tool("setpriv"));
+                cmd.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                    bin(),
+                ]);
+                cmd
+            }
+            None => Command::new(bin()),
+        };
+        let child = cmd
+            .args(["serve", "--demo"])
+            .args(extra)
+            .current_dir(&cwd.path)
+            .env_remove("RUST_LOG")
+            .env_remove("SUDO_UID")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout_path).expect("stdout file"))
+            .stderr(fs::File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .expect("spawn guestsock serve --demo");
+        let mut demo = Demo {
+            cwd,
+            child,
+            stdout_path,
+            stderr_path,
+        };
+        let pid_file = demo.cwd.join("guestsock-demo/guestsock.pid");
+        let deadline = Instant::now() + PATIENCE;
+        while !pid_file.exists() {
+            if let Ok(Some(status)) = demo.child.try_wait() {
+                panic!("the demo exited early ({status}): {}", demo.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the demo never started: {}",
+                demo.stderr()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        demo
+    }
+
+    /// The guest socket.
+    pub fn socket(&self) -> PathBuf {
+        self.cwd.join("guestsock-demo/guest/sock")
+    }
+
+    /// The admin socket.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.cwd.join("guestsock-demo/admin.sock")
+    }
+
+    /// What it printed on standard output (its greeting).
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    /// What it printed on standard error (its log).
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.stdout_path);
+        let _ = fs::remove_file(&self.stderr_path);
+    }
 }
