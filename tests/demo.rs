@@ -23,6 +23,22 @@ fn an_ordinary_user_runs_it_and_calls_it() {
     let demo = util::Demo::start(Some(PERSON), &[], &[]);
     let (status, body) = util::curl_as(PERSON, &demo.socket(), "/1.0/config/user.greeting");
     assert_eq!((status, body.as_str()), (200, "hello from guestsock"));
+    // Example keys, cloud-init data and a device; host-only keys hidden.
+    let (status, list) = util::curl_as(PERSON, &demo.socket(), "/1.0/config");
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert!(
+        list.as_array().unwrap().len() >= 2 && !list.to_string().contains("volatile"),
+        "{list}"
+    );
+    let (_, meta) = util::curl_as(PERSON, &demo.socket(), "/1.0/meta-data");
+    assert!(
+        meta.starts_with("instance-id: demo\nlocal-hostname: demo\n"),
+        "{meta}"
+    );
+    let (_, devices) = util::curl_as(PERSON, &demo.socket(), "/1.0/devices");
+    let devices: serde_json::Value = serde_json::from_str(&devices).unwrap();
+    assert!(devices["eth0"].is_object(), "{devices}");
     // Another user reaches the socket and is told it is no instance's.
     let (status, body) = util::curl_as(PERSON + 1, &demo.socket(), "/1.0");
     assert_eq!(status, 403, "{body}");
