@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::client::{self, encode_segment, table};
-use crate::instance::{InstanceSpec, MatchRule};
+use crate::instance::InstanceSpec;
 use crate::limits::{MAX_ADMIN_BODY_BYTES, MAX_INSTANCES_FILE_BYTES, Tunables};
 use crate::server::{self, Seed, ServeConfig};
 
@@ -24,8 +24,6 @@ pub const DEFAULT_SOCKET: &str = "/run/guestsock/guest/sock";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/guestsock/admin.sock";
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/guestsock";
-/// Where `--demo` puts everything.
-const DEMO_DIR: &str = "guestsock-demo";
 
 const USAGE: &str = "\
 usage:
@@ -48,7 +46,9 @@ serve:
   --instances FILE     JSON file {\"instances\":[...]} registered at start; instances the
                        state directory already has keep their saved version
   --demo               everything under ./guestsock-demo/, with one instance `demo`
-                       matching your own uid
+                       answering your own uid (README, \"Try it\")
+  --pid-file PATH      where to write the server's pid (default: guestsock.pid
+                       beside the admin socket); for kill -HUP $(cat PATH)
 limits (SECURITY.md has the reasons):
   --max-connections N  open connections in all (default: open-file limit - 64)
   --max-per-instance N guest connections per instance (default 32)
@@ -88,6 +88,8 @@ pub struct ServeArgs {
     pub limits: Tunables,
     /// `--log-level`.
     pub log_level: Option<crate::log::Level>,
+    /// `--pid-file`.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// A config value given on the command line or to be read from stdin.
@@ -179,6 +181,7 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
                     "--state-dir" => serve.state_dir = Some(flags.value(&flag)?.into()),
                     "--instances" => serve.instances = Some(flags.value(&flag)?.into()),
                     "--demo" => serve.demo = true,
+                    "--pid-file" => serve.pid_file = Some(flags.value(&flag)?.into()),
                     "--log-level" => {
                         let value = flags.value(&flag)?;
                         serve.log_level =
@@ -422,14 +425,7 @@ pub fn run(command: Command) -> Result<(), String> {
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
-    let level = args.log_level.or_else(|| {
-        std::env::var("RUST_LOG")
-            .ok()
-            .and_then(|v| crate::log::Level::from_rust_log(&v))
-    });
-    if let Some(level) = level {
-        crate::log::set_level(level);
-    }
+    crate::log::init(args.log_level);
     let host_name = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
@@ -442,7 +438,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             });
         }
     }
-    let demo_dir = Path::new(DEMO_DIR);
+    let demo_dir = Path::new(crate::demo::DIR);
     let pick = |flag: Option<PathBuf>, demo: &str, default: &str| match (flag, args.demo) {
         (Some(path), _) => path,
         (None, true) => demo_dir.join(demo),
@@ -457,19 +453,19 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let state_dir = pick(args.state_dir.clone(), "state", DEFAULT_STATE_DIR);
     let mut admin_uids = args.admin_uids.clone();
     if args.demo {
-        let uid = nix::unistd::getuid().as_raw();
-        seeds.push(Seed {
-            origin: "the demo instance".into(),
-            spec: demo_instance(uid),
-        });
         // The newcomer running the demo drives it with the CLI too.
-        admin_uids.push(uid);
-        println!(
-            "guestsock demo: instance `demo` answers processes of uid {uid}. Try:\n  curl --unix-socket {0} http://lxd/1.0/config\n  curl --unix-socket {0} http://lxd/1.0/config/user.greeting\n  GUESTSOCK_ADMIN={1} cargo run -- config set demo user.greeting hi\nStop with Ctrl-C.",
-            socket.display(),
-            admin_socket.display()
-        );
+        crate::demo::set_up(
+            &socket,
+            &admin_socket,
+            &state_dir,
+            &mut seeds,
+            &mut admin_uids,
+        )?;
     }
+    let pid_file = args
+        .pid_file
+        .clone()
+        .unwrap_or_else(|| crate::pidfile::default_for(&admin_socket));
     server::serve(ServeConfig {
         socket,
         admin_socket,
@@ -478,6 +474,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         host_name,
         seeds,
         limits: args.limits,
+        pid_file,
     })
 }
 
@@ -505,44 +502,6 @@ fn load_instances(path: &Path) -> Result<Vec<InstanceSpec>, String> {
     serde_json::from_slice::<InstancesFile>(&text)
         .map(|f| f.instances)
         .map_err(|e| format!("{shown}: {e}"))
-}
-
-/// The demo instance: the invoking user's own uid, a few `user.*` keys, some
-/// cloud-init data and a device.
-fn demo_instance(uid: u32) -> InstanceSpec {
-    let config = [
-        ("user.greeting", "hello from guestsock"),
-        ("user.meta-data", "public-keys: []\n"),
-        ("cloud-init.user-data", "#cloud-config\nhostname: demo\n"),
-        (
-            "volatile.hidden",
-            "host-only keys are never shown to guests",
-        ),
-    ];
-    let nic = [
-        ("type", "nic"),
-        ("name", "eth0"),
-        ("hwaddr", "00:16:3e:00:00:01"),
-    ];
-    InstanceSpec {
-        name: "demo".into(),
-        kind: Default::default(),
-        location: None,
-        cloud_init_id: None,
-        rule: MatchRule::UidRange(uid, 1),
-        root_uid: Some(uid),
-        guest_access: Default::default(),
-        config: config
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        devices: BTreeMap::from([(
-            "eth0".to_string(),
-            nic.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )]),
-    }
 }
 
 /// The guest socket a client command talks to: the flag, else
@@ -977,6 +936,7 @@ mod tests {
                 admin_socket: None,
                 limits: Tunables::default(),
                 log_level: None,
+                pid_file: None,
             }))
         );
         assert_eq!(
@@ -1045,11 +1005,5 @@ mod tests {
         ] {
             assert!(parse_args(&args(bad)).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn demo_instance_is_valid() {
-        let mut registry = crate::registry::Registry::new("h".into());
-        registry.insert(demo_instance(1234)).unwrap();
     }
 }

@@ -21,7 +21,7 @@ use crate::api::admin::{self, AdminAnswer, ServerFacts};
 use crate::api::guest::{self, GuestAnswer};
 use crate::events::TypeFilter;
 use crate::http::request::{self, Parsed, Request, WebSocketHeaders, percent_decode, query_param};
-use crate::http::response::Response;
+use crate::http::response::{self, Response};
 use crate::identity::{self, CgroupPaths, PeerFacts};
 use crate::limits::{
     MAX_ADMIN_BODY_BYTES, MAX_EVENT_FRAMING_BYTES, MAX_GUEST_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES,
@@ -821,10 +821,7 @@ impl Conn {
         match accept {
             Some(accept) => {
                 // The subscription is live from the moment the 101 is queued.
-                let _ = write!(
-                    self.output,
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-                );
+                response::write_upgrade_head(&mut self.output, &accept);
                 self.state = ConnState::WebSocket {
                     subscription,
                     reader: Reader::new(MAX_WS_MESSAGE_BYTES),
@@ -832,9 +829,7 @@ impl Conn {
                 };
             }
             None => {
-                self.output.extend_from_slice(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
-                );
+                response::write_stream_head(&mut self.output);
                 self.state = ConnState::Stream(subscription);
             }
         }

@@ -86,6 +86,8 @@ pub struct ServeConfig {
     pub seeds: Vec<Seed>,
     /// The operator's limits.
     pub limits: Tunables,
+    /// Where this server writes its pid once serving.
+    pub pid_file: PathBuf,
 }
 
 /// A listening socket and the file it is bound to, removed on exit only if
@@ -190,6 +192,8 @@ struct Server {
     backlog: Waiting,
     /// The open-file soft limit, read again every accepting turn.
     fd_limit: usize,
+    /// Connections accepted and left open in this accepting turn.
+    fresh: Vec<usize>,
     /// Changes made during one pass of the loop.
     changes: Vec<Change>,
     /// Changes sent to the writer and not yet durable, in sequence order:
@@ -341,6 +345,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         accept_retry_at: None,
         backlog: Waiting::default(),
         fd_limit: open_file_limit(),
+        fresh: Vec::new(),
         changes: Vec::new(),
         in_flight: VecDeque::new(),
         writer,
@@ -382,6 +387,9 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             )
         })
         .map_err(|e| format!("cannot register with epoll: {e}"))?;
+    // Written once serving (a successor's after its predecessor let go),
+    // so the file never names a server that failed to start.
+    let pid_file = crate::pidfile::PidFile::write(&config.pid_file)?;
     log::info(format_args!(
         "serving {} instance(s) ({} from {}) on {}; admin socket {}",
         server.registry.len(),
@@ -398,8 +406,10 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     let result = server.run();
     // Finishing the writer closes the state directory and its lock.
     server.writer.finish();
-    if let Some(channel) = server.successor.as_mut() {
-        activation::release(channel);
+    match server.successor.as_mut() {
+        // The successor writes its own pid once released.
+        Some(channel) => activation::release(channel),
+        None => pid_file.remove(),
     }
     server.guest.remove();
     server.admin.remove();
@@ -933,6 +943,7 @@ impl Server {
         }
         // prlimit(1) may have changed it since the last turn.
         self.fd_limit = open_file_limit();
+        self.fresh.clear();
         if self.backlog.admin {
             self.backlog.admin = self.accept_some(Side::Admin { authorized: false });
         }
@@ -1038,7 +1049,11 @@ impl Server {
                 }
             },
         };
-        if let Err((limit, why)) = self.admit(side, counted) {
+        let mut admitted = self.admit(side, counted);
+        if admitted.is_err() && self.reap_fresh() {
+            admitted = self.admit(side, counted);
+        }
+        if let Err((limit, why)) = admitted {
             self.metrics.limit_hit(limit);
             self.refuse(stream, &peer, &why);
             return;
@@ -1080,7 +1095,34 @@ impl Server {
         {
             log::warn(format_args!("cannot register a connection with epoll: {e}"));
             self.finished.push(key);
+            return;
         }
+        self.fresh.push(key);
+    }
+
+    /// Looks again at the connections accepted and left open in this turn,
+    /// before a cap refuses one more: a client that asks, reads its answer
+    /// and closes at once leaves a connection that only the next turn's
+    /// events would show closed, and a quick sequential client would
+    /// otherwise meet its cap within one turn. Returns whether any closed.
+    /// Each connection is looked at once, so this costs at most one `read`
+    /// per accepted connection.
+    fn reap_fresh(&mut self) -> bool {
+        let mut reaped = false;
+        for key in std::mem::take(&mut self.fresh) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.on_readable(false);
+            if !self.drive(key) {
+                // Registered, but closing it removes it from epoll and from
+                // any event list not yet taken: the key is free at once.
+                self.finished.retain(|&k| k != key);
+                self.remove_conn(key);
+                reaped = true;
+            }
+        }
+        reaped
     }
 
     /// Whether one more connection from `side` fits under the caps; if

@@ -30,12 +30,12 @@ fn flooder() -> PathBuf {
     let out = std::env::temp_dir().join(format!("guestsock-connect-close-{}", std::process::id()));
     BUILD.call_once(|| {
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flood/connect_close.c");
-        let status = Command::new("cc")
+        let status = Command::new(util::tool("cc"))
             .args(["-O2", "-o"])
             .arg(&out)
             .arg(&source)
             .status()
-            .expect("cc (apt-get install gcc)");
+            .expect("cc");
         assert!(status.success(), "cannot compile {}", source.display());
     });
     out
@@ -113,7 +113,7 @@ fn neighbour(group: &util::Cgroup, socket: &Path, secs: f64) -> Child {
     group
         .command(
             None,
-            "python3",
+            util::tool("python3"),
             &[
                 "-c",
                 NEIGHBOUR,
@@ -243,7 +243,7 @@ fn sighup_is_honoured_during_a_flood() {
     // The successor serves the neighbour; it is found by its state
     // directory on its command line and stopped here.
     let state = server.state_dir.display().to_string();
-    let pids = Command::new("pgrep")
+    let pids = Command::new(util::tool("pgrep"))
         .args(["-f", &state])
         .output()
         .expect("pgrep");

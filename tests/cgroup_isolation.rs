@@ -270,7 +270,7 @@ fn a_connection_keeps_the_identity_taken_at_accept_when_a_new_rule_kind_arrives(
     let mut guest = a
         .command(
             None,
-            "python3",
+            util::tool("python3"),
             &[
                 "-c",
                 KEEP_ALIVE_CLIENT,
@@ -296,7 +296,7 @@ fn a_connection_keeps_the_identity_taken_at_accept_when_a_new_rule_kind_arrives(
     assert_eq!(ask(), "200 a");
     // The first pid rule makes the server gather the pid namespace of
     // connections opened before it; what it knew already stays as it was.
-    let ns = std::process::Command::new("unshare")
+    let ns = std::process::Command::new(util::tool("unshare"))
         .args(["--pid", "--fork", "--kill-child", "sleep", "300"])
         .spawn()
         .expect("unshare");

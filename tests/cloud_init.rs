@@ -12,13 +12,6 @@ use serde_json::{Value, json};
 
 const PYTHON: &str = "/usr/bin/python3";
 
-fn cloud_init_installed() -> bool {
-    Command::new(PYTHON)
-        .args(["-c", "import cloudinit.sources.DataSourceLXD"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn instance(name: &str, rule: Value, root_uid: u32) -> Value {
     json!({
         "name": name,
@@ -39,16 +32,11 @@ fn instance(name: &str, rule: Value, root_uid: u32) -> Value {
 
 #[test]
 fn cloud_init_lxd_datasource_reads_its_own_instance() {
-    if !cloud_init_installed() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install Debian's cloud-init (.ci/run does)"
-        );
-        eprintln!(
-            "SKIPPED cloud_init: Debian's cloud-init is not installed (apt-get install cloud-init)"
-        );
-        return;
-    }
+    util::needs_installed(
+        "Debian's cloud-init (its LXD datasource, for /usr/bin/python3)",
+        "apt-get install cloud-init",
+        &[PYTHON, "-c", "import cloudinit.sources.DataSourceLXD"],
+    );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/cloud_init_lxd.py");
     // As root, the caller is a process in a real cgroup; otherwise this
     // process's own uid stands for the container.

@@ -17,7 +17,7 @@ struct Container {
 
 impl Container {
     fn new(script: &str) -> Container {
-        let mut child = Command::new("unshare")
+        let mut child = Command::new(util::tool("unshare"))
             .args([
                 "-m",
                 "--propagation",
@@ -72,6 +72,7 @@ fn doctor(args: &[&str]) -> (bool, String) {
 #[test]
 fn finds_each_broken_mount() {
     require_root!();
+    util::tool("mount");
     let server = util::Server::start(json!([]));
     let sock_dir = server.socket.parent().unwrap().display().to_string();
     let sock = server.socket.display().to_string();

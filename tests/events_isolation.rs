@@ -1,7 +1,8 @@
 //! Thousands of websocket subscribers across a thousand instances, each
 //! connected from the instance's own real cgroup with Python's
 //! websocket-client: each receives exactly its own instance's event and
-//! nothing else. Needs root (cgroups) and `pip install websocket-client`.
+//! nothing else. Needs root (cgroups) and Python's websocket-client; fails,
+//! naming the command that installs what is missing, without them.
 
 mod util;
 
@@ -13,24 +14,14 @@ use serde_json::json;
 const INSTANCES: usize = 1000;
 const PER_INSTANCE: usize = 2;
 
-fn websocket_client_installed() -> bool {
-    Command::new("python3")
-        .args(["-c", "import websocket"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 #[test]
 fn each_subscriber_gets_exactly_its_own_instances_events() {
     require_root!();
-    if !websocket_client_installed() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must pip install websocket-client (.ci/run does)"
-        );
-        eprintln!("SKIPPED events_isolation: pip install websocket-client");
-        return;
-    }
+    util::needs_installed(
+        "Python's websocket-client (for python3 on PATH)",
+        "python3 -m pip install websocket-client",
+        &["python3", "-c", "import websocket"],
+    );
     let groups: Vec<util::Cgroup> = (0..INSTANCES).map(|_| util::Cgroup::new()).collect();
     let instances: Vec<_> = groups
         .iter()
@@ -40,7 +31,7 @@ fn each_subscriber_gets_exactly_its_own_instances_events() {
     let server = util::Server::start(json!(instances));
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/ws_subscribers.py");
-    let mut child = Command::new("python3")
+    let mut child = Command::new(util::tool("python3"))
         .arg(&script)
         .arg(&server.socket)
         .arg(PER_INSTANCE.to_string())

@@ -19,14 +19,14 @@ use serde_json::json;
 /// limit is never raised again: this machine's root may lack
 /// CAP_SYS_RESOURCE.)
 fn prlimit(pid: u32, files: usize, hard: usize) {
-    let status = Command::new("prlimit")
+    let status = Command::new(util::tool("prlimit"))
         .args([
             "--pid",
             &pid.to_string(),
             &format!("--nofile={files}:{hard}"),
         ])
         .status()
-        .expect("prlimit (apt-get install util-linux)");
+        .expect("prlimit");
     assert!(status.success(), "prlimit failed");
 }
 

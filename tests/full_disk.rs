@@ -23,16 +23,13 @@ struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Tmpfs {
-        assert!(
-            util::is_root(),
-            "full_disk mounts a tmpfs: run the tests as root (CI does)"
-        );
+        require_root!();
         fs::create_dir_all(at).expect("mount point");
-        let status = Command::new("mount")
+        let status = Command::new(util::tool("mount"))
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(at)
             .status()
-            .expect("mount (apt-get install mount)");
+            .expect("mount");
         assert!(status.success(), "mount -t tmpfs failed");
         Tmpfs(at.to_owned())
     }
@@ -56,7 +53,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = Command::new(util::tool("umount"))
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 

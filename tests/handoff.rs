@@ -71,7 +71,7 @@ fn sighup_hands_the_sockets_to_a_new_process_and_drops_nothing() {
     }
     // The new process, found by its state directory on its command line.
     let state = server.state_dir.display().to_string();
-    let new_pid = std::process::Command::new("pgrep")
+    let new_pid = std::process::Command::new(util::tool("pgrep"))
         .args(["-f", &state])
         .output()
         .unwrap();

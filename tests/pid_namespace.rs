@@ -21,7 +21,7 @@ struct Namespace {
 
 impl Namespace {
     fn new() -> Namespace {
-        let unshare = Command::new("unshare")
+        let unshare = Command::new(util::tool("unshare"))
             .args(["--pid", "--fork", "--kill-child", "sleep", "300"])
             .stdin(Stdio::null())
             .spawn()
@@ -45,8 +45,14 @@ impl Namespace {
 
     /// curl from a new process inside the namespace.
     fn curl(&self, socket: &std::path::Path, path: &str) -> (u16, String) {
-        let mut cmd = Command::new("nsenter");
-        cmd.args(["--target", &self.init.to_string(), "--pid", "--", "curl"]);
+        let mut cmd = Command::new(util::tool("nsenter"));
+        cmd.args([
+            "--target",
+            &self.init.to_string(),
+            "--pid",
+            "--",
+            util::tool("curl"),
+        ]);
         cmd.args(util::curl_args(socket, path));
         util::curl_in(cmd)
     }

@@ -23,7 +23,7 @@ fn restarts_under_socket_activation_drop_nothing() {
     )
     .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/mini_systemd.py");
-    let out = Command::new("python3")
+    let out = Command::new(util::tool("python3"))
         .arg(&script)
         .arg(util::bin())
         .arg(&dir.path)

@@ -149,42 +149,6 @@ fn bad_instance_files_name_the_file_position_and_reason() {
 }
 
 #[test]
-fn demo_serves_the_invoking_user() {
-    let dir = util::TempDir::new();
-    let mut child = std::process::Command::new(util::bin())
-        .args(["serve", "--demo"])
-        .current_dir(&dir.path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let socket = dir.join("guestsock-demo/guest/sock");
-    let deadline = std::time::Instant::now() + util::PATIENCE;
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(std::time::Instant::now() < deadline, "demo never started");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let mut c = util::Client::connect(&socket);
-    assert_eq!(
-        c.request("GET", "/1.0/config/user.greeting", b"").text(),
-        "hello from guestsock"
-    );
-    let list = c.request("GET", "/1.0/config", b"").json();
-    assert!(
-        list.as_array().unwrap().len() >= 2 && !list.to_string().contains("volatile"),
-        "{list}"
-    );
-    assert!(
-        c.request("GET", "/1.0/meta-data", b"")
-            .text()
-            .starts_with("instance-id: demo\nlocal-hostname: demo\n")
-    );
-    assert!(c.request("GET", "/1.0/devices", b"").json()["eth0"].is_object());
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-#[test]
 fn raises_the_open_file_soft_limit_to_the_hard_limit() {
     let dir = util::TempDir::new();
     let socket = dir.join("sock");

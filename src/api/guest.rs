@@ -115,11 +115,27 @@ pub fn answer(
         "/1.0/config" | "/1.0/meta-data" | "/1.0/devices" => {
             Response::method_not_allowed("GET, HEAD")
         }
-        path => match path.strip_prefix("/1.0/config/") {
-            Some(key) if !key.is_empty() && read => config_value(instance, key),
-            Some(key) if !key.is_empty() => Response::method_not_allowed("GET, HEAD"),
-            _ => Response::error(404, "not found"),
-        },
+        "/1.0/ubuntu-pro" if read => ubuntu_pro_settings(),
+        "/1.0/ubuntu-pro" => Response::method_not_allowed("GET, HEAD"),
+        "/1.0/ubuntu-pro/token" if req.method == "POST" => ubuntu_pro_token(),
+        "/1.0/ubuntu-pro/token" => Response::method_not_allowed("POST"),
+        path => {
+            if let Some(key) = path.strip_prefix("/1.0/config/").filter(|k| !k.is_empty()) {
+                if read {
+                    config_value(instance, key)
+                } else {
+                    Response::method_not_allowed("GET, HEAD")
+                }
+            } else if is_image_export(path) {
+                if read {
+                    image_export()
+                } else {
+                    Response::method_not_allowed("GET, HEAD")
+                }
+            } else {
+                Response::error(404, "not found")
+            }
+        }
     };
     conditional(req, id, tagged)
 }
@@ -272,7 +288,9 @@ fn config_value(instance: &Instance, raw_key: &str) -> Response {
         return Response::error(400, "bad percent-encoding in key");
     };
     if !guest_visible(&key) {
-        return Response::error(403, "only user.* and cloud-init.* keys are readable");
+        // LXD's body exactly (`api.NewGenericStatusError(403)`, written by
+        // `http.Error`): its own test suite, and so clients, compare it.
+        return Response::error(403, "Forbidden");
     }
     // A missing key has a tag too, so that a guest can wait for it to be
     // set.
@@ -280,6 +298,39 @@ fn config_value(instance: &Instance, raw_key: &str) -> Response {
         Some(value) => Response::raw(value.as_bytes().to_vec()).with_etag(),
         None => Response::error(404, "not found").with_etag(),
     }
+}
+
+/// Whether `path` is `/1.0/images/{fingerprint}/export` with one non-empty
+/// segment for the fingerprint (LXD's route pattern).
+fn is_image_export(path: &str) -> bool {
+    path.strip_prefix("/1.0/images/")
+        .and_then(|rest| rest.strip_suffix("/export"))
+        .is_some_and(|fingerprint| !fingerprint.is_empty() && !fingerprint.contains('/'))
+}
+
+/// `GET /1.0/images/{fingerprint}/export`: guestsock serves no images, which
+/// is LXD's case of an instance without `security.devlxd.images`. LXD then
+/// answers `403` in the envelope of its main API rather than devlxd's plain
+/// text (lxd/devlxd.go, `devLXDImageExportHandler`: "we return LXD API
+/// response error here as an exception"), whatever the fingerprint.
+fn image_export() -> Response {
+    Response::lxd_api_error(403, "Forbidden")
+}
+
+/// `GET /1.0/ubuntu-pro`: Ubuntu Pro guest attachment is off, as on an LXD
+/// host without Pro's configuration (`api.DevLXDUbuntuProSettings`).
+fn ubuntu_pro_settings() -> Response {
+    Response::json_bytes(b"{\"guest_attach\":\"off\"}\n".to_vec())
+}
+
+/// `POST /1.0/ubuntu-pro/token`: refused as LXD refuses it while guest
+/// attachment is off (`GetGuestToken`'s `403 Guest attachment not allowed`,
+/// wrapped by `devLXDUbuntuProTokenPostHandler`).
+fn ubuntu_pro_token() -> Response {
+    Response::error(
+        403,
+        "Failed getting an Ubuntu Pro guest token: Guest attachment not allowed",
+    )
 }
 
 fn meta_data(instance: &Instance) -> Response {
@@ -401,6 +452,8 @@ mod tests {
         let mut r = registry();
         let table = [
             (1000, "GET", "/1.0/config/volatile.x", "", 403),
+            (1000, "GET", "/1.0/images", "", 404),
+            (1000, "GET", "/1.0/ubuntu-pro/", "", 404),
             (1000, "GET", "/1.0/config/user.missing", "", 404),
             (1000, "GET", "/1.0/config/", "", 404),
             (1000, "GET", "/1.0/config/user.%zz", "", 400),
@@ -429,6 +482,94 @@ mod tests {
         assert_eq!(resp.body, b"Invalid state \"Bogus\"\n");
         let resp = ask(&mut r, 999, "GET", "/1.0", "");
         assert!(String::from_utf8_lossy(&resp.body).contains("pid 7 (uid 999)"));
+    }
+
+    /// Where LXD refuses for the same reason, its status, body and type
+    /// exactly (canonical/lxd lxd/devlxd.go).
+    #[test]
+    fn refusals_are_lxds() {
+        let mut r = registry();
+        let table: [(&str, &str, u16, BodyKind, &str); 7] = [
+            (
+                "GET",
+                "/1.0/config/volatile.x",
+                403,
+                BodyKind::Error,
+                "Forbidden\n",
+            ),
+            (
+                "GET",
+                "/1.0/config/security.nesting",
+                403,
+                BodyKind::Error,
+                "Forbidden\n",
+            ),
+            (
+                "GET",
+                "/1.0/images/0123456789ab/export",
+                403,
+                BodyKind::Json,
+                "{\"type\":\"error\",\"status\":\"\",\"status_code\":0,\"operation\":\"\",\"error_code\":403,\"error\":\"Forbidden\",\"metadata\":null}\n\n",
+            ),
+            (
+                "GET",
+                "/1.0/ubuntu-pro",
+                200,
+                BodyKind::Json,
+                "{\"guest_attach\":\"off\"}\n",
+            ),
+            (
+                "POST",
+                "/1.0/ubuntu-pro/token",
+                403,
+                BodyKind::Error,
+                "Failed getting an Ubuntu Pro guest token: Guest attachment not allowed\n",
+            ),
+            (
+                "GET",
+                "/1.0/images//export",
+                404,
+                BodyKind::Error,
+                "not found\n",
+            ),
+            (
+                "GET",
+                "/1.0/images/a/b/export",
+                404,
+                BodyKind::Error,
+                "not found\n",
+            ),
+        ];
+        for (method, path, status, kind, body) in table {
+            let resp = ask(&mut r, 1000, method, path, "");
+            assert_eq!(
+                (
+                    resp.status,
+                    resp.kind,
+                    String::from_utf8_lossy(&resp.body).as_ref()
+                ),
+                (status, kind, body),
+                "{method} {path}"
+            );
+        }
+        // LXD's main-API error carries nosniff, like its devlxd errors.
+        let resp = ask(&mut r, 1000, "GET", "/1.0/images/x/export", "");
+        assert_eq!(resp.extra_header, Some("X-Content-Type-Options: nosniff"));
+        for (method, path, allow) in [
+            ("POST", "/1.0/images/x/export", "GET, HEAD"),
+            ("PUT", "/1.0/ubuntu-pro", "GET, HEAD"),
+            ("GET", "/1.0/ubuntu-pro/token", "POST"),
+        ] {
+            let resp = ask(&mut r, 1000, method, path, "");
+            assert_eq!(
+                (resp.status, resp.allow),
+                (405, Some(allow)),
+                "{method} {path}"
+            );
+        }
+        // A stranger still learns nothing, whatever the path.
+        let resp = ask(&mut r, 999, "GET", "/1.0/ubuntu-pro", "");
+        assert_eq!(resp.status, 403);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! plain-text error) and the one mapping from a request error to its status.
 //! Which response a request gets is `api`'s business.
 
+use std::cell::Cell;
 use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -109,6 +111,32 @@ impl Response {
             close: false,
             etag: None,
             extra_header: None,
+        }
+    }
+
+    /// An error in the envelope of LXD's main API, as LXD writes it where
+    /// devlxd answers with it (`response.Forbidden` and friends): Go's
+    /// `json.Encoder` output, one `\n`, then the `\n` of `fmt.Fprintln`.
+    /// Fields in Go's struct order; `message` is written as serde writes a
+    /// JSON string, which equals Go's for the plain ASCII messages used here.
+    pub fn lxd_api_error(status: u16, message: &str) -> Response {
+        let mut body = Vec::with_capacity(128 + message.len());
+        body.extend_from_slice(
+            br#"{"type":"error","status":"","status_code":0,"operation":"","error_code":"#,
+        );
+        push_decimal(&mut body, usize::from(status));
+        body.extend_from_slice(br#","error":"#);
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut body, message);
+        body.extend_from_slice(b",\"metadata\":null}\n\n");
+        Response {
+            status,
+            kind: BodyKind::Json,
+            body,
+            allow: None,
+            close: false,
+            etag: None,
+            extra_header: Some("X-Content-Type-Options: nosniff"),
         }
     }
 
@@ -236,6 +264,7 @@ impl Response {
         out.push(b' ');
         out.extend_from_slice(reason(self.status).as_bytes());
         out.extend_from_slice(b"\r\n");
+        push_date(out);
         if self.status != 304 {
             out.extend_from_slice(b"Content-Type: ");
             out.extend_from_slice(self.kind.content_type().as_bytes());
@@ -265,6 +294,103 @@ impl Response {
             out.extend_from_slice(&self.body);
         }
     }
+}
+
+/// Appends the head of a websocket handshake's answer (RFC 6455 4.2.2): the
+/// subscription is live once this is queued.
+pub fn write_upgrade_head(out: &mut Vec<u8>, accept: &str) {
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    push_date(out);
+    out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
+    out.extend_from_slice(accept.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// Appends the head of a plain event stream (PROTOCOL.md section 5): no
+/// length, since it lasts until the connection ends.
+pub fn write_stream_head(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    push_date(out);
+    out.extend_from_slice(b"Content-Type: application/json\r\nConnection: close\r\n\r\n");
+}
+
+/// `Date: ` and the current time as an IMF-fixdate, with its CRLF.
+const DATE_LINE_LEN: usize = 6 + 29 + 2;
+
+thread_local! {
+    /// The `Date` line of the current second, and that second: a server
+    /// with a clock MUST send `Date` (RFC 9110 6.6.1), and formatting it
+    /// once a second rather than once an answer keeps it off the profile.
+    static DATE_LINE: Cell<(u64, [u8; DATE_LINE_LEN])> = const { Cell::new((u64::MAX, [0; DATE_LINE_LEN])) };
+}
+
+/// Appends `Date: <now>\r\n`.
+fn push_date(out: &mut Vec<u8>) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let line = DATE_LINE.with(|cached| {
+        let (second, line) = cached.get();
+        if second == now {
+            return line;
+        }
+        let mut line = [0u8; DATE_LINE_LEN];
+        line[..6].copy_from_slice(b"Date: ");
+        line[6..35].copy_from_slice(&imf_fixdate(now));
+        line[35..].copy_from_slice(b"\r\n");
+        cached.set((now, line));
+        line
+    });
+    out.extend_from_slice(&line);
+}
+
+/// `secs` after the Unix epoch as an IMF-fixdate (RFC 9110 5.6.7), e.g.
+/// `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn imf_fixdate(secs: u64) -> [u8; 29] {
+    const DAYS: [&[u8; 3]; 7] = [b"Sun", b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let days = secs / 86_400;
+    let of_day = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    // 1970-01-01 was a Thursday.
+    let weekday = ((days + 4) % 7) as usize;
+    let two = |n: u64| [b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8];
+    let mut out = [0u8; 29];
+    out[..3].copy_from_slice(DAYS[weekday]);
+    out[3..5].copy_from_slice(b", ");
+    out[5..7].copy_from_slice(&two(day));
+    out[7] = b' ';
+    out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
+    out[11] = b' ';
+    out[12..14].copy_from_slice(&two(year / 100));
+    out[14..16].copy_from_slice(&two(year));
+    out[16] = b' ';
+    out[17..19].copy_from_slice(&two(of_day / 3600));
+    out[19] = b':';
+    out[20..22].copy_from_slice(&two(of_day / 60 % 60));
+    out[22] = b':';
+    out[23..25].copy_from_slice(&two(of_day % 60));
+    out[25..].copy_from_slice(b" GMT");
+    out
+}
+
+/// The (year, month 1-12, day 1-31) of `days` after 1970-01-01 in the
+/// proleptic Gregorian calendar (Howard Hinnant's `civil_from_days`, for
+/// days on or after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Appends `n` in decimal, without the formatting machinery (this runs
@@ -311,10 +437,67 @@ fn reason(status: u16) -> &'static str {
 mod tests {
     use super::*;
 
+    /// The response as text, its `Date` line (checked to be the second
+    /// line, well formed) taken out so that the rest can be compared.
     fn text(r: &Response, head_only: bool, keep_alive: bool, http10: bool) -> String {
         let mut out = Vec::new();
         r.write_to(&mut out, head_only, keep_alive, http10);
-        String::from_utf8(out).unwrap()
+        without_date(String::from_utf8(out).unwrap())
+    }
+
+    fn without_date(text: String) -> String {
+        let (status, rest) = text.split_once("\r\n").unwrap();
+        let (date, rest) = rest.split_once("\r\n").unwrap();
+        let value = date
+            .strip_prefix("Date: ")
+            .expect("Date is the second line");
+        assert!(
+            value.len() == 29 && value.ends_with(" GMT") && value.as_bytes()[3] == b',',
+            "{value:?}"
+        );
+        format!("{status}\r\n{rest}")
+    }
+
+    #[test]
+    fn imf_fixdate_vectors() {
+        // RFC 9110 5.6.7's example, the epoch, leap days, a century that is
+        // not a leap year; checked with GNU `date -u -d @SECS`.
+        for (secs, date) in [
+            (784_111_777, "Sun, 06 Nov 1994 08:49:37 GMT"),
+            (0, "Thu, 01 Jan 1970 00:00:00 GMT"),
+            (951_782_400, "Tue, 29 Feb 2000 00:00:00 GMT"),
+            (1_709_251_199, "Thu, 29 Feb 2024 23:59:59 GMT"),
+            (4_107_542_400, "Mon, 01 Mar 2100 00:00:00 GMT"),
+            (4_102_444_799, "Thu, 31 Dec 2099 23:59:59 GMT"),
+            (253_402_300_799, "Fri, 31 Dec 9999 23:59:59 GMT"),
+        ] {
+            assert_eq!(
+                std::str::from_utf8(&imf_fixdate(secs)).unwrap(),
+                date,
+                "{secs}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_head_carries_the_date() {
+        let mut out = Vec::new();
+        write_upgrade_head(&mut out, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            without_date(String::from_utf8(out).unwrap()),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        write_stream_head(&mut out);
+        assert_eq!(
+            without_date(String::from_utf8(out).unwrap()),
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+        );
+        let r = Response::not_modified("\"x\"".into());
+        assert_eq!(
+            text(&r, false, true, false),
+            "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"
+        );
     }
 
     #[test]

@@ -34,23 +34,74 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_guestsock")
 }
 
-/// Whether this process runs as root (root-only tests skip otherwise).
+/// Whether this process runs as root.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Returns early from a test that needs root, saying so loudly.
+/// Fails the test unless it runs as root: a behaviour that needs root to be
+/// exercised is never reported `ok` without having run.
+pub fn needs_root(test: &str) {
+    assert!(
+        is_root(),
+        "{test} needs root (it makes real cgroups, setuid children or pid namespaces): \
+         run the tests as root, as the README says: sudo ./test.sh"
+    );
+}
+
+/// Fails the calling test unless it runs as root (see [`needs_root`]).
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !util::is_root() {
-            eprintln!(
-                "SKIPPED {}: needs root (CI runs as root and runs it)",
-                module_path!()
-            );
-            return;
-        }
+        util::needs_root(module_path!())
     };
+}
+
+/// The Debian package that brings each program the tests run.
+const TOOLS: [(&str, &str); 10] = [
+    ("curl", "curl"),
+    ("setpriv", "util-linux"),
+    ("unshare", "util-linux"),
+    ("nsenter", "util-linux"),
+    ("prlimit", "util-linux"),
+    ("mount", "mount"),
+    ("umount", "mount"),
+    ("cc", "gcc"),
+    ("pgrep", "procps"),
+    ("python3", "python3"),
+];
+
+/// `program`, after checking that it is on `PATH`: a missing one fails the
+/// test with the command that installs it, rather than with a bare "No such
+/// file or directory".
+pub fn tool(program: &str) -> &str {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
+    let package = TOOLS
+        .iter()
+        .find(|(p, _)| *p == program)
+        .map_or(program, |(_, package)| package);
+    assert!(
+        on_path,
+        "{program} is not on PATH: install it with `apt-get install {package}`, or run ./test.sh, which installs everything the tests need"
+    );
+    program
+}
+
+/// Fails the test, naming the command that installs `what`, unless
+/// `probe` (a program and its arguments) succeeds.
+pub fn needs_installed(what: &str, install: &str, probe: &[&str]) {
+    let found = Command::new(probe[0])
+        .args(&probe[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{what} is missing (`{}` failed): install it with `{install}`, or run ./test.sh, which installs everything the tests need",
+        probe.join(" ")
+    );
 }
 
 /// This process's uid.
@@ -112,9 +163,27 @@ impl Server {
         Server::start_in(dir, &extra)
     }
 
+    /// Like [`Server::start_with`], with `env` set for the server (which
+    /// otherwise runs without `RUST_LOG`, whatever the test's own).
+    pub fn start_with_env(
+        instances: serde_json::Value,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        let dir = TempDir::new();
+        let file = write_instances(&dir, instances);
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        extra.extend(["--instances".into(), file.display().to_string()]);
+        Server::start_in_env(dir, &extra, env)
+    }
+
     /// Starts `guestsock serve` with its sockets and state under `dir`
     /// (which may hold state from an earlier server) and `extra` flags.
     pub fn start_in(dir: TempDir, extra: &[String]) -> Server {
+        Server::start_in_env(dir, extra, &[])
+    }
+
+    fn start_in_env(dir: TempDir, extra: &[String], env: &[(&str, &str)]) -> Server {
         let socket = dir.join("guest/sock");
         let admin_socket = dir.join("admin.sock");
         let state_dir = dir.join("state");
@@ -131,6 +200,8 @@ impl Server {
         args.extend(extra.iter().cloned());
         let child = Command::new(bin())
             .args(&args)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&stderr_path).expect("stderr file"))
@@ -255,7 +326,7 @@ impl Server {
         wait_with_deadline(&mut self.child)
     }
 
-    /// Waits for the exit (after a signal sent elsewhere).
+    /// Waits for the exit (of a process told to stop some other way).
     pub fn wait(&mut self) -> std::process::ExitStatus {
         wait_with_deadline(&mut self.child)
     }
@@ -484,9 +555,10 @@ impl Cgroup {
         cmd.arg("-c")
             .arg("echo $$ > \"$0\" && exec \"$@\"")
             .arg(self.dir.join("cgroup.procs"));
+        tool(program);
         if let Some(uid) = uid {
             cmd.args([
-                "setpriv",
+                tool("setpriv"),
                 &format!("--reuid={uid}"),
                 &format!("--regid={uid}"),
                 "--clear-groups",
@@ -544,19 +616,19 @@ impl Cgroup {
     pub fn curl(&self, uid: Option<u32>, socket: &Path, path: &str) -> (u16, String) {
         let args = curl_args(socket, path);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        curl_in(self.command(uid, "curl", &args))
+        curl_in(self.command(uid, tool("curl"), &args))
     }
 }
 
 /// `GET path` with curl from a child that setuid/setgid to `uid` (through
 /// setpriv), in this process's own cgroup: (status, body).
 pub fn curl_as(uid: u32, socket: &Path, path: &str) -> (u16, String) {
-    let mut cmd = Command::new("setpriv");
+    let mut cmd = Command::new(tool("setpriv"));
     cmd.args([
         &format!("--reuid={uid}"),
         &format!("--regid={uid}"),
         "--clear-groups",
-        "curl",
+        tool("curl"),
     ]);
     cmd.args(curl_args(socket, path));
     curl_in(cmd)
@@ -638,4 +710,107 @@ fn write_instances(dir: &TempDir, instances: serde_json::Value) -> PathBuf {
     )
     .expect("write instances");
     file
+}
+
+/// A running `guestsock serve --demo` in a directory of its own (the
+/// current directory it was started in), killed on drop.
+pub struct Demo {
+    /// Its current directory; the demo lives in `guestsock-demo/` inside.
+    pub cwd: TempDir,
+    child: Child,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl Demo {
+    /// Starts `guestsock serve --demo` (plus `extra`) as `uid` (through
+    /// setpriv; this process's own when `None`) with `env`, in a fresh
+    /// directory owned by that uid, and waits until it serves.
+    pub fn start(uid: Option<u32>, env: &[(&str, &str)], extra: &[&str]) -> Demo {
+        let cwd = TempDir::new();
+        if let Some(uid) = uid {
+            nix::unistd::chown(
+                &cwd.path,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(uid)),
+            )
+            .expect("chown the demo's directory");
+        }
+        let stdout_path = std::env::temp_dir().join(unique("guestsock-demo-stdout"));
+        let stderr_path = std::env::temp_dir().join(unique("guestsock-demo-stderr"));
+        let mut cmd = match uid {
+            Some(uid) => {
+                let mut cmd = Command::new(tool("setpriv"));
+                cmd.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                    bin(),
+                ]);
+                cmd
+            }
+            None => Command::new(bin()),
+        };
+        let child = cmd
+            .args(["serve", "--demo"])
+            .args(extra)
+            .current_dir(&cwd.path)
+            .env_remove("RUST_LOG")
+            .env_remove("SUDO_UID")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout_path).expect("stdout file"))
+            .stderr(fs::File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .expect("spawn guestsock serve --demo");
+        let mut demo = Demo {
+            cwd,
+            child,
+            stdout_path,
+            stderr_path,
+        };
+        let pid_file = demo.cwd.join("guestsock-demo/guestsock.pid");
+        let deadline = Instant::now() + PATIENCE;
+        while !pid_file.exists() {
+            if let Ok(Some(status)) = demo.child.try_wait() {
+                panic!("the demo exited early ({status}): {}", demo.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the demo never started: {}",
+                demo.stderr()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        demo
+    }
+
+    /// The guest socket.
+    pub fn socket(&self) -> PathBuf {
+        self.cwd.join("guestsock-demo/guest/sock")
+    }
+
+    /// The admin socket.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.cwd.join("guestsock-demo/admin.sock")
+    }
+
+    /// What it printed on standard output (its greeting).
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    /// What it printed on standard error (its log).
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.stdout_path);
+        let _ = fs::remove_file(&self.stderr_path);
+    }
 }

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The README's test command. On a fresh Debian machine, as root: installs
+# what the integration tests run (only what is missing), then runs the
+# whole suite. Arguments go to `cargo test` (./test.sh --test logging).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "test.sh: run it as root (sudo ./test.sh): the tests make real cgroups, setuid children and pid namespaces, and fail without root" >&2
+    exit 1
+fi
+
+# program:Debian package. curl is the real client of the isolation tests;
+# util-linux brings setpriv, unshare, nsenter and prlimit (the descriptor
+# exhaustion test); mount the doctor test's private mounts and the full-disk
+# test's tmpfs; procps pgrep for the handoff test; gcc builds the
+# connect-and-close flooder of the accept test.
+missing=()
+for need in curl:curl setpriv:util-linux unshare:util-linux nsenter:util-linux \
+    prlimit:util-linux mount:mount umount:mount pgrep:procps python3:python3 cc:gcc; do
+    command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
+done
+# cloud-init's own LXD datasource, for Debian's Python, is a real client.
+if ! /usr/bin/python3 -c 'import cloudinit.sources.DataSourceLXD' 2>/dev/null; then
+    missing+=(cloud-init)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Python's websocket-client (for python3 on PATH) is a real client of the
+# events tests: from PyPI, or Debian's package where pip may not install
+# into the system's Python.
+if ! python3 -c 'import websocket' 2>/dev/null; then
+    echo "== pip install websocket-client"
+    python3 -m pip install -q websocket-client ||
+        apt-get install -y -qq --no-install-recommends python3-websocket >/dev/null
+fi
+
+echo "== cargo test $*"
+exec cargo test "$@"
