@@ -177,6 +177,10 @@ fn route(
             "GET" | "HEAD" => (field(registry, id, |i| &i.spec.config), None),
             _ => (Response::method_not_allowed("GET, HEAD, PATCH"), None),
         },
+        Some("devices") => match req.method {
+            "POST" => add_device(registry, id, req.body),
+            _ => (Response::method_not_allowed("POST"), None),
+        },
         Some("state") => match req.method {
             "PUT" => put_state(registry, id, req.body),
             "GET" | "HEAD" => (field(registry, id, |i| &i.state), None),
@@ -442,6 +446,36 @@ fn put_device(
         return (Response::error(404, "instance not found"), None);
     };
     instance.spec.devices.insert(dev, fields);
+    saved(registry, id)
+}
+
+/// `POST .../devices` with `{"name": DEV, "fields": {..}}`: adds a device
+/// that does not exist yet. One that does is refused with `409`, as LXD's
+/// `device add` refuses it; `PUT .../devices/{dev}` is the way to replace it.
+fn add_device(registry: &mut Registry, id: InstanceId, body: &[u8]) -> (Response, Option<Change>) {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NewDevice {
+        name: String,
+        fields: BTreeMap<String, String>,
+    }
+    let device: NewDevice = match parse_body(body, "device") {
+        Ok(device) => device,
+        Err(response) => return (response, None),
+    };
+    if let Err(e) = check_device(&device.name, &device.fields) {
+        return (Response::error(400, e), None);
+    }
+    let Some(instance) = registry.get_mut(id) else {
+        return (Response::error(404, "instance not found"), None);
+    };
+    if instance.spec.devices.contains_key(&device.name) {
+        return (
+            Response::error(409, format!("device {:?} already exists", device.name)),
+            None,
+        );
+    }
+    instance.spec.devices.insert(device.name, device.fields);
     saved(registry, id)
 }
 
