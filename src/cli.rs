@@ -1,21 +1,27 @@
-//! The command line (PROTOCOL.md section 7): arguments to a [`Command`], and
-//! each command run.
+//! The command line (PROTOCOL.md section 7): the command tree, declared
+//! with clap's derive API, and each command run.
 //!
-//! Owns argument parsing, the `--instances` file and the demo set-up, and the
-//! client commands' output (tables for people, `--json` for scripts). The
-//! server is `server`'s business; talking to it, `client`'s.
+//! Owns every command, flag, help text and default, the `--instances` file
+//! and the demo set-up, the client commands' output (tables for people, one
+//! confirmation line per change, `--json` for scripts), and the remedy each
+//! error names. The server is `server`'s business; talking to it, `client`'s.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::client::{self, encode_segment, table};
+use crate::client::{self, ClientError, encode_segment, table};
 use crate::instance::InstanceSpec;
-use crate::limits::{MAX_ADMIN_BODY_BYTES, MAX_INSTANCES_FILE_BYTES, Tunables};
+use crate::limits::{MAX_ADMIN_BODY_BYTES, MAX_INSTANCES_FILE_BYTES, RESERVED_FDS, Tunables};
 use crate::server::{self, Seed, ServeConfig};
 
 /// Default guest socket path.
@@ -24,404 +30,648 @@ pub const DEFAULT_SOCKET: &str = "/run/guestsock/guest/sock";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/guestsock/admin.sock";
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/guestsock";
+/// Where the guest socket is inside a container (LXD's path).
+pub const CONTAINER_SOCKET: &str = "/dev/lxd/sock";
+/// The variable the client commands read the admin socket's path from.
+pub const ADMIN_ENV: &str = "GUESTSOCK_ADMIN";
+/// The variable `query` reads the guest socket's path from.
+pub const SOCKET_ENV: &str = "GUESTSOCK_SOCKET";
+/// Where `--demo` puts everything.
+const DEMO_DIR: &str = crate::demo::DIR;
+/// The manual section of `guestsock man`: system administration.
+const MAN_SECTION: &str = "8";
 
-const USAGE: &str = "\
-usage:
-  guestsock serve [--socket PATH] [--admin-socket PATH] [--admin-uid UID]...
-                  [--state-dir DIR] [--instances FILE] [--demo]
-  guestsock instance list | show NAME | add FILE|- | remove NAME
-  guestsock config get NAME KEY | set NAME KEY VALUE|- | unset NAME KEY | show NAME
-  guestsock device add NAME DEV KEY=VALUE... | remove NAME DEV | list NAME
-  guestsock state NAME Started
-  guestsock query [--socket PATH] PATH      (a guest-side GET, for scripts inside containers)
-  guestsock doctor [NAME...] [--pid PID] [--path /dev/lxd/sock] [--socket PATH]
-  guestsock stats                           (the server's counters; GET /1.0/metrics for Prometheus)
+/// `guestsock`: the whole command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "guestsock",
+    version,
+    about = "An LXD-compatible /dev/lxd/sock for every container on a host, from one unix socket",
+    long_about = "An LXD-compatible /dev/lxd/sock for every container on a host, from one unix \
+        socket.\n\n`guestsock serve` runs the server; the client commands (instance, config, \
+        device, state, stats, doctor) talk to it over its admin socket; `guestsock query` is \
+        a guest-side GET for scripts inside containers."
+)]
+pub struct Cli {
+    /// What to do; without one, this help.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
 
-serve:
-  --socket PATH        guest socket (default /run/guestsock/guest/sock); bind-mount its
-                       DIRECTORY into containers at /dev/lxd
-  --admin-socket PATH  admin socket, mode 0600 (default /run/guestsock/admin.sock)
-  --admin-uid UID      a uid besides root that may use the admin socket (repeatable)
-  --state-dir DIR      durable state (default /var/lib/guestsock)
-  --instances FILE     JSON file {\"instances\":[...]} registered at start; instances the
-                       state directory already has keep their saved version
-  --demo               everything under ./guestsock-demo/, with one instance `demo`
-                       answering your own uid (README, \"Try it\")
-  --pid-file PATH      where to write the server's pid (default: guestsock.pid
-                       beside the admin socket); for kill -HUP $(cat PATH)
-limits (SECURITY.md has the reasons):
-  --max-connections N  open connections in all (default: open-file limit - 64)
-  --max-per-instance N guest connections per instance (default 32)
-  --max-unknown N      connections from callers matching no instance (default 64)
-  --header-timeout S   seconds to send a request head (default 5)
-  --body-timeout S     seconds to send a body after its head (default 10)
-  --idle-timeout S     seconds a keep-alive connection may idle (default 60)
-  --rate-limit N       guest requests per second per instance, 0 = off (default 100)
-  --rate-burst N       requests an instance may send at once (default 200)
-  --ws-ping-interval S seconds between websocket pings (default 10)
-  --log-level LEVEL    error, warn, info (default) or debug; else $RUST_LOG
-client commands (instance, config, device, state):
-  --admin PATH         admin socket (default $GUESTSOCK_ADMIN, else /run/guestsock/admin.sock)
-  --json               print the server's answer as JSON instead of a table
-  config set NAME KEY -   reads the value from standard input
-query:
-  --socket PATH        guest socket (default $GUESTSOCK_SOCKET, else /dev/lxd/sock if it
-                       exists, else /run/guestsock/guest/sock)
-";
+/// One command.
+#[derive(Debug, PartialEq, Subcommand)]
+pub enum Command {
+    /// Run the server: the guest socket, the admin socket and the state directory
+    Serve(ServeArgs),
+    /// Register, list, show and remove instances
+    #[command(subcommand_required = true)]
+    Instance {
+        /// Which.
+        #[command(subcommand)]
+        call: InstanceCall,
+        /// The admin socket and `--json`.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Get, set, unset and show an instance's config keys
+    #[command(subcommand_required = true)]
+    Config {
+        /// Which.
+        #[command(subcommand)]
+        call: ConfigCall,
+        /// The admin socket and `--json`.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Add, set, remove and list an instance's devices
+    #[command(subcommand_required = true)]
+    Device {
+        /// Which.
+        #[command(subcommand)]
+        call: DeviceCall,
+        /// The admin socket and `--json`.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Set an instance's guest state: `Started` clears a guest's Ready (e.g. when it restarts)
+    State {
+        /// The instance.
+        name: String,
+        /// The state: `Started`.
+        state: String,
+        /// The admin socket and `--json`.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// `--quiet`.
+        #[command(flatten)]
+        quiet: Quiet,
+    },
+    /// A guest-side GET, printing the body: for scripts inside containers
+    Query {
+        /// The guest socket.
+        #[arg(long, value_name = "PATH", env = SOCKET_ENV, help = format!(
+            "The guest socket [default: {CONTAINER_SOCKET} if it exists, else {DEFAULT_SOCKET}]"
+        ))]
+        socket: Option<PathBuf>,
+        /// The path to GET.
+        #[arg(value_name = "PATH", help = "The path to GET, like /1.0/config")]
+        path: String,
+    },
+    /// Check the socket mount inside containers; exits non-zero if any needs fixing
+    Doctor {
+        /// Instances to check.
+        #[arg(
+            value_name = "NAME",
+            help = "Instances to check [default: every instance registered by pid]"
+        )]
+        names: Vec<String>,
+        /// `--pid`.
+        #[arg(long, help = "Check this process's container instead")]
+        pid: Option<i32>,
+        /// `--path`.
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = CONTAINER_SOCKET,
+            help = "Where the socket should be inside the container"
+        )]
+        path: String,
+        /// `--socket`.
+        #[arg(
+            long,
+            value_name = "PATH",
+            help = "The server's guest socket on the host [default: the running server's]"
+        )]
+        socket: Option<PathBuf>,
+        /// The admin socket, to list the instances.
+        #[command(flatten)]
+        admin: AdminArg,
+    },
+    /// The server's counters, for a person (GET /1.0/metrics on the admin socket for Prometheus)
+    #[command(alias = "top")]
+    Stats {
+        /// The admin socket.
+        #[command(flatten)]
+        admin: AdminArg,
+    },
+    /// Print a shell completion script: `source <(guestsock completions bash)`
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `guestsock man | man -l -`; `guestsock man serve` for one command's
+    Man {
+        /// A command's own page (`guestsock man config set`).
+        #[arg(
+            value_name = "COMMAND",
+            help = "A command's own page, like `serve` or `config set`"
+        )]
+        command: Vec<String>,
+    },
+}
 
 /// `serve`'s flags.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, PartialEq, Args)]
 pub struct ServeArgs {
     /// `--socket`.
+    #[arg(long, value_name = "PATH", help = format!(
+        "Guest socket; bind-mount its DIRECTORY into containers at /dev/lxd \
+         [default: {DEFAULT_SOCKET}; with --demo, ./{DEMO_DIR}/guest/sock]"
+    ))]
     pub socket: Option<PathBuf>,
     /// `--admin-socket`.
+    #[arg(long, value_name = "PATH", help = format!(
+        "Admin socket, mode 0600 [default: {DEFAULT_ADMIN_SOCKET}; with --demo, ./{DEMO_DIR}/admin.sock]"
+    ))]
     pub admin_socket: Option<PathBuf>,
     /// `--admin-uid`, each time given.
+    #[arg(
+        long = "admin-uid",
+        value_name = "UID",
+        help = "A uid besides root that may use the admin socket (repeatable)"
+    )]
     pub admin_uids: Vec<u32>,
     /// `--state-dir`.
+    #[arg(long, value_name = "DIR", help = format!(
+        "Durable state [default: {DEFAULT_STATE_DIR}; with --demo, ./{DEMO_DIR}/state]"
+    ))]
     pub state_dir: Option<PathBuf>,
     /// `--instances`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help = "JSON file {\"instances\":[...]} registered at start; instances the state \
+                directory already has keep their saved version"
+    )]
     pub instances: Option<PathBuf>,
     /// `--demo`.
+    #[arg(long, help = format!(
+        "Everything under ./{DEMO_DIR}/, with one instance `demo` answering your own uid \
+         (README, \"Try it\")"
+    ))]
     pub demo: bool,
-    /// The limit flags.
-    pub limits: Tunables,
-    /// `--log-level`.
-    pub log_level: Option<crate::log::Level>,
     /// `--pid-file`.
+    #[arg(
+        long,
+        value_name = "PATH",
+        help = "Where to write the server's pid, for kill -HUP $(cat PATH) \
+                [default: guestsock.pid beside the admin socket]"
+    )]
     pub pid_file: Option<PathBuf>,
+    /// `--log-level`.
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        value_parser = log_level,
+        help = "error, warn, info, debug or trace [default: $RUST_LOG, else info]"
+    )]
+    pub log_level: Option<crate::log::Level>,
+    /// The limit flags.
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
-/// A config value given on the command line or to be read from stdin.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ValueSource {
-    /// The argument itself.
-    Given(String),
-    /// `-`: standard input, exactly as read.
-    Stdin,
+/// The limit flags of `serve`, one per [`Tunables`] field. Each default is
+/// `Tunables::default()`'s, shown by `--help` from there.
+#[derive(Debug, PartialEq, Args)]
+#[command(next_help_heading = "Limits (SECURITY.md has the reasons)")]
+pub struct LimitArgs {
+    /// `--max-connections`.
+    #[arg(long, value_name = "N", help = format!(
+        "Open connections in all [default: the open-file limit minus {RESERVED_FDS}]"
+    ))]
+    pub max_connections: Option<usize>,
+    /// `--max-per-instance`.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = Tunables::default().max_per_instance,
+        help = "Guest connections per instance"
+    )]
+    pub max_per_instance: u32,
+    /// `--max-unknown`.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = Tunables::default().max_unknown,
+        help = "Connections from callers matching no instance, all together"
+    )]
+    pub max_unknown: u32,
+    /// `--header-timeout`.
+    #[arg(
+        long,
+        value_name = "S",
+        value_parser = seconds,
+        default_value_t = Seconds(Tunables::default().header_timeout),
+        help = "Seconds to send a request head"
+    )]
+    pub header_timeout: Seconds,
+    /// `--body-timeout`.
+    #[arg(
+        long,
+        value_name = "S",
+        value_parser = seconds,
+        default_value_t = Seconds(Tunables::default().body_timeout),
+        help = "Seconds to send a body after its head"
+    )]
+    pub body_timeout: Seconds,
+    /// `--idle-timeout`.
+    #[arg(
+        long,
+        value_name = "S",
+        value_parser = seconds,
+        default_value_t = Seconds(Tunables::default().idle_timeout),
+        help = "Seconds a keep-alive connection may idle"
+    )]
+    pub idle_timeout: Seconds,
+    /// `--rate-limit`.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = Tunables::default().rate_per_sec,
+        help = "Guest requests per second per instance, 0 = off"
+    )]
+    pub rate_limit: u32,
+    /// `--rate-burst`.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = Tunables::default().rate_burst,
+        help = "Requests an instance may send at once"
+    )]
+    pub rate_burst: u32,
+    /// `--ws-ping-interval`.
+    #[arg(
+        long,
+        value_name = "S",
+        value_parser = positive_seconds,
+        default_value_t = Seconds(Tunables::default().ping_interval),
+        help = "Seconds between websocket pings; a subscriber silent for three is dropped"
+    )]
+    pub ws_ping_interval: Seconds,
 }
 
-/// One call of the admin API.
-#[derive(Debug, PartialEq, Eq)]
-pub enum AdminCall {
-    InstanceList,
-    InstanceShow(String),
-    /// A file name, or `-` for standard input.
-    InstanceAdd(String),
-    InstanceRemove(String),
-    ConfigGet(String, String),
-    ConfigSet(String, String, ValueSource),
-    ConfigUnset(String, String),
-    ConfigShow(String),
-    DeviceAdd(String, String, BTreeMap<String, String>),
-    DeviceRemove(String, String),
-    DeviceList(String),
-    State(String, String),
-}
-
-/// One parsed command line.
-#[derive(Debug, PartialEq)]
-pub enum Command {
-    /// Run the server.
-    Serve(ServeArgs),
-    /// A guest-side `GET`, printing the body.
-    Query {
-        socket: Option<PathBuf>,
-        path: String,
-    },
-    /// `stats`: the server's counters for a person.
-    Stats {
-        /// `--admin`.
-        admin: Option<PathBuf>,
-    },
-    /// `doctor`: checks the socket mount inside containers.
-    Doctor {
-        /// Instances to check (all registered by `pid` if empty).
-        names: Vec<String>,
-        /// `--pid`: check this process's container instead.
-        pid: Option<i32>,
-        /// `--path`: where the socket should be inside (default /dev/lxd/sock).
-        path: String,
-        /// `--socket`: the server's guest socket on the host.
-        socket: Option<PathBuf>,
-        /// `--admin`: the admin socket, to list instances.
-        admin: Option<PathBuf>,
-    },
-    /// A client command of the admin socket.
-    Admin {
-        admin: Option<PathBuf>,
-        json: bool,
-        call: AdminCall,
-    },
-    /// Print the usage.
-    Help,
-}
-
-/// Parses the arguments after the program name.
-pub fn parse_args(args: &[String]) -> Result<Command, String> {
-    let Some((command, rest)) = args.split_first() else {
-        return Ok(Command::Help);
-    };
-    let mut flags = Flags::new(rest);
-    match command.as_str() {
-        "serve" => {
-            let mut serve = ServeArgs::default();
-            while let Some(flag) = flags.next_flag()? {
-                match flag.as_str() {
-                    "--socket" => serve.socket = Some(flags.value(&flag)?.into()),
-                    "--admin-socket" => serve.admin_socket = Some(flags.value(&flag)?.into()),
-                    "--admin-uid" => {
-                        let value = flags.value(&flag)?;
-                        serve.admin_uids.push(
-                            value
-                                .parse()
-                                .map_err(|_| format!("--admin-uid: {value:?} is not a uid"))?,
-                        );
-                    }
-                    "--state-dir" => serve.state_dir = Some(flags.value(&flag)?.into()),
-                    "--instances" => serve.instances = Some(flags.value(&flag)?.into()),
-                    "--demo" => serve.demo = true,
-                    "--pid-file" => serve.pid_file = Some(flags.value(&flag)?.into()),
-                    "--log-level" => {
-                        let value = flags.value(&flag)?;
-                        serve.log_level =
-                            Some(crate::log::Level::parse(&value).ok_or_else(|| {
-                                format!("--log-level: {value:?} is not error, warn, info or debug")
-                            })?);
-                    }
-                    "--max-connections" => {
-                        serve.limits.max_connections = Some(number(&flag, &flags.value(&flag)?)?)
-                    }
-                    "--max-per-instance" => {
-                        serve.limits.max_per_instance = number(&flag, &flags.value(&flag)?)?
-                    }
-                    "--max-unknown" => {
-                        serve.limits.max_unknown = number(&flag, &flags.value(&flag)?)?
-                    }
-                    "--header-timeout" => {
-                        serve.limits.header_timeout = seconds(&flag, &flags.value(&flag)?)?
-                    }
-                    "--body-timeout" => {
-                        serve.limits.body_timeout = seconds(&flag, &flags.value(&flag)?)?
-                    }
-                    "--idle-timeout" => {
-                        serve.limits.idle_timeout = seconds(&flag, &flags.value(&flag)?)?
-                    }
-                    "--rate-limit" => {
-                        serve.limits.rate_per_sec = number(&flag, &flags.value(&flag)?)?
-                    }
-                    "--rate-burst" => {
-                        serve.limits.rate_burst = number(&flag, &flags.value(&flag)?)?
-                    }
-                    "--ws-ping-interval" => {
-                        serve.limits.ping_interval = seconds(&flag, &flags.value(&flag)?)?;
-                        if serve.limits.ping_interval.is_zero() {
-                            return Err("--ws-ping-interval must be above 0".into());
-                        }
-                    }
-                    other => return Err(format!("serve: unknown flag {other}")),
-                }
-            }
-            if let Some(extra) = flags.positionals.first() {
-                return Err(format!("serve: unexpected argument {extra:?}"));
-            }
-            Ok(Command::Serve(serve))
+impl LimitArgs {
+    /// The limits these flags set.
+    pub fn tunables(&self) -> Tunables {
+        Tunables {
+            max_connections: self.max_connections,
+            max_per_instance: self.max_per_instance,
+            max_unknown: self.max_unknown,
+            header_timeout: self.header_timeout.0,
+            body_timeout: self.body_timeout.0,
+            idle_timeout: self.idle_timeout.0,
+            rate_per_sec: self.rate_limit,
+            rate_burst: self.rate_burst,
+            ping_interval: self.ws_ping_interval.0,
         }
-        "query" => {
-            let mut socket = None;
-            while let Some(flag) = flags.next_flag()? {
-                match flag.as_str() {
-                    "--socket" => socket = Some(flags.value(&flag)?.into()),
-                    other => return Err(format!("query: unknown flag {other}")),
-                }
-            }
-            let [path] = flags.positionals.as_slice() else {
-                return Err("query: give exactly one PATH, like /1.0/config".into());
-            };
-            Ok(Command::Query {
-                socket,
-                path: path.clone(),
-            })
-        }
-        "stats" | "top" => {
-            let mut admin = None;
-            while let Some(flag) = flags.next_flag()? {
-                match flag.as_str() {
-                    "--admin" => admin = Some(flags.value(&flag)?.into()),
-                    other => return Err(format!("stats: unknown flag {other}")),
-                }
-            }
-            Ok(Command::Stats { admin })
-        }
-        "doctor" => {
-            let (mut pid, mut path, mut socket, mut admin) =
-                (None, "/dev/lxd/sock".to_string(), None, None);
-            while let Some(flag) = flags.next_flag()? {
-                match flag.as_str() {
-                    "--pid" => pid = Some(number(&flag, &flags.value(&flag)?)?),
-                    "--path" => path = flags.value(&flag)?,
-                    "--socket" => socket = Some(flags.value(&flag)?.into()),
-                    "--admin" => admin = Some(flags.value(&flag)?.into()),
-                    other => return Err(format!("doctor: unknown flag {other}")),
-                }
-            }
-            Ok(Command::Doctor {
-                names: flags.positionals.clone(),
-                pid,
-                path,
-                socket,
-                admin,
-            })
-        }
-        "instance" | "config" | "device" | "state" => {
-            let mut admin = None;
-            let mut json = false;
-            while let Some(flag) = flags.next_flag()? {
-                match flag.as_str() {
-                    "--admin" => admin = Some(flags.value(&flag)?.into()),
-                    "--json" => json = true,
-                    other => return Err(format!("{command}: unknown flag {other}")),
-                }
-            }
-            let call = admin_call(command, &flags.positionals)?;
-            Ok(Command::Admin { admin, json, call })
-        }
-        "help" | "--help" | "-h" => Ok(Command::Help),
-        other => Err(format!("unknown command {other:?}; see guestsock help")),
     }
 }
 
-/// A whole number for `flag`.
-fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{flag}: {value:?} is not a whole number"))
+/// A number of seconds as the timeout flags take it, possibly fractional
+/// (`0.5`), and as `--help` shows a default (`5`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Seconds(pub Duration);
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.as_secs_f64())
+    }
 }
 
-/// Seconds, possibly fractional (`0.5`), for `flag`.
-fn seconds(flag: &str, value: &str) -> Result<std::time::Duration, String> {
-    value
-        .parse::<f64>()
+/// Parses seconds from 0 to a day.
+fn seconds(text: &str) -> Result<Seconds, String> {
+    text.parse::<f64>()
         .ok()
         .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
-        .map(std::time::Duration::from_secs_f64)
-        .ok_or_else(|| format!("{flag}: {value:?} is not a number of seconds (0 to 86400)"))
+        .map(|s| Seconds(Duration::from_secs_f64(s)))
+        .ok_or_else(|| "not a number of seconds (0 to 86400)".into())
 }
 
-/// The admin call a client command line names.
-fn admin_call(command: &str, args: &[String]) -> Result<AdminCall, String> {
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
-    let own = |s: &str| s.to_owned();
-    Ok(match (command, words.as_slice()) {
-        ("instance", ["list"]) => AdminCall::InstanceList,
-        ("instance", ["show", name]) => AdminCall::InstanceShow(own(name)),
-        ("instance", ["add", source]) => AdminCall::InstanceAdd(own(source)),
-        ("instance", ["remove", name]) => AdminCall::InstanceRemove(own(name)),
-        ("config", ["get", name, key]) => AdminCall::ConfigGet(own(name), own(key)),
-        ("config", ["set", name, key, "-"]) => {
-            AdminCall::ConfigSet(own(name), own(key), ValueSource::Stdin)
-        }
-        ("config", ["set", name, key, value]) => {
-            AdminCall::ConfigSet(own(name), own(key), ValueSource::Given(own(value)))
-        }
-        ("config", ["unset", name, key]) => AdminCall::ConfigUnset(own(name), own(key)),
-        ("config", ["show", name]) => AdminCall::ConfigShow(own(name)),
-        ("device", ["add", name, dev, fields @ ..]) if !fields.is_empty() => {
-            let mut map = BTreeMap::new();
-            for field in fields {
-                let Some((key, value)) = field.split_once('=') else {
-                    return Err(format!("device add: {field:?} is not KEY=VALUE"));
-                };
-                map.insert(own(key), own(value));
-            }
-            AdminCall::DeviceAdd(own(name), own(dev), map)
-        }
-        ("device", ["remove", name, dev]) => AdminCall::DeviceRemove(own(name), own(dev)),
-        ("device", ["list", name]) => AdminCall::DeviceList(own(name)),
-        ("state", [name, state]) => AdminCall::State(own(name), own(state)),
-        _ => {
-            return Err(format!(
-                "{command}: wrong arguments {words:?}; see guestsock help"
-            ));
-        }
+/// Parses seconds above 0 (an interval that must tick).
+fn positive_seconds(text: &str) -> Result<Seconds, String> {
+    let parsed = seconds(text)?;
+    if parsed.0.is_zero() {
+        return Err("must be above 0".into());
+    }
+    Ok(parsed)
+}
+
+/// Parses a `--log-level`.
+fn log_level(text: &str) -> Result<crate::log::Level, String> {
+    crate::log::Level::parse(text).ok_or_else(|| "not error, warn, info, debug or trace".into())
+}
+
+/// The admin socket flag, for every command that talks to it.
+#[derive(Debug, PartialEq, Args)]
+pub struct AdminArg {
+    /// `--admin`, else `$GUESTSOCK_ADMIN`, else the default.
+    #[arg(
+        long = "admin",
+        value_name = "PATH",
+        env = ADMIN_ENV,
+        default_value = DEFAULT_ADMIN_SOCKET,
+        global = true,
+        help = "The admin socket: the server's --admin-socket"
+    )]
+    pub admin: PathBuf,
+}
+
+/// The flags of the client commands (`instance`, `config`, `device`,
+/// `state`), accepted anywhere after the command.
+#[derive(Debug, PartialEq, Args)]
+pub struct ClientArgs {
+    /// The admin socket.
+    #[command(flatten)]
+    pub admin: AdminArg,
+    /// `--json`.
+    #[arg(
+        long,
+        global = true,
+        help = "Print the server's answer as JSON (its metadata) instead of a table or a confirmation"
+    )]
+    pub json: bool,
+}
+
+/// `--quiet`, on every command that changes something.
+#[derive(Debug, PartialEq, Args)]
+pub struct Quiet {
+    /// `--quiet`.
+    #[arg(
+        long,
+        short,
+        conflicts_with = "json",
+        help = "Print nothing on success; the exit status says it"
+    )]
+    pub quiet: bool,
+}
+
+/// `guestsock instance ...`.
+#[derive(Debug, PartialEq, Subcommand)]
+pub enum InstanceCall {
+    /// Every instance, as a table
+    List,
+    /// One instance as JSON, with its guest state
+    Show {
+        /// The instance.
+        name: String,
+    },
+    /// Register an instance from a JSON file (PROTOCOL.md section 4), `-` for standard input
+    Add {
+        /// The file.
+        #[arg(value_name = "FILE|-")]
+        source: String,
+        /// `--quiet`.
+        #[command(flatten)]
+        quiet: Quiet,
+    },
+    /// Unregister an instance; its open guest connections are closed
+    Remove {
+        /// The instance.
+        name: String,
+        /// `--quiet`.
+        #[command(flatten)]
+        quiet: Quiet,
+    },
+}
+
+/// `guestsock config ...`.
+#[derive(Debug, PartialEq, Subcommand)]
+pub enum ConfigCall {
+    /// Print one key's value
+    Get {
+        /// The instance.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// Set one key; VALUE `-` reads it from standard input, exactly as given
+    Set {
+        /// The instance.
+        name: String,
+        /// The key.
+        key: String,
+        /// The value; `--` before it if it is one of the flags (`-- --json`).
+        #[arg(value_name = "VALUE|-", allow_hyphen_values = true)]
+        value: String,
+        /// `--quiet`.
+        #[command(flatten)]
+        quiet: Quiet,
+    },
+    /// Unset one key
+    Unset {
+        /// The instance.
+        name: String,
+        /// The key.
+        key: String,
+        /// `--quiet`.
+        #[command(flatten)]
+        quiet: Quiet,
+    },
+    /// Every key of an instance, as a table
+    Show {
+        /// The instance.
+        name: String,
+    },
+}
+
+/// `guestsock device ...`.
+#[derive(Debug, PartialEq, Subcommand)]
+pub enum DeviceCall {
+    /// Add a device; refused (409) if the instance has one of that name
+    Add(DeviceFields),
+    /// Set a device: add it, or replace all its fields
+    Set(DeviceFields),
+    /// Remove a device
+    Remove {
+        /// The instance.
+        name: String,
+        /// The device.
+        #[arg(value_name = "DEVICE")]
+        device: String,
+        /// `--quiet`.
+        #[command(flatten)]
+        quiet: Quiet,
+    },
+    /// An instance's devices, as a table
+    List {
+        /// The instance.
+        name: String,
+    },
+}
+
+/// What `device add` and `device set` take.
+#[derive(Debug, PartialEq, Args)]
+pub struct DeviceFields {
+    /// The instance.
+    pub name: String,
+    /// The device.
+    #[arg(value_name = "DEVICE")]
+    pub device: String,
+    /// Its fields.
+    #[arg(
+        value_name = "KEY=VALUE",
+        required = true,
+        value_parser = key_value,
+        help = "The device's fields, like type=nic name=eth0"
+    )]
+    pub fields: Vec<(String, String)>,
+    /// `--quiet`.
+    #[command(flatten)]
+    pub quiet: Quiet,
+}
+
+/// Parses one `KEY=VALUE` (the value may hold `=`).
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| "not KEY=VALUE".into())
+}
+
+/// Where a socket's path came from, so that an error can name what to
+/// change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathOrigin {
+    /// Its flag.
+    Flag,
+    /// Its environment variable.
+    Env,
+    /// Neither: the default.
+    Default,
+}
+
+/// A parsed command line.
+#[derive(Debug, PartialEq)]
+pub struct Invocation {
+    /// The command; `None` prints the help.
+    pub command: Option<Command>,
+    /// Where `--admin`'s path came from.
+    pub admin_origin: PathOrigin,
+    /// Where `query --socket`'s path came from.
+    pub socket_origin: PathOrigin,
+}
+
+/// Parses a whole command line, program name first. The error is clap's,
+/// to print as it is: a usage error, or the text `--help` and `--version`
+/// ask for.
+pub fn parse<I, T>(args: I) -> Result<Invocation, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut command = Cli::command();
+    let matches = command.try_get_matches_from_mut(args)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut command))?;
+    Ok(Invocation {
+        command: cli.command,
+        admin_origin: origin(&matches, "admin"),
+        socket_origin: origin(&matches, "socket"),
     })
 }
 
-/// A cursor over `--flag value`, `--flag=value` and positional arguments;
-/// everything after `--` is positional (for values that start with `--`).
-struct Flags<'a> {
-    args: std::slice::Iter<'a, String>,
-    inline_value: Option<String>,
-    positionals: Vec<String>,
-    rest_positional: bool,
-}
-
-impl<'a> Flags<'a> {
-    fn new(args: &'a [String]) -> Flags<'a> {
-        Flags {
-            args: args.iter(),
-            inline_value: None,
-            positionals: Vec::new(),
-            rest_positional: false,
-        }
+/// Where the value of argument `id` of the innermost command came from.
+fn origin(matches: &ArgMatches, id: &str) -> PathOrigin {
+    let mut innermost = matches;
+    while let Some((_, sub)) = innermost.subcommand() {
+        innermost = sub;
     }
-
-    /// The next flag, collecting positional arguments on the way.
-    fn next_flag(&mut self) -> Result<Option<String>, String> {
-        if let Some(value) = self.inline_value.take() {
-            return Err(format!("unexpected value {value:?}"));
-        }
-        for arg in self.args.by_ref() {
-            if !self.rest_positional && arg == "--" {
-                self.rest_positional = true;
-            } else if !self.rest_positional && arg.starts_with("--") {
-                return Ok(Some(match arg.split_once('=') {
-                    Some((flag, value)) => {
-                        self.inline_value = Some(value.to_owned());
-                        flag.to_owned()
-                    }
-                    None => arg.clone(),
-                }));
-            } else {
-                self.positionals.push(arg.clone());
-            }
-        }
-        Ok(None)
+    // `value_source` may only be asked of an argument the command has.
+    if !innermost.ids().any(|known| known == id) {
+        return PathOrigin::Default;
     }
-
-    /// The value of the flag just returned.
-    fn value(&mut self, flag: &str) -> Result<String, String> {
-        self.inline_value
-            .take()
-            .or_else(|| self.args.next().cloned())
-            .ok_or_else(|| format!("{flag} needs a value"))
+    match innermost.value_source(id) {
+        Some(ValueSource::CommandLine) => PathOrigin::Flag,
+        Some(ValueSource::EnvVariable) => PathOrigin::Env,
+        _ => PathOrigin::Default,
     }
 }
 
 /// Runs a command; the error is printed by `main`, which exits non-zero.
-pub fn run(command: Command) -> Result<(), String> {
+pub fn run(invocation: Invocation) -> Result<(), String> {
+    let Some(command) = invocation.command else {
+        return Cli::command()
+            .print_help()
+            .map_err(|e| format!("cannot print the help: {e}"));
+    };
+    let admin_socket = |arg: AdminArg| AdminSocket {
+        path: arg.admin,
+        origin: invocation.admin_origin,
+    };
     match command {
-        Command::Help => {
-            print!("{USAGE}");
-            Ok(())
-        }
         Command::Serve(args) => serve(args),
-        Command::Query { socket, path } => query(&guest_socket_for_client(socket), &path),
-        Command::Stats { admin } => stats(admin),
+        Command::Query { socket, path } => {
+            let origin = invocation.socket_origin;
+            query(&guest_socket_for_client(socket), origin, &path)
+        }
+        Command::Stats { admin } => stats(&admin_socket(admin)),
         Command::Doctor {
             names,
             pid,
             path,
             socket,
             admin,
-        } => doctor(names, pid, &path, socket, admin),
-        Command::Admin { admin, json, call } => {
-            let socket = admin
-                .or_else(|| std::env::var_os("GUESTSOCK_ADMIN").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
-            run_admin(&socket, json, call)
+        } => doctor(names, pid, &path, socket, &admin_socket(admin)),
+        Command::Instance { call, client } => {
+            instance(&admin_socket(client.admin), client.json, call)
         }
+        Command::Config { call, client } => config(&admin_socket(client.admin), client.json, call),
+        Command::Device { call, client } => device(&admin_socket(client.admin), client.json, call),
+        Command::State {
+            name,
+            state,
+            client,
+            quiet,
+        } => set_state(
+            &admin_socket(client.admin),
+            &name,
+            &state,
+            Report::new(client.json, quiet),
+        ),
+        Command::Completions { shell } => {
+            // Into memory first: clap_complete panics on a failed write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "guestsock", &mut script);
+            write_stdout(&script, "the completion script")
+        }
+        Command::Man { command } => man(&command),
     }
+}
+
+/// `guestsock man [COMMAND...]`: the manual page of the whole command line,
+/// or of one command, in roff on standard output.
+fn man(path: &[String]) -> Result<(), String> {
+    let mut root = Cli::command();
+    // Building names each command's page (`guestsock-config-set`).
+    root.build();
+    let mut page = &root;
+    for name in path {
+        page = page
+            .find_subcommand(name)
+            .ok_or_else(|| format!("man: no command {:?}; see guestsock --help", path.join(" ")))?;
+    }
+    let mut roff = Vec::new();
+    clap_mangen::Man::new(page.clone())
+        .section(MAN_SECTION)
+        .source(format!("guestsock {}", env!("CARGO_PKG_VERSION")))
+        .render(&mut roff)
+        .map_err(|e| format!("cannot render the manual page: {e}"))?;
+    write_stdout(&roff, "the manual page")
+}
+
+/// Writes `bytes` to standard output, saying what failed to be written.
+fn write_stdout(bytes: &[u8], what: &str) -> Result<(), String> {
+    let mut out = io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write {what}: {e}"))
+}
+
+/// Whether `serve`'s error is a permission the caller lacks and root has.
+fn needs_root(message: &str) -> bool {
+    // The server's errors are text; both io::Error's and nix's wording of
+    // EACCES carry this phrase.
+    message.contains("Permission denied") && !nix::unistd::geteuid().is_root()
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
@@ -438,7 +688,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             });
         }
     }
-    let demo_dir = Path::new(crate::demo::DIR);
+    let demo_dir = Path::new(DEMO_DIR);
     let pick = |flag: Option<PathBuf>, demo: &str, default: &str| match (flag, args.demo) {
         (Some(path), _) => path,
         (None, true) => demo_dir.join(demo),
@@ -473,8 +723,19 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         state_dir,
         host_name,
         seeds,
-        limits: args.limits,
+        limits: args.limits.tunables(),
         pid_file,
+    })
+    .map_err(|e| {
+        if needs_root(&e) {
+            format!(
+                "{e}; `guestsock serve` needs root for its default paths: run it as root, or \
+                 pass --state-dir, --socket and --admin-socket paths you can write (or try \
+                 `guestsock serve --demo`)"
+            )
+        } else {
+            e
+        }
     })
 }
 
@@ -508,20 +769,19 @@ fn load_instances(path: &Path) -> Result<Vec<InstanceSpec>, String> {
 /// `$GUESTSOCK_SOCKET`, else `/dev/lxd/sock` inside a container, else the
 /// host's default.
 fn guest_socket_for_client(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("GUESTSOCK_SOCKET").map(PathBuf::from))
-        .unwrap_or_else(|| {
-            let in_container = Path::new("/dev/lxd/sock");
-            if in_container.exists() {
-                in_container.to_path_buf()
-            } else {
-                PathBuf::from(DEFAULT_SOCKET)
-            }
-        })
+    flag.unwrap_or_else(|| {
+        let in_container = Path::new(CONTAINER_SOCKET);
+        if in_container.exists() {
+            in_container.to_path_buf()
+        } else {
+            PathBuf::from(DEFAULT_SOCKET)
+        }
+    })
 }
 
 /// `guestsock query PATH`: a guest-side `GET`; the body goes to standard
 /// output, an error status to standard error with a non-zero exit.
-fn query(socket: &Path, path: &str) -> Result<(), String> {
+fn query(socket: &Path, origin: PathOrigin, path: &str) -> Result<(), String> {
     if !path.starts_with('/')
         || path
             .bytes()
@@ -529,7 +789,7 @@ fn query(socket: &Path, path: &str) -> Result<(), String> {
     {
         return Err(format!("query: {path:?} is not a path like /1.0/config"));
     }
-    let reply = client::call(socket, "GET", path, b"")?;
+    let reply = client::call(socket, "GET", path, b"").map_err(|e| guest_remedy(e, origin))?;
     if (200..300).contains(&reply.status) {
         std::io::stdout()
             .write_all(&reply.body)
@@ -545,11 +805,8 @@ fn query(socket: &Path, path: &str) -> Result<(), String> {
 
 /// `guestsock stats`: the metrics of `GET /1.0/metrics`, summed up for a
 /// person as one aligned table.
-fn stats(admin: Option<PathBuf>) -> Result<(), String> {
-    let admin = admin
-        .or_else(|| std::env::var_os("GUESTSOCK_ADMIN").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
-    let reply = client::call(&admin, "GET", "/1.0/metrics", b"")?;
+fn stats(admin: &AdminSocket) -> Result<(), String> {
+    let reply = admin.raw("GET", "/1.0/metrics")?;
     if reply.status != 200 {
         return Err(format!(
             "{}: {}",
@@ -637,11 +894,8 @@ fn doctor(
     pid: Option<i32>,
     path: &str,
     socket: Option<PathBuf>,
-    admin: Option<PathBuf>,
+    admin: &AdminSocket,
 ) -> Result<(), String> {
-    let admin = admin
-        .or_else(|| std::env::var_os("GUESTSOCK_ADMIN").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
     let mut targets: Vec<(String, i32)> = Vec::new();
     let server_socket = match (pid, socket) {
         (Some(pid), Some(socket)) => {
@@ -649,8 +903,8 @@ fn doctor(
             socket
         }
         (pid, socket) => {
-            let facts = client::admin(&admin, "GET", "/1.0", b"")?;
-            let instances = client::admin(&admin, "GET", "/1.0/instances?recursion=1", b"")?;
+            let facts = admin.call("GET", "/1.0", b"")?;
+            let instances = admin.call("GET", "/1.0/instances?recursion=1", b"")?;
             if let Some(pid) = pid {
                 targets.push((format!("pid {pid}"), pid));
             }
@@ -731,12 +985,149 @@ fn instance_path(name: &str) -> String {
     format!("/1.0/instances/{}", encode_segment(name))
 }
 
-/// Runs one client command against the admin socket.
-fn run_admin(socket: &Path, json: bool, call: AdminCall) -> Result<(), String> {
-    let admin = |method: &str, path: &str, body: &[u8]| client::admin(socket, method, path, body);
+/// The admin socket a client command talks to, and where its path came
+/// from (for the remedy when nothing answers there).
+struct AdminSocket {
+    /// Its path.
+    path: PathBuf,
+    /// `--admin`, `$GUESTSOCK_ADMIN` or the default.
+    origin: PathOrigin,
+}
+
+impl AdminSocket {
+    /// One admin call: the envelope's `metadata`, or the error worded with
+    /// what to do about it.
+    fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<Value, String> {
+        self.request(method, path, body)
+            .map_err(|e| self.explain(e))
+    }
+
+    /// One admin call, its error left typed for the caller to look at.
+    fn request(&self, method: &str, path: &str, body: &[u8]) -> Result<Value, ClientError> {
+        client::admin(&self.path, method, path, body)
+    }
+
+    /// A `GET` whose answer is not in the envelope (`/1.0/metrics`, a raw
+    /// config value): the body on success, else the status and the body.
+    fn raw(&self, method: &str, path: &str) -> Result<client::Reply, String> {
+        client::call(&self.path, method, path, b"").map_err(|e| self.explain(e))
+    }
+
+    /// The error, with the next step when nothing could be connected to.
+    fn explain(&self, error: ClientError) -> String {
+        let ClientError::Connect { socket, source } = &error else {
+            return error.to_string();
+        };
+        let from = match self.origin {
+            PathOrigin::Flag => "given by --admin".to_owned(),
+            PathOrigin::Env => format!("taken from {ADMIN_ENV}"),
+            PathOrigin::Default => {
+                format!("the default; --admin PATH or {ADMIN_ENV} names another")
+            }
+        };
+        let point = format!(
+            "point --admin PATH or {ADMIN_ENV} at the socket it serves (its --admin-socket)"
+        );
+        let next = match source.kind() {
+            io::ErrorKind::NotFound => {
+                format!("No socket is there: is `guestsock serve` running? Start it, or {point}")
+            }
+            io::ErrorKind::ConnectionRefused => format!(
+                "A socket is there but no server answers on it: `guestsock serve` is not running. Start it, or {point}"
+            ),
+            io::ErrorKind::PermissionDenied => format!(
+                "The admin socket admits root and the uids of `guestsock serve --admin-uid` only: run this as root, or start the server with --admin-uid {}",
+                nix::unistd::getuid()
+            ),
+            _ => format!("Is `guestsock serve` running? Start it, or {point}"),
+        };
+        let demo = Path::new(DEMO_DIR).join("admin.sock");
+        let demo_hint = if self.origin == PathOrigin::Default && demo.exists() {
+            format!(" (the demo's is --admin {})", demo.display())
+        } else {
+            String::new()
+        };
+        format!(
+            "cannot connect to the admin socket {} ({from}): {source}. {next}{demo_hint}",
+            socket.display()
+        )
+    }
+}
+
+/// The error of a guest-side call, with the next step when nothing could be
+/// connected to.
+fn guest_remedy(error: ClientError, origin: PathOrigin) -> String {
+    let ClientError::Connect { socket, source } = &error else {
+        return error.to_string();
+    };
+    let from = match origin {
+        PathOrigin::Flag => "given by --socket".to_owned(),
+        PathOrigin::Env => format!("taken from {SOCKET_ENV}"),
+        PathOrigin::Default => {
+            format!("the default; --socket PATH or {SOCKET_ENV} names another")
+        }
+    };
+    format!(
+        "cannot connect to the guest socket {} ({from}): {source}. Is `guestsock serve` \
+         running? Inside a container, mount the directory of its --socket at /dev/lxd; on the \
+         host, point --socket PATH or {SOCKET_ENV} at its --socket",
+        socket.display()
+    )
+}
+
+/// How a command that changes something reports success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Report {
+    /// One line saying what changed.
+    Line,
+    /// Nothing (`--quiet`).
+    Quiet,
+    /// The server's answer (`--json`).
+    Json,
+}
+
+impl Report {
+    fn new(json: bool, quiet: Quiet) -> Report {
+        match (json, quiet.quiet) {
+            (true, _) => Report::Json,
+            (false, true) => Report::Quiet,
+            (false, false) => Report::Line,
+        }
+    }
+
+    /// Reports a change the server answered with `metadata`; the line, in
+    /// the one form every change command uses, is `<command> <what> <done>`.
+    fn changed(self, metadata: &Value, line: impl FnOnce() -> String) -> Result<(), String> {
+        match self {
+            Report::Line => println!("{}", line()),
+            Report::Quiet => {}
+            Report::Json => println!("{metadata}"),
+        }
+        Ok(())
+    }
+}
+
+/// The body of a file or of standard input (`-`), within the admin body
+/// limit.
+fn read_source(source: &str, what: &str) -> Result<Vec<u8>, String> {
+    if source == "-" {
+        return read_stdin(what);
+    }
+    let mut bytes = Vec::new();
+    fs::File::open(source)
+        .and_then(|f| {
+            f.take(MAX_ADMIN_BODY_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(|e| format!("{source}: {e}"))?;
+    Ok(bytes)
+}
+
+/// `guestsock instance ...`.
+fn instance(admin: &AdminSocket, json: bool, call: InstanceCall) -> Result<(), String> {
     match call {
-        AdminCall::InstanceList => {
-            let list = admin("GET", "/1.0/instances?recursion=1", b"")?;
+        InstanceCall::List => {
+            let list = admin.call("GET", "/1.0/instances?recursion=1", b"")?;
             if json {
                 return print_json(&list);
             }
@@ -767,8 +1158,8 @@ fn run_admin(socket: &Path, json: bool, call: AdminCall) -> Result<(), String> {
             );
             Ok(())
         }
-        AdminCall::InstanceShow(name) => {
-            let instance = admin("GET", &instance_path(&name), b"")?;
+        InstanceCall::Show { name } => {
+            let instance = admin.call("GET", &instance_path(&name), b"")?;
             if json {
                 return print_json(&instance);
             }
@@ -778,42 +1169,34 @@ fn run_admin(socket: &Path, json: bool, call: AdminCall) -> Result<(), String> {
             );
             Ok(())
         }
-        AdminCall::InstanceAdd(source) => {
-            let body = if source == "-" {
-                read_stdin("the instance")?
-            } else {
-                let mut bytes = Vec::new();
-                fs::File::open(&source)
-                    .and_then(|f| {
-                        f.take(MAX_ADMIN_BODY_BYTES as u64 + 1)
-                            .read_to_end(&mut bytes)
-                    })
-                    .map_err(|e| format!("{source}: {e}"))?;
-                bytes
-            };
-            let instance = admin("POST", "/1.0/instances", &body)?;
-            if json {
-                return print_json(&instance);
-            }
-            println!(
-                "instance {} registered",
-                instance["name"].as_str().unwrap_or_default()
-            );
-            Ok(())
+        InstanceCall::Add { source, quiet } => {
+            let body = read_source(&source, "the instance")?;
+            let instance = admin.call("POST", "/1.0/instances", &body)?;
+            Report::new(json, quiet).changed(&instance, || {
+                format!(
+                    "instance {} registered",
+                    instance["name"].as_str().unwrap_or_default()
+                )
+            })
         }
-        AdminCall::InstanceRemove(name) => {
-            let result = admin("DELETE", &instance_path(&name), b"")?;
-            if json {
-                return print_json(&result);
-            }
-            Ok(())
+        InstanceCall::Remove { name, quiet } => {
+            let result = admin.call("DELETE", &instance_path(&name), b"")?;
+            Report::new(json, quiet).changed(&result, || format!("instance {name} removed"))
         }
-        AdminCall::ConfigGet(name, key) => {
-            let path = format!("{}/config/{}", instance_path(&name), encode_segment(&key));
-            let reply = client::call(socket, "GET", &path, b"")?;
+    }
+}
+
+/// `guestsock config ...`.
+fn config(admin: &AdminSocket, json: bool, call: ConfigCall) -> Result<(), String> {
+    let key_path =
+        |name: &str, key: &str| format!("{}/config/{}", instance_path(name), encode_segment(key));
+    match call {
+        ConfigCall::Get { name, key } => {
+            let path = key_path(&name, &key);
+            let reply = admin.raw("GET", &path)?;
             if !(200..300).contains(&reply.status) {
-                // Errors come in the envelope; let `admin` word them.
-                return admin("GET", &path, b"").map(|_| ());
+                // Errors come in the envelope; let `call` word them.
+                return admin.call("GET", &path, b"").map(|_| ());
             }
             let value = String::from_utf8_lossy(&reply.body);
             if json {
@@ -822,28 +1205,26 @@ fn run_admin(socket: &Path, json: bool, call: AdminCall) -> Result<(), String> {
             println!("{value}");
             Ok(())
         }
-        AdminCall::ConfigSet(name, key, source) => {
-            let value = match source {
-                ValueSource::Given(value) => value.into_bytes(),
-                ValueSource::Stdin => read_stdin("the value")?,
+        ConfigCall::Set {
+            name,
+            key,
+            value,
+            quiet,
+        } => {
+            let value = if value == "-" {
+                read_stdin("the value")?
+            } else {
+                value.into_bytes()
             };
-            let path = format!("{}/config/{}", instance_path(&name), encode_segment(&key));
-            let instance = admin("PUT", &path, &value)?;
-            if json {
-                return print_json(&instance);
-            }
-            Ok(())
+            let instance = admin.call("PUT", &key_path(&name, &key), &value)?;
+            Report::new(json, quiet).changed(&instance, || format!("config {name} {key} set"))
         }
-        AdminCall::ConfigUnset(name, key) => {
-            let path = format!("{}/config/{}", instance_path(&name), encode_segment(&key));
-            let instance = admin("DELETE", &path, b"")?;
-            if json {
-                return print_json(&instance);
-            }
-            Ok(())
+        ConfigCall::Unset { name, key, quiet } => {
+            let instance = admin.call("DELETE", &key_path(&name, &key), b"")?;
+            Report::new(json, quiet).changed(&instance, || format!("config {name} {key} unset"))
         }
-        AdminCall::ConfigShow(name) => {
-            let config = admin("GET", &format!("{}/config", instance_path(&name)), b"")?;
+        ConfigCall::Show { name } => {
+            let config = admin.call("GET", &format!("{}/config", instance_path(&name)), b"")?;
             if json {
                 return print_json(&config);
             }
@@ -856,25 +1237,56 @@ fn run_admin(socket: &Path, json: bool, call: AdminCall) -> Result<(), String> {
             print!("{}", table(&["KEY", "VALUE"], &rows));
             Ok(())
         }
-        AdminCall::DeviceAdd(name, dev, fields) => {
+    }
+}
+
+/// `guestsock device ...`.
+fn device(admin: &AdminSocket, json: bool, call: DeviceCall) -> Result<(), String> {
+    let device_path =
+        |name: &str, dev: &str| format!("{}/devices/{}", instance_path(name), encode_segment(dev));
+    match call {
+        DeviceCall::Add(DeviceFields {
+            name,
+            device,
+            fields,
+            quiet,
+        }) => {
+            let fields: BTreeMap<String, String> = fields.into_iter().collect();
+            let body = serde_json::json!({ "name": device, "fields": fields }).to_string();
+            let path = format!("{}/devices", instance_path(&name));
+            let instance = match admin.request("POST", &path, body.as_bytes()) {
+                Ok(instance) => instance,
+                Err(e @ ClientError::Refused { status: 409, .. }) => {
+                    return Err(format!(
+                        "{e}; `guestsock device set {name} {device} KEY=VALUE...` replaces it"
+                    ));
+                }
+                Err(e) => return Err(admin.explain(e)),
+            };
+            Report::new(json, quiet).changed(&instance, || format!("device {name} {device} added"))
+        }
+        DeviceCall::Set(DeviceFields {
+            name,
+            device,
+            fields,
+            quiet,
+        }) => {
+            let fields: BTreeMap<String, String> = fields.into_iter().collect();
             let body = serde_json::to_vec(&fields).unwrap_or_default();
-            let path = format!("{}/devices/{}", instance_path(&name), encode_segment(&dev));
-            let instance = admin("PUT", &path, &body)?;
-            if json {
-                return print_json(&instance);
-            }
-            Ok(())
+            let instance = admin.call("PUT", &device_path(&name, &device), &body)?;
+            Report::new(json, quiet).changed(&instance, || format!("device {name} {device} set"))
         }
-        AdminCall::DeviceRemove(name, dev) => {
-            let path = format!("{}/devices/{}", instance_path(&name), encode_segment(&dev));
-            let instance = admin("DELETE", &path, b"")?;
-            if json {
-                return print_json(&instance);
-            }
-            Ok(())
+        DeviceCall::Remove {
+            name,
+            device,
+            quiet,
+        } => {
+            let instance = admin.call("DELETE", &device_path(&name, &device), b"")?;
+            Report::new(json, quiet)
+                .changed(&instance, || format!("device {name} {device} removed"))
         }
-        AdminCall::DeviceList(name) => {
-            let instance = admin("GET", &instance_path(&name), b"")?;
+        DeviceCall::List { name } => {
+            let instance = admin.call("GET", &instance_path(&name), b"")?;
             let devices = &instance["devices"];
             if json {
                 return print_json(devices);
@@ -901,109 +1313,209 @@ fn run_admin(socket: &Path, json: bool, call: AdminCall) -> Result<(), String> {
             print!("{}", table(&["DEVICE", "TYPE", "FIELDS"], &rows));
             Ok(())
         }
-        AdminCall::State(name, state) => {
-            let body =
-                serde_json::to_vec(&serde_json::json!({ "state": state })).unwrap_or_default();
-            let instance = admin("PUT", &format!("{}/state", instance_path(&name)), &body)?;
-            if json {
-                return print_json(&instance);
-            }
-            Ok(())
-        }
     }
+}
+
+/// `guestsock state NAME STATE`.
+fn set_state(admin: &AdminSocket, name: &str, state: &str, report: Report) -> Result<(), String> {
+    let body = serde_json::json!({ "state": state }).to_string();
+    let instance = admin.call(
+        "PUT",
+        &format!("{}/state", instance_path(name)),
+        body.as_bytes(),
+    )?;
+    report.changed(&instance, || format!("state {name} set to {state}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args(line: &str) -> Vec<String> {
-        line.split_whitespace().map(String::from).collect()
+    fn parsed(line: &str) -> Result<Invocation, String> {
+        parse(std::iter::once("guestsock").chain(line.split_whitespace()))
+            .map_err(|e| e.to_string())
+    }
+
+    fn command(line: &str) -> Command {
+        parsed(line)
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+            .command
+            .unwrap_or_else(|| panic!("{line}: no command"))
+    }
+
+    fn client(admin: &str, json: bool) -> ClientArgs {
+        ClientArgs {
+            admin: AdminArg {
+                admin: admin.into(),
+            },
+            json,
+        }
+    }
+
+    const LOUD: Quiet = Quiet { quiet: false };
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        // clap's own checks: no two flags alike, every default parses.
+        Cli::command().debug_assert();
     }
 
     #[test]
-    fn parses_commands() {
+    fn serve_flags() {
+        let Command::Serve(serve) = command(
+            "serve --socket /x/sock --instances=/i.json --demo --admin-uid 5 --admin-uid=6 --state-dir /s",
+        ) else {
+            panic!("not serve");
+        };
+        assert_eq!(serve.socket, Some("/x/sock".into()));
+        assert_eq!(serve.instances, Some("/i.json".into()));
+        assert!(serve.demo);
+        assert_eq!(serve.admin_uids, [5, 6]);
+        assert_eq!(serve.state_dir, Some("/s".into()));
+        assert_eq!(serve.admin_socket, None);
+        assert_eq!(serve.log_level, None);
+        // The defaults are the limits module's own.
+        assert_eq!(serve.limits.tunables(), Tunables::default());
+
+        let Command::Serve(serve) = command(
+            "serve --header-timeout 0.5 --max-per-instance 3 --rate-limit 0 --ws-ping-interval 2 --log-level debug",
+        ) else {
+            panic!("not serve");
+        };
+        let limits = serve.limits.tunables();
+        assert_eq!(limits.header_timeout, Duration::from_millis(500));
+        assert_eq!(limits.max_per_instance, 3);
+        assert_eq!(limits.rate_per_sec, 0);
+        assert_eq!(limits.ping_interval, Duration::from_secs(2));
+        assert_eq!(serve.log_level, Some(crate::log::Level::Debug));
+    }
+
+    #[test]
+    fn client_commands() {
+        let table = [
+            (
+                "query /1.0 --socket=/s",
+                Command::Query {
+                    socket: Some("/s".into()),
+                    path: "/1.0".into(),
+                },
+            ),
+            (
+                "config set c1 user.x -- --odd",
+                Command::Config {
+                    call: ConfigCall::Set {
+                        name: "c1".into(),
+                        key: "user.x".into(),
+                        value: "--odd".into(),
+                        quiet: LOUD,
+                    },
+                    client: client(DEFAULT_ADMIN_SOCKET, false),
+                },
+            ),
+            (
+                "config set c1 user.x -5",
+                Command::Config {
+                    call: ConfigCall::Set {
+                        name: "c1".into(),
+                        key: "user.x".into(),
+                        value: "-5".into(),
+                        quiet: LOUD,
+                    },
+                    client: client(DEFAULT_ADMIN_SOCKET, false),
+                },
+            ),
+            (
+                "config set c1 user.x - --json --admin /a",
+                Command::Config {
+                    call: ConfigCall::Set {
+                        name: "c1".into(),
+                        key: "user.x".into(),
+                        value: "-".into(),
+                        quiet: LOUD,
+                    },
+                    client: client("/a", true),
+                },
+            ),
+            (
+                "device add c1 eth0 type=nic name=eth0 -q",
+                Command::Device {
+                    call: DeviceCall::Add(DeviceFields {
+                        name: "c1".into(),
+                        device: "eth0".into(),
+                        fields: vec![
+                            ("type".into(), "nic".into()),
+                            ("name".into(), "eth0".into()),
+                        ],
+                        quiet: Quiet { quiet: true },
+                    }),
+                    client: client(DEFAULT_ADMIN_SOCKET, false),
+                },
+            ),
+            (
+                "stats",
+                Command::Stats {
+                    admin: AdminArg {
+                        admin: DEFAULT_ADMIN_SOCKET.into(),
+                    },
+                },
+            ),
+            (
+                "top --admin /a",
+                Command::Stats {
+                    admin: AdminArg { admin: "/a".into() },
+                },
+            ),
+        ];
+        for (line, expected) in table {
+            assert_eq!(command(line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn where_the_admin_path_came_from() {
         assert_eq!(
-            parse_args(&args(
-                "serve --socket /x/sock --instances=/i.json --demo --admin-uid 5 --admin-uid=6 --state-dir /s"
-            )),
-            Ok(Command::Serve(ServeArgs {
-                socket: Some("/x/sock".into()),
-                instances: Some("/i.json".into()),
-                demo: true,
-                admin_uids: vec![5, 6],
-                state_dir: Some("/s".into()),
-                admin_socket: None,
-                limits: Tunables::default(),
-                log_level: None,
-                pid_file: None,
-            }))
+            parsed("instance list --admin /a").unwrap().admin_origin,
+            PathOrigin::Flag
         );
         assert_eq!(
-            parse_args(&args("query /1.0 --socket=/s")),
-            Ok(Command::Query {
-                socket: Some("/s".into()),
-                path: "/1.0".into()
-            })
+            parsed("config --admin /a show c1").unwrap().admin_origin,
+            PathOrigin::Flag
         );
         assert_eq!(
-            parse_args(&args("config set c1 user.x -- --odd")),
-            Ok(Command::Admin {
-                admin: None,
-                json: false,
-                call: AdminCall::ConfigSet(
-                    "c1".into(),
-                    "user.x".into(),
-                    ValueSource::Given("--odd".into())
-                ),
-            })
+            parsed("query --socket /s /1.0").unwrap().socket_origin,
+            PathOrigin::Flag
         );
-        assert_eq!(
-            parse_args(&args("--json config set c1 user.x -")).ok(),
-            None,
-            "flags belong after the command"
-        );
-        assert_eq!(
-            parse_args(&args("config set c1 user.x - --json --admin /a")),
-            Ok(Command::Admin {
-                admin: Some("/a".into()),
-                json: true,
-                call: AdminCall::ConfigSet("c1".into(), "user.x".into(), ValueSource::Stdin),
-            })
-        );
-        assert_eq!(
-            parse_args(&args("device add c1 eth0 type=nic name=eth0")),
-            Ok(Command::Admin {
-                admin: None,
-                json: false,
-                call: AdminCall::DeviceAdd(
-                    "c1".into(),
-                    "eth0".into(),
-                    BTreeMap::from([
-                        ("type".into(), "nic".into()),
-                        ("name".into(), "eth0".into())
-                    ])
-                ),
-            })
-        );
-        assert_eq!(parse_args(&[]), Ok(Command::Help));
+        assert_eq!(parsed("serve").unwrap().admin_origin, PathOrigin::Default);
+        assert_eq!(parsed("").unwrap().command, None);
+    }
+
+    #[test]
+    fn bad_lines_are_refused() {
         for bad in [
             "serve --bogus",
             "serve --socket",
             "serve extra",
             "serve --admin-uid x",
+            "serve --ws-ping-interval 0",
+            "serve --header-timeout -1",
+            "serve --log-level loud",
             "query",
             "query a b",
             "frobnicate",
             "serve --demo=1",
             "instance",
             "instance show",
+            "instance lsit",
             "config set c1 k",
             "device add c1 eth0",
             "device add c1 eth0 novalue",
+            "device set c1 eth0",
             "state c1",
+            "config set c1 k v --quiet --json",
+            "--json config set c1 user.x -",
+            "completions tcsh",
         ] {
-            assert!(parse_args(&args(bad)).is_err(), "{bad}");
+            assert!(parsed(bad).is_err(), "{bad}");
         }
     }
 }

@@ -5,9 +5,10 @@
 //! Owns nothing of the server; it speaks to it only over the socket, like
 //! any other client would.
 
-use std::io::{Read, Write};
+use std::fmt;
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How long a client command waits for the server before giving up.
@@ -22,10 +23,55 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
+/// Why a call got no answer it could use. The command line words the
+/// remedy: what to do next depends on which socket it was and where its
+/// path came from, which only the caller knows.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Nothing could be connected to at `socket` (the caller's or the
+    /// operator's fault: no server there, or no permission).
+    Connect {
+        /// The socket's path.
+        socket: PathBuf,
+        /// What `connect` said.
+        source: io::Error,
+    },
+    /// The request could not be written (the server went away).
+    Send(io::Error),
+    /// The answer could not be read (the server went away or timed out).
+    Receive(io::Error),
+    /// The answer is not HTTP (something else listens on the socket).
+    NotHttp,
+    /// The server refused the request with this status and message (the
+    /// request's fault, as the server explains).
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Connect { socket, source } => {
+                write!(f, "cannot connect to {}: {source}", socket.display())
+            }
+            ClientError::Send(e) => write!(f, "cannot send the request: {e}"),
+            ClientError::Receive(e) => write!(f, "cannot read the answer: {e}"),
+            ClientError::NotHttp => f.write_str("the server's answer is not HTTP"),
+            ClientError::Refused { status, message } => write!(f, "{status}: {message}"),
+        }
+    }
+}
+
 /// Sends one request to the server at `socket` and reads its answer.
-pub fn call(socket: &Path, method: &str, path: &str, body: &[u8]) -> Result<Reply, String> {
-    let mut stream = UnixStream::connect(socket)
-        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+pub fn call(socket: &Path, method: &str, path: &str, body: &[u8]) -> Result<Reply, ClientError> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        socket: socket.to_path_buf(),
+        source,
+    })?;
     let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
     let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
     let mut request = format!(
@@ -38,17 +84,15 @@ pub fn call(socket: &Path, method: &str, path: &str, body: &[u8]) -> Result<Repl
     }
     request.extend_from_slice(b"\r\n");
     request.extend_from_slice(body);
-    stream
-        .write_all(&request)
-        .map_err(|e| format!("cannot send the request: {e}"))?;
+    stream.write_all(&request).map_err(ClientError::Send)?;
     let mut reply = Vec::new();
     stream
         .read_to_end(&mut reply)
-        .map_err(|e| format!("cannot read the answer: {e}"))?;
+        .map_err(ClientError::Receive)?;
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     let Ok(httparse::Status::Complete(head_len)) = response.parse(&reply) else {
-        return Err("the server's answer is not HTTP".into());
+        return Err(ClientError::NotHttp);
     };
     Ok(Reply {
         status: response.code.unwrap_or(0),
@@ -63,15 +107,13 @@ pub fn admin(
     method: &str,
     path: &str,
     body: &[u8],
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, ClientError> {
     let reply = call(socket, method, path, body)?;
-    let envelope: serde_json::Value = serde_json::from_slice(&reply.body).map_err(|_| {
-        format!(
-            "{}: {}",
-            reply.status,
-            String::from_utf8_lossy(&reply.body).trim_end()
-        )
-    })?;
+    let envelope: serde_json::Value =
+        serde_json::from_slice(&reply.body).map_err(|_| ClientError::Refused {
+            status: reply.status,
+            message: String::from_utf8_lossy(&reply.body).trim_end().to_owned(),
+        })?;
     if (200..300).contains(&reply.status) {
         Ok(envelope
             .get("metadata")
@@ -82,7 +124,10 @@ pub fn admin(
             .get("error")
             .and_then(|e| e.as_str())
             .unwrap_or("error without a message");
-        Err(format!("{}: {message}", reply.status))
+        Err(ClientError::Refused {
+            status: reply.status,
+            message: message.to_owned(),
+        })
     }
 }
 

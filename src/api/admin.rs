@@ -178,6 +178,10 @@ fn route(
             "GET" | "HEAD" => (durable(&|i| Response::json(&i.spec.config)), None),
             _ => (Response::method_not_allowed("GET, HEAD, PATCH"), None),
         },
+        Some("devices") => match req.method {
+            "POST" => add_device(registry, name, req.body),
+            _ => (Response::method_not_allowed("POST"), None),
+        },
         Some("state") => match req.method {
             "PUT" => put_state(registry, name, req.body),
             "GET" | "HEAD" => (durable(&|i| Response::json(&i.state)), None),
@@ -425,6 +429,35 @@ fn put_device(
     }
     change(registry, name, |staged| {
         staged.spec.devices.insert(dev, fields);
+        Ok(())
+    })
+}
+
+/// `POST .../devices` with `{"name": DEV, "fields": {..}}`: adds a device
+/// that does not exist yet. One that does is refused with `409`, as LXD's
+/// `device add` refuses it; `PUT .../devices/{dev}` is the way to replace it.
+fn add_device(registry: &mut Registry, name: &str, body: &[u8]) -> (Response, Option<Change>) {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NewDevice {
+        name: String,
+        fields: BTreeMap<String, String>,
+    }
+    let device: NewDevice = match parse_body(body, "device") {
+        Ok(device) => device,
+        Err(response) => return (response, None),
+    };
+    if let Err(e) = check_device(&device.name, &device.fields) {
+        return (Response::error(400, e), None);
+    }
+    change(registry, name, |staged| {
+        if staged.spec.devices.contains_key(&device.name) {
+            return Err(Response::error(
+                409,
+                format!("device {:?} already exists", device.name),
+            ));
+        }
+        staged.spec.devices.insert(device.name, device.fields);
         Ok(())
     })
 }
