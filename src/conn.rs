@@ -17,21 +17,21 @@ use std::time::{Duration, Instant};
 use mio::net::UnixStream;
 
 use crate::api::Change;
-use crate::api::admin::{self, AdminAnswer, ServerFacts};
+use crate::api::admin::ServerFacts;
 use crate::api::guest::{self, GuestAnswer};
+use crate::dispatch::{KnownCaller, Outcome, dispatch};
 use crate::events::TypeFilter;
-use crate::http::request::{self, Parsed, Request, WebSocketHeaders, percent_decode, query_param};
+use crate::http::request::{self, Parsed, Request, WebSocketHeaders};
 use crate::http::response::{self, Response};
 use crate::identity::{self, CgroupPaths, PeerFacts};
 use crate::limits::{
     MAX_ADMIN_BODY_BYTES, MAX_EVENT_FRAMING_BYTES, MAX_GUEST_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES,
     MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES, Tunables,
 };
-use crate::metrics::{Limit, Metrics};
+use crate::metrics::Metrics;
 use crate::registry::{InstanceId, Registry};
 use crate::ws::close_code;
 use crate::ws::frame::{self, opcode};
-use crate::ws::handshake::{self, HandshakeError};
 use crate::ws::reader::{Action, Reader};
 
 /// Which socket a connection came from, which decides its API.
@@ -117,6 +117,22 @@ pub struct ChangeWait {
     keep_alive: bool,
     /// The request was HTTP/1.0.
     http10: bool,
+}
+
+impl ChangeWait {
+    /// Holds `req` of instance `id` until its answer's tag moves from
+    /// `etag`, or `deadline` passes.
+    pub fn new(req: &Request<'_>, id: InstanceId, etag: String, deadline: Instant) -> ChangeWait {
+        ChangeWait {
+            instance: id,
+            path: req.path.to_owned(),
+            etag,
+            deadline,
+            head_only: req.method == "HEAD",
+            keep_alive: req.keep_alive,
+            http10: req.http10,
+        }
+    }
 }
 
 /// Where a connection is in its life.
@@ -216,6 +232,10 @@ pub struct Conn {
     pub timer: Option<Instant>,
     /// At least one request was answered on this connection.
     served: bool,
+    /// The instance its caller was found to be, and at which registry
+    /// generation (`dispatch`): while the registry is unchanged, a request
+    /// costs no identity lookup.
+    known: KnownCaller,
 }
 
 /// Which connection count a guest connection is in, decided at accept.
@@ -271,6 +291,7 @@ impl Conn {
             last_progress: Instant::now(),
             timer: None,
             served: false,
+            known: None,
         }
     }
 
@@ -519,7 +540,9 @@ impl Conn {
             body: &[],
             len: 0,
         };
-        let response = match guest::answer(&req, &self.peer, registry, None) {
+        // The wait's instance is the one the request was answered as.
+        let caller = Ok(wait.instance);
+        let response = match guest::answer(&req, &caller, &self.peer, registry, None) {
             GuestAnswer::Respond(response, _) => response,
             // Cannot happen for the tagged paths; answer what is there.
             _ => Response::error(500, "the wait could not be answered"),
@@ -707,77 +730,32 @@ impl Conn {
                 }
             };
             answered = true;
-            let (response, change) = match self.side {
-                Side::Guest => {
-                    identity::gather_missing(
-                        &self.stream,
-                        &mut self.peer,
-                        ctx.registry.kinds_in_use(),
-                        ctx.cgroups,
-                    );
-                    match guest::answer(&req, &self.peer, ctx.registry, Some(ctx.limits)) {
-                        GuestAnswer::Respond(response, change) => (response, change),
-                        GuestAnswer::Subscribe(id) => {
-                            let plan = plan_subscription(&req, Some(id));
-                            let used = req.len;
-                            self.start_subscription(plan, used);
-                            return true;
-                        }
-                        GuestAnswer::Wait { id, etag, timeout } => {
-                            let deadline = Instant::now() + timeout;
-                            self.state = ConnState::Waiting(Box::new(ChangeWait {
-                                instance: id,
-                                path: req.path.to_owned(),
-                                etag,
-                                deadline,
-                                head_only: req.method == "HEAD",
-                                keep_alive: req.keep_alive,
-                                http10: req.http10,
-                            }));
-                            self.registration = Some(Registration::Waiting(id));
-                            let used = req.len;
-                            self.consume(used);
-                            return true;
-                        }
-                    }
-                }
-                Side::Admin { authorized: true } => {
-                    match admin::answer(&req, ctx.registry, ctx.facts) {
-                        AdminAnswer::Respond(response, change) => (response.enveloped(), change),
-                        AdminAnswer::Metrics => {
-                            let body = ctx.metrics.render(
-                                ctx.facts.connections.guest,
-                                ctx.facts.connections.admin,
-                                ctx.subscribers,
-                                ctx.registry.len(),
-                            );
-                            let mut response = Response::raw(body.into_bytes());
-                            response.kind = crate::http::response::BodyKind::Metrics;
-                            (response, None)
-                        }
-                        AdminAnswer::Subscribe => {
-                            let plan = plan_subscription(&req, None);
-                            let used = req.len;
-                            self.start_subscription(plan, used);
-                            return true;
-                        }
-                    }
-                }
-                Side::Admin { authorized: false } => (
-                    Response::error(
-                        403,
-                        format!("uid {} may not use the admin socket", self.peer.uid),
-                    )
-                    .enveloped(),
-                    None,
-                ),
-            };
-            let started = self.request_started.unwrap_or_else(Instant::now);
-            ctx.metrics
-                .request(req.path, response.status, started.elapsed().as_secs_f64());
             if self.side == Side::Guest {
-                count_refusal(ctx, &self.peer, response.status);
+                // A rule of a kind this connection has no facts for may have
+                // been registered since it was accepted.
+                identity::gather_missing(
+                    &self.stream,
+                    &mut self.peer,
+                    ctx.registry.kinds_in_use(),
+                    ctx.cgroups,
+                );
             }
+            let started = self.request_started.unwrap_or_else(Instant::now);
+            let used = req.len;
+            let (response, change) =
+                match dispatch(&req, self.side, &self.peer, &mut self.known, started, ctx) {
+                    Outcome::Respond(response, change) => (response, change),
+                    Outcome::Subscribe(plan) => {
+                        self.start_subscription(plan, used);
+                        return true;
+                    }
+                    Outcome::Wait(wait) => {
+                        self.registration = Some(Registration::Waiting(wait.instance));
+                        self.state = ConnState::Waiting(Box::new(wait));
+                        self.consume(used);
+                        return true;
+                    }
+                };
             let keep_alive = req.keep_alive && !response.close && !ctx.stopping;
             self.served = true;
             let at = self.output.len();
@@ -787,7 +765,6 @@ impl Conn {
                 keep_alive,
                 req.http10,
             );
-            let used = req.len;
             self.consume(used);
             if !keep_alive {
                 self.state = ConnState::Closing;
@@ -950,60 +927,4 @@ pub struct Buffers {
     pub input: Vec<u8>,
     /// Borrowed as `output`.
     pub output: Vec<u8>,
-}
-
-/// Counts why a guest request was refused, for the metrics.
-fn count_refusal(ctx: &mut Ctx<'_>, peer: &PeerFacts, status: u16) {
-    use crate::registry::Refusal;
-    match status {
-        401 => ctx.metrics.identity_wrong_uid += 1,
-        429 => ctx.metrics.limit_hit(Limit::Rate),
-        403 => {
-            let refusal = match ctx.registry.identify(peer) {
-                // A key outside user.*/cloud-init.*: not an identity failure.
-                Ok(_) => return,
-                Err(refusal) => refusal,
-            };
-            match refusal {
-                Refusal::NoInstance { .. } => ctx.metrics.identity_no_instance += 1,
-                Refusal::Ambiguous { .. } => ctx.metrics.identity_ambiguous += 1,
-                Refusal::Unverified { .. } => ctx.metrics.identity_unverified += 1,
-            }
-            // The guest was told only its own pid and uid; the host is told
-            // the whole reason (which instances), one line a second at most.
-            crate::server::log_throttled(
-                ctx.refusal_logged,
-                format_args!("refused a guest request: {refusal}"),
-            );
-        }
-        _ => {}
-    }
-}
-
-/// What a `GET /1.0/events` asks for: a websocket (with its
-/// `Sec-WebSocket-Accept`) or a stream, and the subscription; or the error
-/// answer for a bad handshake or filter.
-fn plan_subscription(
-    req: &Request<'_>,
-    instance: Option<InstanceId>,
-) -> Result<(Option<String>, Subscription), Response> {
-    let accept = handshake::check(req).map_err(|e| {
-        let mut response = Response::error(
-            match e {
-                HandshakeError::UnsupportedVersion => 426,
-                HandshakeError::MissingUpgrade | HandshakeError::BadKey => 400,
-            },
-            e.message(),
-        );
-        if e == HandshakeError::UnsupportedVersion {
-            response.extra_header = Some("Sec-WebSocket-Version: 13");
-        }
-        response
-    })?;
-    let filter = match query_param(req.query, "type").map(percent_decode) {
-        Some(None) => return Err(Response::error(400, "bad percent-encoding in type")),
-        Some(Some(list)) => TypeFilter::parse(Some(&list), instance.is_none()),
-        None => TypeFilter::parse(None, instance.is_none()),
-    };
-    Ok((accept, Subscription { instance, filter }))
 }

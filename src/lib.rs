@@ -16,6 +16,7 @@ pub mod cli;
 pub mod client;
 pub mod conn;
 pub mod demo;
+pub mod dispatch;
 pub mod doctor;
 pub mod events;
 pub mod fuzzing;

@@ -155,7 +155,7 @@ impl fmt::Display for RegistryError {
 
 /// Why a caller is not served as any instance. Every variant is the caller's
 /// situation, not a server fault, and is answered `403`.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// No instance's rule claims the caller.
     NoInstance { pid: i32, uid: u32 },
@@ -233,6 +233,10 @@ pub struct Registry {
     host_name: String,
     /// The last registration's serial.
     serial: u64,
+    /// Bumped by every change to which instance claims whom (registration,
+    /// replacement, removal): a caller identified at an earlier generation
+    /// may be identified again.
+    generation: u64,
     /// Changes accepted but not yet durable, by instance name: admin
     /// changes build on them (so two in flight never undo each other) and
     /// are checked against them, but guests never see them.
@@ -252,6 +256,12 @@ impl Registry {
     fn next_serial(&mut self) -> u64 {
         self.serial += 1;
         self.serial
+    }
+
+    /// Which version of the rules this is: a caller's identity worked out
+    /// at the same generation still holds.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The default `location` of instances.
@@ -381,6 +391,7 @@ impl Registry {
 
     /// Stores an instance whose rule was checked, and indexes it.
     fn attach(&mut self, instance: Instance) -> InstanceId {
+        self.generation += 1;
         let name = instance.spec.name.clone();
         let rule = instance.spec.rule.clone();
         let pidns = instance.pidns;
@@ -405,6 +416,7 @@ impl Registry {
 
     /// Takes an instance out of the slab and every index.
     fn detach(&mut self, id: InstanceId) -> Instance {
+        self.generation += 1;
         let instance = self.instances.remove(id);
         self.by_name.remove(&instance.spec.name);
         match &instance.spec.rule {

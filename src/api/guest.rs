@@ -15,7 +15,7 @@ use crate::http::response::Response;
 use crate::identity::PeerFacts;
 use crate::instance::{GuestAccess, GuestState, guest_visible};
 use crate::limits::Tunables;
-use crate::registry::{Instance, InstanceId, Registry};
+use crate::registry::{Instance, InstanceId, Refusal, Registry};
 
 /// What a guest request calls for.
 #[derive(Debug)]
@@ -41,11 +41,21 @@ const MAX_WAIT_SECS: u64 = 300;
 /// `timeout_sec` when none is given.
 const DEFAULT_WAIT_SECS: u64 = 60;
 
+/// Who a guest request comes from: the instance the registry says the
+/// caller belongs to, or why it belongs to none. Worked out once per request
+/// (`dispatch`) and used by authorization, waits and metrics alike.
+pub type Caller = Result<InstanceId, Refusal>;
+
 /// The caller's instance, or the `403`/`401` that refuses it.
-pub fn authorize(peer: &PeerFacts, registry: &Registry) -> Result<InstanceId, Response> {
-    let id = registry
-        .identify(peer)
-        .map_err(|refusal| Response::error(403, refusal.guest_message()))?;
+pub fn authorize(
+    caller: &Caller,
+    peer: &PeerFacts,
+    registry: &Registry,
+) -> Result<InstanceId, Response> {
+    let id = match caller {
+        Ok(id) => *id,
+        Err(refusal) => return Err(Response::error(403, refusal.guest_message())),
+    };
     let instance = registry
         .get(id)
         .ok_or_else(|| Response::error(403, "instance vanished"))?;
@@ -76,11 +86,12 @@ fn rate_limited(instance: &mut Instance, limits: &Tunables) -> Option<Response> 
 /// request pass `None`: they are not new requests).
 pub fn answer(
     req: &Request<'_>,
+    caller: &Caller,
     peer: &PeerFacts,
     registry: &mut Registry,
     limits: Option<&Tunables>,
 ) -> GuestAnswer {
-    let id = match authorize(peer, registry) {
+    let id = match authorize(caller, peer, registry) {
         Ok(id) => id,
         Err(response) => return GuestAnswer::Respond(response, None),
     };
@@ -398,7 +409,8 @@ mod tests {
         let Ok(Parsed::Complete(req)) = parse(text.as_bytes(), 0, 1024) else {
             panic!("{text}")
         };
-        respond(answer(&req, &peer(uid), r, None)).0
+        let caller = r.identify(&peer(uid));
+        respond(answer(&req, &caller, &peer(uid), r, None)).0
     }
 
     fn ok(r: &mut Registry, uid: u32, path: &str) -> String {
@@ -580,7 +592,8 @@ mod tests {
         let Ok(Parsed::Complete(req)) = parse(text.as_bytes(), 0, 1024) else {
             panic!()
         };
-        let (resp, change) = respond(answer(&req, &peer(1000), &mut r, None));
+        let caller = r.identify(&peer(1000));
+        let (resp, change) = respond(answer(&req, &caller, &peer(1000), &mut r, None));
         assert_eq!(
             (resp.status, resp.body.len(), resp.kind),
             (200, 0, BodyKind::Raw)
@@ -598,7 +611,8 @@ mod tests {
         );
         r.commit(&staged);
         assert!(ok(&mut r, 1000, "/1.0").contains("\"state\":\"Ready\""));
-        let (_, change) = respond(answer(&req, &peer(1000), &mut r, None));
+        let caller = r.identify(&peer(1000));
+        let (_, change) = respond(answer(&req, &caller, &peer(1000), &mut r, None));
         assert!(change.is_none(), "no change, nothing to announce");
         assert!(
             ok(&mut r, 2000, "/1.0").contains("\"state\":\"Started\""),

@@ -1,0 +1,170 @@
+//! What a request calls for: the one place where a parsed request meets the
+//! APIs. A connection (`conn`) hands each complete request here and acts on
+//! the value that comes back: a response to write (with the change it
+//! made), a subscription to start, or a wait to hold.
+//!
+//! Owns routing between the two sockets' APIs, working out who a guest is
+//! once per request (and once per connection while the registry has not
+//! changed), and counting what was answered for the metrics. What each path
+//! answers is `api`'s business; bytes and connection state are `conn`'s.
+
+use std::time::Instant;
+
+use crate::api::Change;
+use crate::api::admin::{self, AdminAnswer};
+use crate::api::guest::{self, Caller, GuestAnswer};
+use crate::conn::{ChangeWait, Ctx, Side, Subscription};
+use crate::events::TypeFilter;
+use crate::http::request::{Request, percent_decode, query_param};
+use crate::http::response::{BodyKind, Response};
+use crate::identity::PeerFacts;
+use crate::metrics::Limit;
+use crate::registry::{InstanceId, Refusal};
+use crate::ws::handshake::{self, HandshakeError};
+
+/// What answering one request calls for.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Write this response (enveloped already on the admin socket); hold it
+    /// until the change it reports, if any, is durable.
+    Respond(Response, Option<Change>),
+    /// `GET /1.0/events`: become a subscriber, with the websocket accept key
+    /// (`None`: a JSON-lines stream); or the answer that refuses it.
+    Subscribe(Result<(Option<String>, Subscription), Response>),
+    /// Hold the request until its answer's tag moves (`wait_for_change`).
+    Wait(ChangeWait),
+}
+
+/// The instance a connection's caller was found to be, and the registry
+/// generation that finding holds for.
+pub type KnownCaller = Option<(u64, InstanceId)>;
+
+/// Answers one complete request from `peer` on a connection of `side`;
+/// `known` is the connection's remembered identity, `started` when the
+/// request's first byte arrived (for the latency metrics).
+pub fn dispatch(
+    req: &Request<'_>,
+    side: Side,
+    peer: &PeerFacts,
+    known: &mut KnownCaller,
+    started: Instant,
+    ctx: &mut Ctx<'_>,
+) -> Outcome {
+    let outcome = match side {
+        Side::Guest => {
+            let caller = identify(peer, known, ctx);
+            let outcome = match guest::answer(req, &caller, peer, ctx.registry, Some(ctx.limits)) {
+                GuestAnswer::Respond(response, change) => Outcome::Respond(response, change),
+                GuestAnswer::Subscribe(id) => Outcome::Subscribe(plan_subscription(req, Some(id))),
+                GuestAnswer::Wait { id, etag, timeout } => {
+                    Outcome::Wait(ChangeWait::new(req, id, etag, Instant::now() + timeout))
+                }
+            };
+            if let Outcome::Respond(response, _) = &outcome {
+                count_refusal(ctx, &caller, response.status);
+            }
+            outcome
+        }
+        Side::Admin { authorized: true } => match admin::answer(req, ctx.registry, ctx.facts) {
+            AdminAnswer::Respond(response, change) => {
+                Outcome::Respond(response.enveloped(), change)
+            }
+            AdminAnswer::Metrics => {
+                let body = ctx.metrics.render(
+                    ctx.facts.connections.guest,
+                    ctx.facts.connections.admin,
+                    ctx.subscribers,
+                    ctx.registry.len(),
+                );
+                let mut response = Response::raw(body.into_bytes());
+                response.kind = BodyKind::Metrics;
+                Outcome::Respond(response, None)
+            }
+            AdminAnswer::Subscribe => Outcome::Subscribe(plan_subscription(req, None)),
+        },
+        Side::Admin { authorized: false } => Outcome::Respond(
+            Response::error(
+                403,
+                format!("uid {} may not use the admin socket", peer.uid),
+            )
+            .enveloped(),
+            None,
+        ),
+    };
+    if let Outcome::Respond(response, _) = &outcome {
+        ctx.metrics
+            .request(req.path, response.status, started.elapsed().as_secs_f64());
+    }
+    outcome
+}
+
+/// Who the guest is: the connection's remembered instance while the
+/// registry is at the generation it was found at, else the registry's
+/// answer now (remembered if it is an instance). A refusal is never
+/// remembered: the next request asks again.
+fn identify(peer: &PeerFacts, known: &mut KnownCaller, ctx: &Ctx<'_>) -> Caller {
+    let generation = ctx.registry.generation();
+    if let Some((at, id)) = *known
+        && at == generation
+    {
+        return Ok(id);
+    }
+    let caller = ctx.registry.identify(peer);
+    *known = caller.as_ref().ok().map(|&id| (generation, id));
+    caller
+}
+
+/// Counts why a guest request was refused, for the metrics, and logs the
+/// whole reason of an identity refusal for the host (the guest was told
+/// only its own pid and uid).
+fn count_refusal(ctx: &mut Ctx<'_>, caller: &Caller, status: u16) {
+    match status {
+        401 => ctx.metrics.identity_wrong_uid += 1,
+        429 => ctx.metrics.limit_hit(Limit::Rate),
+        // A 403 with an instance is a key outside user.*/cloud-init.*:
+        // not an identity failure.
+        403 => {
+            let Err(refusal) = caller else {
+                return;
+            };
+            match refusal {
+                Refusal::NoInstance { .. } => ctx.metrics.identity_no_instance += 1,
+                Refusal::Ambiguous { .. } => ctx.metrics.identity_ambiguous += 1,
+                Refusal::Unverified { .. } => ctx.metrics.identity_unverified += 1,
+            }
+            crate::server::log_throttled(
+                ctx.refusal_logged,
+                format_args!("refused a guest request: {refusal}"),
+            );
+        }
+        _ => {}
+    }
+}
+
+/// What a `GET /1.0/events` asks for: a websocket (with its
+/// `Sec-WebSocket-Accept`) or a stream, and the subscription; or the error
+/// answer for a bad handshake or filter.
+fn plan_subscription(
+    req: &Request<'_>,
+    instance: Option<InstanceId>,
+) -> Result<(Option<String>, Subscription), Response> {
+    let accept = handshake::check(req).map_err(|e| {
+        let mut response = Response::error(
+            match e {
+                HandshakeError::UnsupportedVersion => 426,
+                HandshakeError::MissingUpgrade | HandshakeError::BadKey => 400,
+            },
+            e.message(),
+        );
+        if e == HandshakeError::UnsupportedVersion {
+            response.extra_header = Some("Sec-WebSocket-Version: 13");
+        }
+        response
+    })?;
+    let filter = match query_param(req.query, "type").map(percent_decode) {
+        Some(None) => return Err(Response::error(400, "bad percent-encoding in type")),
+        Some(Some(list)) => TypeFilter::parse(Some(&list), instance.is_none()),
+        None => TypeFilter::parse(None, instance.is_none()),
+    };
+    Ok((accept, Subscription { instance, filter }))
+}
