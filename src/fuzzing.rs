@@ -203,3 +203,253 @@ mod tests {
         percent_decoding("user.é%zz/ ?".as_bytes());
     }
 }
+
+/// A whole connection, on one end of a real socket pair, guest or admin
+/// side as the first byte says: `data` is what the peer sends, in chunks
+/// whose size also comes from the first byte, then the peer's EOF. After
+/// each chunk the connection is driven as the server drives it (a change is
+/// committed and its held answer released, a wait is answered at once) and
+/// everything it wrote is read back. Properties:
+/// - it never panics;
+/// - what it queues stays within its bound (at most
+///   [`MAX_PENDING_OUTPUT_BYTES`] plus one answer, which is bounded by what
+///   the admin socket accepts);
+/// - everything it writes is a sequence of well-formed HTTP/1.1 responses,
+///   one per request it answered, each with its length (no body for
+///   `HEAD` and 304); a `101` is followed only by well-formed unmasked
+///   websocket frames, and an event stream's head only by JSON lines.
+pub fn connection(data: &[u8]) {
+    use crate::conn::Side;
+    use crate::limits::{MAX_ADMIN_BODY_BYTES, MAX_GUEST_BODY_BYTES};
+
+    let Some((&first, input)) = data.split_first() else {
+        return;
+    };
+    let side = if first & 1 == 0 {
+        Side::Guest
+    } else {
+        Side::Admin { authorized: true }
+    };
+    let step = usize::from(first >> 1) * 37 + 1;
+    let written = run_connection(side, input, step);
+    let max_body = match side {
+        Side::Guest => MAX_GUEST_BODY_BYTES,
+        Side::Admin { .. } => MAX_ADMIN_BODY_BYTES,
+    };
+    check_responses(&written, &head_requests(input, max_body));
+}
+
+/// Drives one connection of `side` as [`connection`] describes, the peer
+/// sending `input` in chunks of `step` bytes and then EOF; returns
+/// everything the connection wrote. The peer is this process, registered
+/// as instance `me` (`guest_access: any`, `user.a` = `1`, device `eth0`).
+/// Also used by `conn`'s unit tests.
+pub fn run_connection(side: crate::conn::Side, input: &[u8], step: usize) -> Vec<u8> {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    use crate::api::Change;
+    use crate::api::admin::{Connections, ServerFacts};
+    use crate::conn::{Buffers, Conn, Ctx};
+    use crate::identity::{CgroupPaths, peer_facts};
+    use crate::instance::RuleKinds;
+    use crate::limits::{
+        MAX_ADMIN_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES, READ_CHUNK_BYTES, Tunables,
+    };
+    use crate::metrics::Metrics;
+    use crate::registry::Registry;
+
+    let (server_end, mut peer) = UnixStream::pair().expect("socket pair");
+    server_end.set_nonblocking(true).expect("non-blocking");
+    peer.set_nonblocking(true).expect("non-blocking");
+
+    let uid = nix::unistd::getuid().as_raw();
+    let mut registry = Registry::new("fuzz".into());
+    let me: InstanceSpec = serde_json::from_value(serde_json::json!({
+        "name": "me", "match": {"uid_range": [uid, 1]}, "guest_access": "any",
+        "config": {"user.a": "1", "cloud-init.user-data": "#cloud-config\n", "volatile.x": "y"},
+        "devices": {"eth0": {"type": "nic"}},
+    }))
+    .expect("instance");
+    registry.insert(me).expect("registered");
+    let facts = ServerFacts {
+        version: "fuzz",
+        guest_socket: "guest".into(),
+        admin_socket: "admin".into(),
+        state_dir: "state".into(),
+        connections: Connections::default(),
+    };
+    let limits = Tunables {
+        rate_per_sec: 0,
+        ..Tunables::default()
+    };
+    let mut metrics = Metrics::default();
+    let mut cgroups = CgroupPaths::default();
+    let mut scratch = vec![0; READ_CHUNK_BYTES];
+    let mut buffers = Buffers::default();
+    let mut refusal_logged = None;
+    let mut changes: Vec<Change> = Vec::new();
+    let facts_of_peer =
+        peer_facts(&server_end, RuleKinds::empty(), &mut cgroups).expect("peer credentials");
+    let mut conn = Conn::new(server_end, facts_of_peer, side);
+
+    let mut written = Vec::new();
+    let mut chunks = input.chunks(step.max(1)).peekable();
+    let mut seq = 0;
+    loop {
+        match chunks.next() {
+            Some(chunk) => {
+                // The peer never blocks here: what it sends fits the socket
+                // buffer once the server has read what came before.
+                let _ = peer.write_all(chunk);
+            }
+            None => {
+                let _ = peer.shutdown(std::net::Shutdown::Write);
+            }
+        }
+        let done = chunks.peek().is_none();
+        // Drive until nothing moves: the server would, on readiness.
+        for _ in 0..64 {
+            conn.on_readable(done);
+            let mut ctx = Ctx {
+                registry: &mut registry,
+                changes: &mut changes,
+                facts: &facts,
+                limits: &limits,
+                metrics: &mut metrics,
+                subscribers: 0,
+                scratch: &mut scratch,
+                cgroups: &mut cgroups,
+                buffers: &mut buffers,
+                stopping: false,
+                refusal_logged: &mut refusal_logged,
+            };
+            let next = conn.drive(&mut ctx);
+            let pending = conn.pending_output();
+            assert!(
+                pending <= MAX_PENDING_OUTPUT_BYTES + 4 * MAX_ADMIN_BODY_BYTES,
+                "{pending} bytes queued"
+            );
+            let mut progressed = false;
+            // As the server does once the writer reports the change durable.
+            for change in changes.drain(..) {
+                match change {
+                    Change::Put { staged, .. } => {
+                        registry.commit(&staged);
+                    }
+                    Change::Remove { name } => {
+                        registry.commit_remove(&name);
+                    }
+                }
+                seq += 1;
+                conn.assign_hold(seq);
+                conn.release_hold();
+                progressed = true;
+            }
+            let _ = conn.take_registration();
+            if matches!(conn.state(), crate::conn::ConnState::Waiting(_)) {
+                progressed |= conn.recheck_wait(&mut registry, true);
+            }
+            let mut buf = [0u8; 65536];
+            loop {
+                match peer.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        written.extend_from_slice(&buf[..n]);
+                        progressed = true;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if next == crate::conn::Next::Close || !progressed {
+                break;
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    written
+}
+
+/// Whether each request the peer sent, in order, is a `HEAD`, as the
+/// connection parses them (so the answers' bodies can be told apart).
+fn head_requests(mut input: &[u8], max_body: usize) -> Vec<bool> {
+    let mut heads = Vec::new();
+    while let Ok(Parsed::Complete(req)) = request::parse(input, 0, max_body) {
+        heads.push(req.method == "HEAD");
+        input = &input[req.len..];
+    }
+    heads
+}
+
+/// Checks that `out` is well-formed answers (see [`connection`]).
+fn check_responses(mut out: &[u8], heads: &[bool]) {
+    let mut answer = 0;
+    while !out.is_empty() {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let head_len = match response.parse(out) {
+            Ok(httparse::Status::Complete(n)) => n,
+            other => panic!(
+                "answer {answer} is not an HTTP response ({other:?}): {:?}",
+                String::from_utf8_lossy(&out[..out.len().min(200)])
+            ),
+        };
+        assert_eq!(response.version, Some(1), "HTTP/1.1");
+        let status = response.code.expect("status");
+        let header = |name: &str| {
+            response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        };
+        assert!(header("Date").is_some(), "every answer has a Date");
+        let length = header("Content-Length");
+        let rest = &out[head_len..];
+        if status == 101 {
+            check_frames(rest);
+            return;
+        }
+        let Some(length) = length else {
+            if status == 304 {
+                out = rest;
+                answer += 1;
+                continue;
+            }
+            // The event stream: JSON lines until the end.
+            assert_eq!(status, 200, "only the event stream has no length");
+            for line in rest.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                serde_json::from_slice::<serde_json::Value>(line).expect("an event line is JSON");
+            }
+            return;
+        };
+        let length: usize = length.trim().parse().expect("Content-Length is a number");
+        let head_only = heads.get(answer).copied().unwrap_or(false);
+        let body = if head_only { 0 } else { length };
+        assert!(
+            rest.len() >= body,
+            "answer {answer} ({status}) is cut short: {} of {body} body bytes",
+            rest.len()
+        );
+        out = &rest[body..];
+        answer += 1;
+    }
+}
+
+/// Checks that `out` is whole, unmasked server frames.
+fn check_frames(mut out: &[u8]) {
+    while !out.is_empty() {
+        let (header, header_len) = match parse_header(out) {
+            Ok(Some(parsed)) => parsed,
+            other => panic!("not a whole frame header: {other:?}"),
+        };
+        assert!(header.mask.is_none(), "a server frame is never masked");
+        let end = header_len
+            .checked_add(usize::try_from(header.len).expect("length"))
+            .expect("length");
+        assert!(out.len() >= end, "a frame is cut short");
+        out = &out[end..];
+    }
+}

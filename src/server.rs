@@ -474,6 +474,9 @@ impl Server {
             // signals and the writer's reports, and takes a bounded number
             // of connections a turn: a flood of connections waits in the
             // backlog instead of keeping the loop from everything else.
+            // What this batch of events finished goes first, so that the
+            // caps count only connections still open.
+            self.sweep();
             self.accept_turn();
             self.fire_timers(now);
             if self.next_ping <= now {
@@ -482,11 +485,7 @@ impl Server {
             while let Some(key) = self.ready.pop() {
                 self.drive(key);
             }
-            // Removed after the batch, so a key freed and reused within one
-            // batch never receives an event meant for its previous owner.
-            for key in std::mem::take(&mut self.finished) {
-                self.remove_conn(key);
-            }
+            self.sweep();
             if let Some(deadline) = self.stopping {
                 // Connections that finished their last answer go now.
                 let done: Vec<usize> = self
@@ -924,6 +923,15 @@ impl Server {
                 conn.fail_hold(error);
                 self.drive(key);
             }
+        }
+    }
+
+    /// Removes the connections marked finished. Only between batches of
+    /// events: a key freed and reused within one batch would receive an
+    /// event meant for its previous owner.
+    fn sweep(&mut self) {
+        for key in std::mem::take(&mut self.finished) {
+            self.remove_conn(key);
         }
     }
 

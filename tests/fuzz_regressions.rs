@@ -41,3 +41,8 @@ fn admin_json() {
 fn percent_decoding() {
     replay("percent_decoding", guestsock::fuzzing::percent_decoding);
 }
+
+#[test]
+fn connection() {
+    replay("connection", guestsock::fuzzing::connection);
+}
