@@ -1,4 +1,4 @@
-//! The command line (PROTOCOL.md section 7): the command tree, declared
+//! The command line (docs/protocol.md section 7): the command tree, declared
 //! with clap's derive API, and each command run.
 //!
 //! Owns every command, flag, help text and default, the `--instances` file
@@ -417,7 +417,7 @@ pub enum InstanceCall {
         /// The instance.
         name: String,
     },
-    /// Register an instance from a JSON file (PROTOCOL.md section 4), `-` for standard input
+    /// Register an instance from a JSON file (docs/protocol.md section 4), `-` for standard input
     Add {
         /// The file.
         #[arg(value_name = "FILE|-")]

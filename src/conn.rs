@@ -9,7 +9,7 @@
 //!
 //! An answer to a request that changed something is *held*: queued but not
 //! written, and nothing behind it read, until the server says the change is
-//! durable (PROTOCOL.md section 6: a 2xx means it is on disk).
+//! durable (docs/protocol.md section 7: a 2xx means it is on disk).
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
@@ -780,7 +780,7 @@ impl<S: Read + Write + AsFd> Conn<S> {
         answered
     }
 
-    /// Turns the connection into a subscriber (PROTOCOL.md section 5) as
+    /// Turns the connection into a subscriber (docs/protocol.md section 5) as
     /// `plan` says, after consuming the `used` bytes of its request; or
     /// answers why not and closes.
     fn start_subscription(

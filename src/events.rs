@@ -1,4 +1,4 @@
-//! Events (PROTOCOL.md section 5): what changed, as the JSON objects sent to
+//! Events (docs/protocol.md section 5): what changed, as the JSON objects sent to
 //! subscribers, and which subscriber wants which.
 //!
 //! Owns the event shapes, their timestamps, the `?type=` filter and the
@@ -176,7 +176,7 @@ pub struct TypeFilter(u8);
 
 impl TypeFilter {
     /// Parses `config,device` style lists. Unknown types are accepted and
-    /// never match (PROTOCOL.md section 5). `None` (no `type=`) is the
+    /// never match (docs/protocol.md section 5). `None` (no `type=`) is the
     /// default: `config,device` for guests, everything for the admin.
     pub fn parse(list: Option<&str>, admin: bool) -> TypeFilter {
         let Some(list) = list else {

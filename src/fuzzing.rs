@@ -189,21 +189,6 @@ pub fn percent_decoding(data: &[u8]) {
     assert_eq!(request::percent_decode(&encoded).as_deref(), Some(text));
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn properties_hold_on_simple_inputs() {
-        http_request(b"\x05GET /1.0?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi");
-        http_request(b"\x01PATCH / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
-        http_request(b"\x03G\r\n\r\n");
-        ws_reader(&[3, 0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
-        admin_json(br#"{"name":"c1","match":{"cgroup":"/a"},"config":{"user.x":"1"}}"#);
-        percent_decoding("user.é%zz/ ?".as_bytes());
-    }
-}
-
 /// A whole connection, on one end of a real socket pair, guest or admin
 /// side as the first byte says: `data` is what the peer sends, in chunks
 /// whose size also comes from the first byte, then the peer's EOF. After
@@ -451,5 +436,20 @@ fn check_frames(mut out: &[u8]) {
             .expect("length");
         assert!(out.len() >= end, "a frame is cut short");
         out = &out[end..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_hold_on_simple_inputs() {
+        http_request(b"\x05GET /1.0?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi");
+        http_request(b"\x01PATCH / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        http_request(b"\x03G\r\n\r\n");
+        ws_reader(&[3, 0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
+        admin_json(br#"{"name":"c1","match":{"cgroup":"/a"},"config":{"user.x":"1"}}"#);
+        percent_decoding("user.é%zz/ ?".as_bytes());
     }
 }

@@ -1,6 +1,6 @@
 //! What the kernel can prove about the process at the other end of a guest
 //! connection: peer credentials, its cgroup and its pid namespace
-//! (PROTOCOL.md section 1).
+//! (docs/protocol.md section 1).
 //!
 //! Owns two rules. A cgroup is learned through the peer's pidfd
 //! (`PIDFD_GET_INFO`, Linux 6.13), which names that process and no other;

@@ -1,4 +1,4 @@
-//! One instance: the unit the guest API serves (PROTOCOL.md section 4).
+//! One instance: the unit the guest API serves (docs/protocol.md section 4).
 //!
 //! Owns the JSON shape shared by the `--instances` file, the admin API and the
 //! state directory, and its validation. It does not know about other

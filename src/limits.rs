@@ -101,9 +101,11 @@ pub const MAX_WS_MESSAGE_BYTES: u64 = 64 * 1024;
 
 /// Events queued for one subscriber that does not read, in bytes: 256 KiB.
 ///
-/// On top of the kernel's socket buffer. A subscriber whose queue would pass
-/// it is cut off (websocket close 1008, or closed in stream mode) instead of
-/// making the server's memory grow; a reading subscriber never gets near it.
+/// On top of the kernel's socket buffer, and not counting the event being
+/// read now: a subscriber is cut off (websocket close 1008, or closed in
+/// stream mode) when the events waiting behind that one would pass it, so
+/// one that stops reading never makes the server's memory grow, while one
+/// event larger than this (a 1 MiB config value) still reaches a reader.
 pub const MAX_SUBSCRIBER_QUEUE_BYTES: usize = 256 * 1024;
 
 /// The most bytes a subscriber's framing adds to one event: 10, a server
@@ -112,7 +114,7 @@ pub const MAX_SUBSCRIBER_QUEUE_BYTES: usize = 256 * 1024;
 pub const MAX_EVENT_FRAMING_BYTES: usize = 10;
 
 /// How often the server pings a websocket subscriber: 10 s. A subscriber
-/// silent for three intervals is dropped (PROTOCOL.md section 5).
+/// silent for three intervals is dropped (docs/protocol.md section 5).
 pub const PING_INTERVAL_SECS: u64 = 10;
 
 /// The limits an operator tunes with `serve` flags, with their defaults.

@@ -1,6 +1,6 @@
 //! The registered instances and the indexes that map a caller to one of them.
 //!
-//! Owns conflict detection between match rules (PROTOCOL.md section 4) and the
+//! Owns conflict detection between match rules (docs/protocol.md section 4) and the
 //! lookup from a caller's facts to at most one instance. It does not gather
 //! those facts (`identity` does) and does not decide what a caller may read
 //! (`api::guest` does).
@@ -100,7 +100,7 @@ impl Instance {
 }
 
 /// A version of an instance that a change would make: validated, its rule
-/// checked, but not yet durable, so not yet served (PROTOCOL.md section 6:
+/// checked, but not yet durable, so not yet served (docs/protocol.md section 7:
 /// a 2xx means the change is on disk; a guest sees it only from then on).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Staged {

@@ -721,6 +721,7 @@ impl Server {
                     &json,
                     &mut self.finished,
                     &mut self.metrics,
+                    &mut self.refusal_logged,
                 );
             };
             if event.guest_visible() && !guests.is_empty() {
@@ -1261,6 +1262,7 @@ fn deliver(
     json: &[u8],
     finished: &mut Vec<usize>,
     metrics: &mut Metrics,
+    logged: &mut Option<Instant>,
 ) {
     for &key in keys {
         let Some(conn) = conns.get_mut(key) else {
@@ -1275,10 +1277,13 @@ fn deliver(
         metrics.events_delivered += 1;
         if !conn.push_event(json) {
             metrics.slow_consumers_cut += 1;
-            log::warn(format_args!(
-                "cut off a slow event subscriber (pid {}, uid {}): it stopped reading",
-                conn.peer.pid, conn.peer.uid
-            ));
+            log_throttled(
+                logged,
+                format_args!(
+                    "cut off a slow event subscriber (pid {}, uid {}): it stopped reading",
+                    conn.peer.pid, conn.peer.uid
+                ),
+            );
             finished.push(key);
         }
     }

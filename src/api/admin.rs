@@ -1,4 +1,4 @@
-//! The admin API's routes (PROTOCOL.md section 6): the host orchestrator
+//! The admin API's routes (docs/protocol.md section 7): the host orchestrator
 //! registers, changes and removes instances.
 //!
 //! Owns the validation of every admin body and name and the shape of every

@@ -1,4 +1,4 @@
-//! The guest API's routes (PROTOCOL.md section 3): who may ask, and what each
+//! The guest API's routes (docs/protocol.md section 3): who may ask, and what each
 //! path answers.
 //!
 //! Owns the caller check (403 for strangers, 401 for the wrong uid) and the
@@ -36,7 +36,7 @@ pub enum GuestAnswer {
     },
 }
 
-/// Longest `timeout_sec` of a change wait (PROTOCOL.md section 5).
+/// Longest `timeout_sec` of a change wait (docs/protocol.md section 6).
 const MAX_WAIT_SECS: u64 = 300;
 /// `timeout_sec` when none is given.
 const DEFAULT_WAIT_SECS: u64 = 60;
@@ -176,8 +176,8 @@ fn stage_state(
 }
 
 /// Applies `If-None-Match` and `?wait_for_change=` to an answer that may
-/// carry an ETag (PROTOCOL.md section 5, "Change notification without a
-/// websocket").
+/// carry an ETag (docs/protocol.md section 6, "ETags and waiting for a
+/// change").
 fn conditional(req: &Request<'_>, id: InstanceId, response: Response) -> GuestAnswer {
     // Most requests ask neither: nothing to compare, nothing to wait for.
     if req.query.is_empty() && req.if_none_match.is_none() {

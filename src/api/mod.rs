@@ -13,7 +13,7 @@ use crate::events::Event;
 use crate::registry::Staged;
 
 /// What an answered request changed: made durable by the server, and only
-/// then served to guests and announced (PROTOCOL.md section 6).
+/// then served to guests and announced (docs/protocol.md section 7).
 #[derive(Debug)]
 pub enum Change {
     /// A new version of an instance: registered, replaced or changed by

@@ -288,7 +288,7 @@ pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
         })
 }
 
-/// Decodes `%XX` escapes once (PROTOCOL.md section 3: `{key}` is
+/// Decodes `%XX` escapes once (docs/protocol.md section 3: `{key}` is
 /// percent-decoded once). Fails on a `%` not followed by two hex digits and
 /// on a result that is not UTF-8.
 pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {

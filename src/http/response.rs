@@ -1,6 +1,6 @@
 //! Responses, from a [`Response`] value to bytes on a connection's output.
 //!
-//! Owns the three body kinds of PROTOCOL.md section 2 (JSON, raw value,
+//! Owns the three body kinds of docs/protocol.md section 2 (JSON, raw value,
 //! plain-text error) and the one mapping from a request error to its status.
 //! Which response a request gets is `api`'s business.
 
@@ -164,7 +164,7 @@ impl Response {
     }
 
     /// `304 Not Modified` standing for an answer with this tag: no body and
-    /// no length (PROTOCOL.md section 2).
+    /// no length (docs/protocol.md section 2).
     pub fn not_modified(etag: String) -> Response {
         Response {
             status: 304,
@@ -210,7 +210,7 @@ impl Response {
     }
 
     /// The admin socket's form of this response: LXD's main-API envelope
-    /// (PROTOCOL.md section 6). A JSON answer becomes `metadata` of a
+    /// (docs/protocol.md section 7). A JSON answer becomes `metadata` of a
     /// `sync` success; an error becomes an `error` object with its status.
     /// Raw answers are left as they are.
     pub fn enveloped(self) -> Response {
@@ -306,7 +306,7 @@ pub fn write_upgrade_head(out: &mut Vec<u8>, accept: &str) {
     out.extend_from_slice(b"\r\n\r\n");
 }
 
-/// Appends the head of a plain event stream (PROTOCOL.md section 5): no
+/// Appends the head of a plain event stream (docs/protocol.md section 5): no
 /// length, since it lasts until the connection ends.
 pub fn write_stream_head(out: &mut Vec<u8>) {
     out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
