@@ -141,15 +141,23 @@ echo "guestsock (A) against nginx (B):"
 compare "keep-alive GET /1.0 (-c$CONNS)" "${GS[@]}" "${NGINX[@]}" /1.0 -c"$CONNS"
 compare "keep-alive GET /1.0/config/user.foo (-c$CONNS)" "${GS[@]}" "${NGINX[@]}" /1.0/config/user.foo -c"$CONNS"
 compare "connection per request GET /1.0 (-c16)" "${GS[@]}" "${NGINX[@]}" /1.0 -c16 -H "Connection: close"
+# Pipelined: 16 requests per write (benches/pipeline.lua). On 2 cores this
+# is the load where the server, not wrk, is the bottleneck.
+compare "pipelined GET /1.0, 16 per write (-c$CONNS)" "${GS[@]}" "${NGINX[@]}" /1.0 -c"$CONNS" \
+    -s benches/pipeline.lua
 
 # What wrk can drive at all: a server that only reads and writes a fixed
 # answer (benches/ceiling.c) against nginx. When this ratio is near 1, the
-# load generator, not the server, sets the keep-alive throughput.
+# load generator, not the server, sets the keep-alive throughput. Then
+# guestsock against that bare read/write loop: one request per syscall
+# pair is the physical limit of CPU per keep-alive request.
 target/bench/ceiling "$work/ceiling.sock" &
 CEILING_PID=$!
 for _ in $(seq 50); do [ -S "$work/ceiling.sock" ] && break; sleep 0.1; done
 echo "the load generator's ceiling: benches/ceiling.c (A) against nginx (B):"
 compare "keep-alive GET /1.0 (-c$CONNS)" "$work/ceiling.sock" "$CEILING_PID" "${NGINX[@]}" /1.0 -c"$CONNS"
+echo "the physical limit: guestsock (A) against benches/ceiling.c (B):"
+compare "keep-alive GET /1.0 (-c$CONNS)" "${GS[@]}" "$work/ceiling.sock" "$CEILING_PID" /1.0 -c"$CONNS"
 kill "$CEILING_PID"
 
 # Identity cost: the same connection-per-request run against a guestsock
