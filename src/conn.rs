@@ -27,7 +27,7 @@ use crate::limits::{
     MAX_ADMIN_BODY_BYTES, MAX_EVENT_FRAMING_BYTES, MAX_GUEST_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES,
     MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES, Tunables,
 };
-use crate::metrics::{Limit, Metrics};
+use crate::metrics::{IdentityFailure, Limit, Metrics, Reason};
 use crate::registry::{InstanceId, Registry};
 use crate::ws::close_code;
 use crate::ws::frame::{self, opcode};
@@ -956,7 +956,9 @@ pub struct Buffers {
 fn count_refusal(ctx: &mut Ctx<'_>, peer: &PeerFacts, status: u16) {
     use crate::registry::Refusal;
     match status {
-        401 => ctx.metrics.identity_wrong_uid += 1,
+        401 => ctx
+            .metrics
+            .refused(Reason::Identity(IdentityFailure::WrongUid)),
         429 => ctx.metrics.limit_hit(Limit::Rate),
         403 => {
             let refusal = match ctx.registry.identify(peer) {
@@ -964,11 +966,12 @@ fn count_refusal(ctx: &mut Ctx<'_>, peer: &PeerFacts, status: u16) {
                 Ok(_) => return,
                 Err(refusal) => refusal,
             };
-            match refusal {
-                Refusal::NoInstance { .. } => ctx.metrics.identity_no_instance += 1,
-                Refusal::Ambiguous { .. } => ctx.metrics.identity_ambiguous += 1,
-                Refusal::Unverified { .. } => ctx.metrics.identity_unverified += 1,
-            }
+            let failure = match refusal {
+                Refusal::NoInstance { .. } => IdentityFailure::NoInstance,
+                Refusal::Ambiguous { .. } => IdentityFailure::Ambiguous,
+                Refusal::Unverified { .. } => IdentityFailure::Unverified,
+            };
+            ctx.metrics.refused(Reason::Identity(failure));
             // The guest was told only its own pid and uid; the host is told
             // the whole reason (which instances), one line a second at most.
             crate::server::log_throttled(
