@@ -19,6 +19,7 @@ use mio::net::UnixStream;
 use crate::api::Change;
 use crate::api::admin::{self, AdminAnswer, ServerFacts};
 use crate::api::guest::{self, GuestAnswer};
+use crate::error::NotServed;
 use crate::events::TypeFilter;
 use crate::http::request::{self, Parsed, Request, WebSocketHeaders, percent_decode, query_param};
 use crate::http::response::{self, Response};
@@ -31,7 +32,7 @@ use crate::metrics::{IdentityFailure, Limit, Metrics, Reason};
 use crate::registry::{InstanceId, Registry};
 use crate::ws::close_code;
 use crate::ws::frame::{self, opcode};
-use crate::ws::handshake::{self, HandshakeError};
+use crate::ws::handshake;
 use crate::ws::reader::{Action, Reader};
 
 /// Which socket a connection came from, which decides its API.
@@ -349,10 +350,7 @@ impl Conn {
             return;
         };
         self.output.truncate(at);
-        let response = Response::error(
-            500,
-            format!("the change was not made ({error}); nothing changed, so it can be retried"),
-        );
+        let response = NotServed::NotDurable(error.to_owned()).response();
         self.side_response(response)
             .write_to(&mut self.output, false, false, false);
         self.state = ConnState::Closing;
@@ -492,8 +490,12 @@ impl Conn {
                 }
             }
             ConnState::Open if self.request_started.is_some() && self.pending_output() == 0 => {
-                self.side_response(Response::error(408, "the request was not sent in time"))
-                    .write_to(&mut self.output, false, false, false);
+                self.side_response(NotServed::TooSlow.response()).write_to(
+                    &mut self.output,
+                    false,
+                    false,
+                    false,
+                );
                 self.state = ConnState::Closing;
                 self.last_progress = now;
                 Expired::Answered
@@ -522,7 +524,7 @@ impl Conn {
         let response = match guest::answer(&req, &self.peer, registry, None) {
             GuestAnswer::Respond(response, _) => response,
             // Cannot happen for the tagged paths; answer what is there.
-            _ => Response::error(500, "the wait could not be answered"),
+            _ => NotServed::WaitUnanswered.response(),
         };
         if !timed_out && response.etag.as_ref() == Some(&wait.etag) {
             return false;
@@ -696,12 +698,8 @@ impl Conn {
                 }
                 Ok(Parsed::Complete(req)) => req,
                 Err(e) => {
-                    self.side_response(Response::for_request_error(e)).write_to(
-                        &mut self.output,
-                        false,
-                        false,
-                        false,
-                    );
+                    self.side_response(NotServed::Unreadable(e).response())
+                        .write_to(&mut self.output, false, false, false);
                     self.state = ConnState::Closing;
                     return true;
                 }
@@ -764,11 +762,9 @@ impl Conn {
                     }
                 }
                 Side::Admin { authorized: false } => (
-                    Response::error(
-                        403,
-                        format!("uid {} may not use the admin socket", self.peer.uid),
-                    )
-                    .enveloped(),
+                    NotServed::NotAdmin { uid: self.peer.uid }
+                        .response()
+                        .enveloped(),
                     None,
                 ),
             };
@@ -990,21 +986,9 @@ fn plan_subscription(
     req: &Request<'_>,
     instance: Option<InstanceId>,
 ) -> Result<(Option<String>, Subscription), Response> {
-    let accept = handshake::check(req).map_err(|e| {
-        let mut response = Response::error(
-            match e {
-                HandshakeError::UnsupportedVersion => 426,
-                HandshakeError::MissingUpgrade | HandshakeError::BadKey => 400,
-            },
-            e.message(),
-        );
-        if e == HandshakeError::UnsupportedVersion {
-            response.extra_header = Some("Sec-WebSocket-Version: 13");
-        }
-        response
-    })?;
+    let accept = handshake::check(req).map_err(|e| NotServed::Handshake(e).response())?;
     let filter = match query_param(req.query, "type").map(percent_decode) {
-        Some(None) => return Err(Response::error(400, "bad percent-encoding in type")),
+        Some(None) => return Err(NotServed::BadPercentEncoding { what: "type" }.response()),
         Some(Some(list)) => TypeFilter::parse(Some(&list), instance.is_none()),
         None => TypeFilter::parse(None, instance.is_none()),
     };

@@ -17,6 +17,7 @@ pub mod client;
 pub mod conn;
 pub mod demo;
 pub mod doctor;
+pub mod error;
 pub mod events;
 pub mod fuzzing;
 pub mod http;

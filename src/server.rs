@@ -33,6 +33,7 @@ use crate::api::admin::{Connections, ServerFacts};
 use crate::conn::{
     Buffers, Conn, ConnState, Counted, Ctx, Expired, Listed, Next, Registration, Side,
 };
+use crate::error::NotServed;
 use crate::events::{self, Event};
 use crate::identity;
 use crate::instance::{InstanceSpec, RuleKinds};
@@ -1055,7 +1056,7 @@ impl Server {
         }
         if let Err((limit, why)) = admitted {
             self.metrics.limit_hit(limit);
-            self.refuse(stream, &peer, &why);
+            self.refuse(stream, &peer, NotServed::AtCapacity { limit, why });
             return;
         }
         match side {
@@ -1187,15 +1188,14 @@ impl Server {
         log_throttled(&mut self.refusal_logged, message);
     }
 
-    fn refuse(&mut self, stream: mio::net::UnixStream, peer: &identity::PeerFacts, why: &str) {
+    fn refuse(&mut self, stream: mio::net::UnixStream, peer: &identity::PeerFacts, why: NotServed) {
         self.log_throttled(format_args!(
             "refusing a connection from pid {} (uid {}): {why}",
             peer.pid, peer.uid
         ));
         let mut stream = stream;
         let mut out = Vec::new();
-        let mut response = crate::http::response::Response::error(503, why);
-        response.extra_header = Some("Retry-After: 1");
+        let response = why.response();
         response.write_to(&mut out, false, false, false);
         let _ = std::io::Write::write(&mut stream, &out);
     }
