@@ -28,7 +28,7 @@ use crate::limits::{
     MAX_ADMIN_BODY_BYTES, MAX_EVENT_FRAMING_BYTES, MAX_GUEST_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES,
     MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES, Tunables,
 };
-use crate::metrics::{IdentityFailure, Limit, Metrics, Reason};
+use crate::metrics::{IdentityFailure, Metrics, Reason};
 use crate::registry::{InstanceId, Registry};
 use crate::ws::close_code;
 use crate::ws::frame::{self, opcode};
@@ -772,7 +772,7 @@ impl Conn {
             ctx.metrics
                 .request(req.path, response.status, started.elapsed().as_secs_f64());
             if self.side == Side::Guest {
-                count_refusal(ctx, &self.peer, response.status);
+                count_refusal(ctx, &self.peer, response.refused);
             }
             let keep_alive = req.keep_alive && !response.close && !ctx.stopping;
             self.served = true;
@@ -948,34 +948,22 @@ pub struct Buffers {
     pub output: Vec<u8>,
 }
 
-/// Counts why a guest request was refused, for the metrics.
-fn count_refusal(ctx: &mut Ctx<'_>, peer: &PeerFacts, status: u16) {
-    use crate::registry::Refusal;
-    match status {
-        401 => ctx
-            .metrics
-            .refused(Reason::Identity(IdentityFailure::WrongUid)),
-        429 => ctx.metrics.limit_hit(Limit::Rate),
-        403 => {
-            let refusal = match ctx.registry.identify(peer) {
-                // A key outside user.*/cloud-init.*: not an identity failure.
-                Ok(_) => return,
-                Err(refusal) => refusal,
-            };
-            let failure = match refusal {
-                Refusal::NoInstance { .. } => IdentityFailure::NoInstance,
-                Refusal::Ambiguous { .. } => IdentityFailure::Ambiguous,
-                Refusal::Unverified { .. } => IdentityFailure::Unverified,
-            };
-            ctx.metrics.refused(Reason::Identity(failure));
-            // The guest was told only its own pid and uid; the host is told
-            // the whole reason (which instances), one line a second at most.
-            crate::server::log_throttled(
-                ctx.refusal_logged,
-                format_args!("refused a guest request: {refusal}"),
-            );
-        }
-        _ => {}
+/// Counts a refused guest request under the label its answer carries, for
+/// the metrics.
+fn count_refusal(ctx: &mut Ctx<'_>, peer: &PeerFacts, refused: Option<Reason>) {
+    let Some(reason) = refused else {
+        return;
+    };
+    ctx.metrics.refused(reason);
+    if matches!(reason, Reason::Identity(failure) if failure != IdentityFailure::WrongUid)
+        && let Err(refusal) = ctx.registry.identify(peer)
+    {
+        // The guest was told only its own pid and uid; the host is told
+        // the whole reason (which instances), one line a second at most.
+        crate::server::log_throttled(
+            ctx.refusal_logged,
+            format_args!("refused a guest request: {refusal}"),
+        );
     }
 }
 
