@@ -868,8 +868,8 @@ impl Conn {
                     self.input.clear();
                     return true;
                 }
-                Some(Action::Fail(code)) => {
-                    frame::write_close(&mut self.output, Some(code));
+                Some(Action::Fail(violation)) => {
+                    frame::write_close(&mut self.output, Some(violation.close_code()));
                     self.state = ConnState::Closing;
                     self.input.clear();
                     return true;
