@@ -26,7 +26,8 @@ use crate::http::response::{self, Response};
 use crate::identity::{self, CgroupPaths, PeerFacts};
 use crate::limits::{
     MAX_ADMIN_BODY_BYTES, MAX_EVENT_FRAMING_BYTES, MAX_GUEST_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES,
-    MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES, Tunables,
+    MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES, SPARE_BUFFER_BYTES,
+    Tunables,
 };
 use crate::metrics::{IdentityFailure, Metrics, Reason};
 use crate::registry::{InstanceId, Registry};
@@ -935,9 +936,6 @@ fn give_back(buffer: &mut Vec<u8>, spare: &mut Vec<u8>) {
     // One large answer must not keep a large buffer for good.
     spare.shrink_to(SPARE_BUFFER_BYTES);
 }
-
-/// The most capacity a returned server buffer keeps.
-const SPARE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The buffers a connection borrows while it is driven.
 #[derive(Debug, Default)]

@@ -38,17 +38,14 @@ use crate::events::{self, Event};
 use crate::identity;
 use crate::instance::{InstanceSpec, RuleKinds};
 use crate::limits::{
-    ACCEPT_RETRY_MS, ACCEPTS_PER_TURN, EVENTS_PER_POLL, LOG_THROTTLE, MAX_ADMIN_CONNECTIONS,
-    READ_CHUNK_BYTES, RESERVED_FDS, Tunables,
+    ACCEPT_RETRY_MS, ACCEPTS_PER_TURN, EVENTS_PER_POLL, FALLBACK_FD_LIMIT, LOG_THROTTLE,
+    MAX_ADMIN_CONNECTIONS, READ_CHUNK_BYTES, RESERVED_FDS, SHUTDOWN_GRACE, SILENT_PINGS, Tunables,
 };
 use crate::log;
 use crate::metrics::{Limit, Metrics};
 use crate::registry::{Instance, InstanceId, Registry};
 use crate::store::{self, Committed, Job, StoredInstance, Writer};
 use crate::ws::close_code;
-
-/// How long a stopping server lets answers in flight finish: 5 s.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The guest socket's listener. Connection tokens are slab keys, counted up
 /// from 0, so the fixed tokens sit at the far end of the range.
@@ -677,13 +674,13 @@ impl Server {
             .collect();
         for key in keys {
             if let Some(conn) = self.conns.get_mut(key)
-                && !conn.ping(now, interval * 3)
+                && !conn.ping(now, interval * SILENT_PINGS)
             {
                 self.metrics.ping_timeouts += 1;
                 log::info(format_args!(
                     "dropping a websocket subscriber (pid {}) silent for {:?}",
                     conn.peer.pid,
-                    interval * 3
+                    interval * SILENT_PINGS
                 ));
                 self.finished.push(key);
             }
@@ -1222,7 +1219,7 @@ fn open_file_limit() -> usize {
     use nix::sys::resource::{Resource, getrlimit};
     getrlimit(Resource::RLIMIT_NOFILE)
         .map(|(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX))
-        .unwrap_or(1024)
+        .unwrap_or(FALLBACK_FD_LIMIT)
 }
 
 /// Logs `message` unless a line was logged through `last` less than a

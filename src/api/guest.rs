@@ -14,7 +14,7 @@ use crate::http::request::{Request, percent_decode, query_param};
 use crate::http::response::Response;
 use crate::identity::PeerFacts;
 use crate::instance::{GuestAccess, GuestState, guest_visible};
-use crate::limits::Tunables;
+use crate::limits::{DEFAULT_WAIT_SECS, MAX_WAIT_SECS, Tunables};
 use crate::registry::{Instance, InstanceId, Registry};
 
 /// What a guest request calls for.
@@ -35,11 +35,6 @@ pub enum GuestAnswer {
         timeout: Duration,
     },
 }
-
-/// Longest `timeout_sec` of a change wait (PROTOCOL.md section 5).
-const MAX_WAIT_SECS: u64 = 300;
-/// `timeout_sec` when none is given.
-const DEFAULT_WAIT_SECS: u64 = 60;
 
 /// The caller's instance, or why it is refused.
 pub fn authorize(peer: &PeerFacts, registry: &Registry) -> Result<InstanceId, NotServed> {
