@@ -14,7 +14,7 @@ use std::fmt;
 
 use crate::http::request::RequestError;
 use crate::http::response::Response;
-use crate::instance::InvalidInstance;
+use crate::instance::{InvalidInstance, KeyRule};
 use crate::metrics::{IdentityFailure, Limit, Reason};
 use crate::registry::{Refusal, RegistryError};
 use crate::ws::handshake::HandshakeError;
@@ -232,10 +232,7 @@ impl fmt::Display for NotServed {
             NotServed::Handshake(e) => f.write_str(e.message()),
             NotServed::BadQuery(why) | NotServed::BadBody(why) => f.write_str(why),
             NotServed::BadPercentEncoding { what } => write!(f, "bad percent-encoding in {what}"),
-            NotServed::BadName { what, name } => write!(
-                f,
-                "{what} {name:?} is not 1-255 printable ASCII characters without spaces or any of / ? # % \" \\"
-            ),
+            NotServed::BadName { what, name } => write!(f, "{what} {name:?} is not {KeyRule}"),
             NotServed::Invalid(e) => e.fmt(f),
             NotServed::NoSuchPath => f.write_str("not found"),
             NotServed::MethodNotAllowed { .. } => f.write_str("method not allowed"),

@@ -56,6 +56,38 @@ pub const MAX_PENDING_OUTPUT_BYTES: usize = 256 * 1024;
 /// again; a dense host's live cgroups fit many times over.
 pub const MAX_KNOWN_CGROUPS: usize = 65_536;
 
+/// Longest instance name: 63 bytes of `a-z`, `0-9` and `-` (PROTOCOL.md
+/// section 4).
+///
+/// A name is a DNS label (RFC 1035 2.3.4: "labels 63 octets or less"), as
+/// LXD requires: it is the guest's `local-hostname`.
+pub const MAX_INSTANCE_NAME_BYTES: usize = 63;
+
+/// Longest config key, device name or device field name: 255 bytes of
+/// printable ASCII (PROTOCOL.md section 4).
+///
+/// A key is a path segment (`/1.0/config/<key>`) and a line of
+/// `GET /1.0/config`; 255 is a file name's limit on Linux (`NAME_MAX`), far
+/// above any key LXD or cloud-init uses.
+pub const MAX_KEY_BYTES: usize = 255;
+
+/// Longest `location` or `cloud_init_id` of an instance: 255 bytes.
+///
+/// Both are shown to the guest on every `GET /1.0` or meta-data read; a
+/// location is a host name, and RFC 1035 2.3.4 bounds a name to 255 octets.
+pub const MAX_LABEL_BYTES: usize = 255;
+
+/// Longest cgroup path in a match rule: 4096 bytes, Linux's `PATH_MAX`, the
+/// longest path a process can name.
+pub const MAX_CGROUP_PATH_BYTES: usize = 4096;
+
+/// Largest `/proc/<pid>/cgroup` read when a caller is identified: 4 KiB,
+/// read into the stack on every accepted connection that needs it.
+///
+/// On a cgroup v2 host it is the one line `0::<path>`; a longer file is
+/// refused as unreadable rather than read in pieces.
+pub const MAX_CGROUP_FILE_BYTES: usize = 4096;
+
 /// Largest `--instances` file read at start: 256 MiB.
 ///
 /// 4096 instances with generous config fit many times over; a larger file is
