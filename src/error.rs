@@ -271,12 +271,6 @@ impl fmt::Display for NotServed {
 
 impl std::error::Error for NotServed {}
 
-impl From<NotServed> for Response {
-    fn from(error: NotServed) -> Response {
-        error.response()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

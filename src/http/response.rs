@@ -126,7 +126,7 @@ impl Response {
     /// `json.Encoder` output, one `\n`, then the `\n` of `fmt.Fprintln`.
     /// Fields in Go's struct order; `message` is written as serde writes a
     /// JSON string, which equals Go's for the plain ASCII messages used here.
-    pub fn lxd_api_error(status: u16, message: &str) -> Response {
+    pub(crate) fn lxd_api_error(status: u16, message: &str) -> Response {
         let mut body = Vec::with_capacity(128 + message.len());
         body.extend_from_slice(
             br#"{"type":"error","status":"","status_code":0,"operation":"","error_code":"#,
