@@ -163,7 +163,7 @@ pub fn take_handoff() -> Result<Option<Handoff>, String> {
     // here refers to it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let channel = std::os::unix::net::UnixStream::from(owned);
-    let _ = channel.set_read_timeout(Some(std::time::Duration::from_secs(60)));
+    let _ = channel.set_read_timeout(Some(crate::limits::HANDOFF_TIMEOUT));
     Ok(Some(Handoff { channel }))
 }
 

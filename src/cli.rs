@@ -21,7 +21,9 @@ use serde_json::Value;
 
 use crate::client::{self, ClientError, encode_segment, table};
 use crate::instance::InstanceSpec;
-use crate::limits::{MAX_ADMIN_BODY_BYTES, MAX_INSTANCES_FILE_BYTES, RESERVED_FDS, Tunables};
+use crate::limits::{
+    MAX_ADMIN_BODY_BYTES, MAX_FLAG_SECS, MAX_INSTANCES_FILE_BYTES, RESERVED_FDS, Tunables,
+};
 use crate::server::{self, Seed, ServeConfig};
 
 /// Default guest socket path.
@@ -340,13 +342,13 @@ impl fmt::Display for Seconds {
     }
 }
 
-/// Parses seconds from 0 to a day.
+/// Parses seconds from 0 to [`MAX_FLAG_SECS`].
 fn seconds(text: &str) -> Result<Seconds, String> {
     text.parse::<f64>()
         .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= MAX_FLAG_SECS as f64)
         .map(|s| Seconds(Duration::from_secs_f64(s)))
-        .ok_or_else(|| "not a number of seconds (0 to 86400)".into())
+        .ok_or_else(|| format!("not a number of seconds (0 to {MAX_FLAG_SECS})"))
 }
 
 /// Parses seconds above 0 (an interval that must tick).

@@ -9,10 +9,8 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-/// How long a client command waits for the server before giving up.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::limits::{CLIENT_TIMEOUT, MAX_REPLY_HEADERS};
 
 /// A server's answer.
 #[derive(Debug)]
@@ -89,7 +87,7 @@ pub fn call(socket: &Path, method: &str, path: &str, body: &[u8]) -> Result<Repl
     stream
         .read_to_end(&mut reply)
         .map_err(ClientError::Receive)?;
-    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_REPLY_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     let Ok(httparse::Status::Complete(head_len)) = response.parse(&reply) else {
         return Err(ClientError::NotHttp);

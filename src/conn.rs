@@ -21,13 +21,15 @@ use crate::api::Change;
 use crate::api::admin::ServerFacts;
 use crate::api::guest::{self, GuestAnswer};
 use crate::dispatch::{KnownCaller, Outcome, dispatch};
+use crate::error::NotServed;
 use crate::events::TypeFilter;
 use crate::http::request::{self, Parsed, Request, WebSocketHeaders};
 use crate::http::response::{self, Response};
 use crate::identity::{self, CgroupPaths, PeerFacts};
 use crate::limits::{
     MAX_ADMIN_BODY_BYTES, MAX_EVENT_FRAMING_BYTES, MAX_GUEST_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES,
-    MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES, Tunables,
+    MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES, SPARE_BUFFER_BYTES,
+    Tunables,
 };
 use crate::metrics::Metrics;
 use crate::registry::{InstanceId, Registry};
@@ -373,10 +375,7 @@ impl<S: Read + Write + AsFd> Conn<S> {
             return;
         };
         self.output.truncate(at);
-        let response = Response::error(
-            500,
-            format!("the change was not made ({error}); nothing changed, so it can be retried"),
-        );
+        let response = NotServed::NotDurable(error.to_owned()).response();
         self.side_response(response)
             .write_to(&mut self.output, false, false, false);
         self.state = ConnState::Closing;
@@ -516,8 +515,12 @@ impl<S: Read + Write + AsFd> Conn<S> {
                 }
             }
             ConnState::Open if self.request_started.is_some() && self.pending_output() == 0 => {
-                self.side_response(Response::error(408, "the request was not sent in time"))
-                    .write_to(&mut self.output, false, false, false);
+                self.side_response(NotServed::TooSlow.response()).write_to(
+                    &mut self.output,
+                    false,
+                    false,
+                    false,
+                );
                 self.state = ConnState::Closing;
                 self.last_progress = now;
                 Expired::Answered
@@ -548,7 +551,7 @@ impl<S: Read + Write + AsFd> Conn<S> {
         let response = match guest::answer(&req, &caller, &self.peer, registry, None) {
             GuestAnswer::Respond(response, _) => response,
             // Cannot happen for the tagged paths; answer what is there.
-            _ => Response::error(500, "the wait could not be answered"),
+            _ => NotServed::WaitUnanswered.response(),
         };
         if !timed_out && response.etag.as_ref() == Some(&wait.etag) {
             return false;
@@ -722,12 +725,8 @@ impl<S: Read + Write + AsFd> Conn<S> {
                 }
                 Ok(Parsed::Complete(req)) => req,
                 Err(e) => {
-                    self.side_response(Response::for_request_error(e)).write_to(
-                        &mut self.output,
-                        false,
-                        false,
-                        false,
-                    );
+                    self.side_response(NotServed::Unreadable(e).response())
+                        .write_to(&mut self.output, false, false, false);
                     self.state = ConnState::Closing;
                     return true;
                 }
@@ -852,8 +851,8 @@ impl<S: Read + Write + AsFd> Conn<S> {
                     self.input.clear();
                     return true;
                 }
-                Some(Action::Fail(code)) => {
-                    frame::write_close(&mut self.output, Some(code));
+                Some(Action::Fail(violation)) => {
+                    frame::write_close(&mut self.output, Some(violation.close_code()));
                     self.state = ConnState::Closing;
                     self.input.clear();
                     return true;
@@ -919,9 +918,6 @@ fn give_back(buffer: &mut Vec<u8>, spare: &mut Vec<u8>) {
     // One large answer must not keep a large buffer for good.
     spare.shrink_to(SPARE_BUFFER_BYTES);
 }
-
-/// The most capacity a returned server buffer keeps.
-const SPARE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The buffers a connection borrows while it is driven.
 #[derive(Debug, Default)]

@@ -14,13 +14,14 @@ use crate::api::Change;
 use crate::api::admin::{self, AdminAnswer};
 use crate::api::guest::{self, Caller, GuestAnswer};
 use crate::conn::{ChangeWait, Ctx, Side, Subscription};
+use crate::error::NotServed;
 use crate::events::TypeFilter;
 use crate::http::request::{Request, percent_decode, query_param};
 use crate::http::response::{BodyKind, Response};
 use crate::identity::PeerFacts;
-use crate::metrics::Limit;
-use crate::registry::{InstanceId, Refusal};
-use crate::ws::handshake::{self, HandshakeError};
+use crate::metrics::Reason;
+use crate::registry::InstanceId;
+use crate::ws::handshake;
 
 /// What answering one request calls for.
 #[derive(Debug)]
@@ -61,7 +62,7 @@ pub fn dispatch(
                 }
             };
             if let Outcome::Respond(response, _) = &outcome {
-                count_refusal(ctx, &caller, response.status);
+                count_refusal(ctx, &caller, response.refused);
             }
             outcome
         }
@@ -83,11 +84,7 @@ pub fn dispatch(
             AdminAnswer::Subscribe => Outcome::Subscribe(plan_subscription(req, None)),
         },
         Side::Admin { authorized: false } => Outcome::Respond(
-            Response::error(
-                403,
-                format!("uid {} may not use the admin socket", peer.uid),
-            )
-            .enveloped(),
+            NotServed::NotAdmin { uid: peer.uid }.response().enveloped(),
             None,
         ),
     };
@@ -114,30 +111,20 @@ fn identify(peer: &PeerFacts, known: &mut KnownCaller, ctx: &Ctx<'_>) -> Caller 
     caller
 }
 
-/// Counts why a guest request was refused, for the metrics, and logs the
-/// whole reason of an identity refusal for the host (the guest was told
-/// only its own pid and uid).
-fn count_refusal(ctx: &mut Ctx<'_>, caller: &Caller, status: u16) {
-    match status {
-        401 => ctx.metrics.identity_wrong_uid += 1,
-        429 => ctx.metrics.limit_hit(Limit::Rate),
-        // A 403 with an instance is a key outside user.*/cloud-init.*:
-        // not an identity failure.
-        403 => {
-            let Err(refusal) = caller else {
-                return;
-            };
-            match refusal {
-                Refusal::NoInstance { .. } => ctx.metrics.identity_no_instance += 1,
-                Refusal::Ambiguous { .. } => ctx.metrics.identity_ambiguous += 1,
-                Refusal::Unverified { .. } => ctx.metrics.identity_unverified += 1,
-            }
-            crate::server::log_throttled(
-                ctx.refusal_logged,
-                format_args!("refused a guest request: {refusal}"),
-            );
-        }
-        _ => {}
+/// Counts a refused guest request under the label its answer carries, for
+/// the metrics, and logs the whole reason of an identity refusal for the
+/// host (the guest was told only its own pid and uid), one line a second at
+/// most.
+fn count_refusal(ctx: &mut Ctx<'_>, caller: &Caller, refused: Option<Reason>) {
+    let Some(reason) = refused else {
+        return;
+    };
+    ctx.metrics.refused(reason);
+    if let Err(refusal) = caller {
+        crate::server::log_throttled(
+            ctx.refusal_logged,
+            format_args!("refused a guest request: {refusal}"),
+        );
     }
 }
 
@@ -148,21 +135,9 @@ fn plan_subscription(
     req: &Request<'_>,
     instance: Option<InstanceId>,
 ) -> Result<(Option<String>, Subscription), Response> {
-    let accept = handshake::check(req).map_err(|e| {
-        let mut response = Response::error(
-            match e {
-                HandshakeError::UnsupportedVersion => 426,
-                HandshakeError::MissingUpgrade | HandshakeError::BadKey => 400,
-            },
-            e.message(),
-        );
-        if e == HandshakeError::UnsupportedVersion {
-            response.extra_header = Some("Sec-WebSocket-Version: 13");
-        }
-        response
-    })?;
+    let accept = handshake::check(req).map_err(|e| NotServed::Handshake(e).response())?;
     let filter = match query_param(req.query, "type").map(percent_decode) {
-        Some(None) => return Err(Response::error(400, "bad percent-encoding in type")),
+        Some(None) => return Err(NotServed::BadPercentEncoding { what: "type" }.response()),
         Some(Some(list)) => TypeFilter::parse(Some(&list), instance.is_none()),
         None => TypeFilter::parse(None, instance.is_none()),
     };

@@ -114,6 +114,8 @@ fn round_trip(req: &Request<'_>) {
 /// The websocket reader, fed `data` in chunks as a connection would:
 /// - it never panics and never consumes more than it is given;
 /// - once it reports a close or a failure it reads nothing more;
+/// - a failure closes with 1002, 1007 or 1009, the codes RFC 6455 gives for
+///   what a client can break;
 /// - a pong echoes at most 125 bytes (a control frame's limit).
 ///
 /// Also: any payload written as a server frame parses back to its header.
@@ -137,7 +139,11 @@ pub fn ws_reader(data: &[u8]) {
                 break;
             }
             match action {
-                Some(Action::Close(_) | Action::Fail(_)) => done = true,
+                Some(Action::Close(_)) => done = true,
+                Some(Action::Fail(violation)) => {
+                    assert!(matches!(violation.close_code(), 1002 | 1007 | 1009));
+                    done = true;
+                }
                 Some(Action::Pong(payload)) => assert!(payload.len() <= 125),
                 Some(Action::Alive) => {}
                 None if used == 0 => break,

@@ -25,7 +25,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{getsockopt, sockopt};
 
 use crate::instance::RuleKinds;
-use crate::limits::MAX_KNOWN_CGROUPS;
+use crate::limits::{MAX_CGROUP_FILE_BYTES, MAX_KNOWN_CGROUPS};
 
 /// The facts about a caller that match rules are evaluated against, taken
 /// once when its connection is accepted.
@@ -327,7 +327,7 @@ pub fn cgroup_of(pid: i32) -> io::Result<String> {
     // accepted connection.
     use std::io::Read;
     let mut file = fs::File::open(format!("/proc/{pid}/cgroup"))?;
-    let mut buf = [0u8; 4096];
+    let mut buf = [0u8; MAX_CGROUP_FILE_BYTES];
     let mut len = 0;
     loop {
         match file.read(&mut buf[len..])? {

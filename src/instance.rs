@@ -9,7 +9,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::MAX_VALUE_BYTES;
+use crate::limits::{
+    MAX_CGROUP_PATH_BYTES, MAX_INSTANCE_NAME_BYTES, MAX_KEY_BYTES, MAX_LABEL_BYTES, MAX_VALUE_BYTES,
+};
 
 /// An instance as the host describes it (the section 4 JSON object).
 ///
@@ -187,10 +189,11 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidInstan
     }
 }
 
-/// Whether `name` is a valid instance name: 1-63 of `a-z 0-9 -`, not starting
-/// or ending with `-` (a DNS label, as LXD requires).
+/// Whether `name` is a valid instance name: 1 to
+/// [`MAX_INSTANCE_NAME_BYTES`] of `a-z 0-9 -`, not starting or ending with
+/// `-` (a DNS label, as LXD requires).
 pub fn valid_instance_name(name: &str) -> bool {
-    (1..=63).contains(&name.len())
+    (1..=MAX_INSTANCE_NAME_BYTES).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -205,12 +208,27 @@ pub fn valid_instance_name(name: &str) -> bool {
 const KEY_FORBIDDEN: &[u8] = b"/?#%\"\\";
 
 /// Whether `key` can name a config key or a device (or a device's field):
-/// 1-255 printable ASCII characters, none of `/ ? # % " \`.
+/// [`KeyRule`].
 pub fn valid_key(key: &str) -> bool {
-    (1..=255).contains(&key.len())
+    (1..=MAX_KEY_BYTES).contains(&key.len())
         && key
             .bytes()
             .all(|b| b.is_ascii_graphic() && !KEY_FORBIDDEN.contains(&b))
+}
+
+/// What [`valid_key`] takes, in words, for the messages that refuse a key
+/// or a name: "1-255 printable ASCII characters without spaces or any of
+/// / ? # % \" \\".
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRule;
+
+impl fmt::Display for KeyRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "1-{MAX_KEY_BYTES} printable ASCII characters without spaces or any of / ? # % \" \\"
+        )
+    }
 }
 
 /// Checks a config key and its value; `field` names it in the error.
@@ -218,7 +236,7 @@ pub fn check_config_entry(key: &str, value: &str) -> Result<(), InvalidInstance>
     if !valid_key(key) {
         return Err(invalid(
             format!("config[{key:?}]"),
-            "a key is 1-255 printable ASCII characters without spaces or any of / ? # % \" \\",
+            format!("a key is {KeyRule}"),
         ));
     }
     check_value(&format!("config[{key:?}]"), value)
@@ -241,18 +259,12 @@ fn check_value(field: &str, value: &str) -> Result<(), InvalidInstance> {
 pub fn check_device(name: &str, fields: &BTreeMap<String, String>) -> Result<(), InvalidInstance> {
     let field = format!("devices[{name:?}]");
     if !valid_key(name) {
-        return Err(invalid(
-            field,
-            "a device name is 1-255 printable ASCII characters without spaces or any of / ? # % \" \\",
-        ));
+        return Err(invalid(field, format!("a device name is {KeyRule}")));
     }
     for (key, value) in fields {
         let field = format!("devices[{name:?}][{key:?}]");
         if !valid_key(key) {
-            return Err(invalid(
-                field,
-                "a device field name is 1-255 printable ASCII characters without spaces or any of / ? # % \" \\",
-            ));
+            return Err(invalid(field, format!("a device field name is {KeyRule}")));
         }
         check_value(&field, value)?;
     }
@@ -276,8 +288,11 @@ fn check_rule(rule: &MatchRule) -> Result<(), InvalidInstance> {
                     "the root cgroup would match every process on the host, guestsock's own callers included",
                 ));
             }
-            if path.len() > 4096 {
-                return Err(invalid(field, "longer than 4096 bytes"));
+            if path.len() > MAX_CGROUP_PATH_BYTES {
+                return Err(invalid(
+                    field,
+                    format!("longer than {MAX_CGROUP_PATH_BYTES} bytes"),
+                ));
             }
             let mut components = path[1..].split('/');
             if path.ends_with('/')
@@ -321,7 +336,7 @@ impl InstanceSpec {
             return Err(invalid(
                 "name",
                 format!(
-                    "{:?} is not 1-63 characters of a-z, 0-9 and '-' that neither starts nor ends with '-'",
+                    "{:?} is not 1-{MAX_INSTANCE_NAME_BYTES} characters of a-z, 0-9 and '-' that neither starts nor ends with '-'",
                     self.name
                 ),
             ));
@@ -332,11 +347,13 @@ impl InstanceSpec {
             ("cloud_init_id", &self.cloud_init_id),
         ] {
             if let Some(value) = value
-                && (value.is_empty() || value.len() > 255 || value.chars().any(char::is_control))
+                && (value.is_empty()
+                    || value.len() > MAX_LABEL_BYTES
+                    || value.chars().any(char::is_control))
             {
                 return Err(invalid(
                     field,
-                    "must be 1-255 characters with no control characters",
+                    format!("must be 1-{MAX_LABEL_BYTES} characters with no control characters"),
                 ));
             }
         }
@@ -408,6 +425,43 @@ mod tests {
             "", "user.a b", "user/a", "user.a?", "user.%41", "user.\n", "user.é",
         ] {
             assert!(!valid_key(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bounds_are_worded_as_before() {
+        let rule = "1-255 printable ASCII characters without spaces or any of / ? # % \" \\";
+        assert_eq!(KeyRule.to_string(), rule);
+        let reason = |r: Result<(), InvalidInstance>| r.unwrap_err().reason;
+        assert_eq!(
+            reason(check_config_entry("a b", "")),
+            format!("a key is {rule}")
+        );
+        let fields = BTreeMap::from([("a b".to_owned(), String::new())]);
+        assert_eq!(
+            reason(check_device("a b", &BTreeMap::new())),
+            format!("a device name is {rule}")
+        );
+        assert_eq!(
+            reason(check_device("eth0", &fields)),
+            format!("a device field name is {rule}")
+        );
+        let long_path = format!("/{}", "a".repeat(4096));
+        for (json, message) in [
+            (
+                r#"{"name":"-c","match":{"pid":1}}"#.to_owned(),
+                "name: \"-c\" is not 1-63 characters of a-z, 0-9 and '-' that neither starts nor ends with '-'",
+            ),
+            (
+                r#"{"name":"c","match":{"pid":1},"location":""}"#.to_owned(),
+                "location: must be 1-255 characters with no control characters",
+            ),
+            (
+                format!(r#"{{"name":"c","match":{{"cgroup":"{long_path}"}}}}"#),
+                "match.cgroup: longer than 4096 bytes",
+            ),
+        ] {
+            assert_eq!(spec(&json).unwrap_err(), message);
         }
     }
 

@@ -18,6 +18,7 @@ pub mod conn;
 pub mod demo;
 pub mod dispatch;
 pub mod doctor;
+pub mod error;
 pub mod events;
 pub mod fuzzing;
 pub mod http;

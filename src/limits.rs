@@ -1,7 +1,11 @@
 //! Every bound guestsock enforces, in one place.
 //!
-//! Each constant says its default and why. Bounds a guest can push against are
-//! checked before anything is allocated for the input that would cross them.
+//! Each constant says its value and why; each default of a `serve` flag is
+//! written once, here, and `--help` shows it from [`Tunables::default`].
+//! Bounds a guest can push against are checked before anything is allocated
+//! for the input that would cross them.
+
+use std::time::Duration;
 
 /// Largest request head (request line plus headers), in bytes: 8 KiB.
 ///
@@ -52,6 +56,38 @@ pub const MAX_PENDING_OUTPUT_BYTES: usize = 256 * 1024;
 /// again; a dense host's live cgroups fit many times over.
 pub const MAX_KNOWN_CGROUPS: usize = 65_536;
 
+/// Longest instance name: 63 bytes of `a-z`, `0-9` and `-` (docs/protocol.md
+/// section 4).
+///
+/// A name is a DNS label (RFC 1035 2.3.4: "labels 63 octets or less"), as
+/// LXD requires: it is the guest's `local-hostname`.
+pub const MAX_INSTANCE_NAME_BYTES: usize = 63;
+
+/// Longest config key, device name or device field name: 255 bytes of
+/// printable ASCII (docs/protocol.md section 4).
+///
+/// A key is a path segment (`/1.0/config/<key>`) and a line of
+/// `GET /1.0/config`; 255 is a file name's limit on Linux (`NAME_MAX`), far
+/// above any key LXD or cloud-init uses.
+pub const MAX_KEY_BYTES: usize = 255;
+
+/// Longest `location` or `cloud_init_id` of an instance: 255 bytes.
+///
+/// Both are shown to the guest on every `GET /1.0` or meta-data read; a
+/// location is a host name, and RFC 1035 2.3.4 bounds a name to 255 octets.
+pub const MAX_LABEL_BYTES: usize = 255;
+
+/// Longest cgroup path in a match rule: 4096 bytes, Linux's `PATH_MAX`, the
+/// longest path a process can name.
+pub const MAX_CGROUP_PATH_BYTES: usize = 4096;
+
+/// Largest `/proc/<pid>/cgroup` read when a caller is identified: 4 KiB,
+/// read into the stack on every accepted connection that needs it.
+///
+/// On a cgroup v2 host it is the one line `0::<path>`; a longer file is
+/// refused as unreadable rather than read in pieces.
+pub const MAX_CGROUP_FILE_BYTES: usize = 4096;
+
 /// Largest `--instances` file read at start: 256 MiB.
 ///
 /// 4096 instances with generous config fit many times over; a larger file is
@@ -82,7 +118,7 @@ pub const ACCEPT_RETRY_MS: u64 = 100;
 ///
 /// Every such line is caused by a peer, and a peer can cause them as fast
 /// as it can connect; the README promises one line a second at most.
-pub const LOG_THROTTLE: std::time::Duration = std::time::Duration::from_secs(1);
+pub const LOG_THROTTLE: Duration = Duration::from_secs(1);
 
 /// Largest request body on the admin socket, in bytes: 8 MiB.
 ///
@@ -113,11 +149,136 @@ pub const MAX_SUBSCRIBER_QUEUE_BYTES: usize = 256 * 1024;
 /// 64-bit length, no mask); a stream adds one newline.
 pub const MAX_EVENT_FRAMING_BYTES: usize = 10;
 
-/// How often the server pings a websocket subscriber: 10 s. A subscriber
-/// silent for three intervals is dropped (docs/protocol.md section 5).
-pub const PING_INTERVAL_SECS: u64 = 10;
+/// Ping intervals a websocket subscriber may stay silent before it is
+/// dropped: 3 (docs/protocol.md section 5).
+///
+/// A live client answers each ping within an interval; three missed in a
+/// row (30 s at [`DEFAULT_PING_INTERVAL`]) mean the peer is gone or stuck,
+/// and its connection would otherwise be held for ever, since subscribers
+/// have no idle timeout.
+pub const SILENT_PINGS: u32 = 3;
 
-/// The limits an operator tunes with `serve` flags, with their defaults.
+/// Most capacity a server buffer keeps when a connection gives it back:
+/// 64 KiB.
+///
+/// Connections borrow the server's buffers while they are driven, so that
+/// an idle one holds none; one large answer (a 1 MiB config value) must not
+/// keep a large buffer for good.
+pub const SPARE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The longest `timeout_sec` of a change wait (`?wait_for_change=true`,
+/// docs/protocol.md section 6): 300 s. A longer one is answered `400`.
+///
+/// A waiting request keeps its connection, which counts against its
+/// instance's connection cap: the bound keeps one request from parking a
+/// connection for ever. A client that wants to wait longer asks again.
+pub const MAX_WAIT_SECS: u64 = 300;
+
+/// The `timeout_sec` of a change wait that names none: 60 s.
+///
+/// A client that did not choose gets an answer, changed or not, once a
+/// minute: often enough to notice a server that went away.
+pub const DEFAULT_WAIT_SECS: u64 = 60;
+
+/// How long a stopping server lets answers in flight finish: 5 s.
+///
+/// On SIGTERM, SIGINT or SIGHUP the server stops accepting, ends event
+/// streams and answers waiting requests at once; what is left are answers
+/// being written and changes waiting for their fsync. A client that does
+/// not read its answer is not waited for past this (the README promises at
+/// most 5 s).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a guestsock started by SIGHUP waits for its predecessor, first
+/// for the listening sockets, then for the state directory: 60 s.
+///
+/// The predecessor lets go of the directory after at most
+/// [`SHUTDOWN_GRACE`] and its last writes; a minute leaves a slow disk
+/// plenty of room, and a predecessor that hangs makes the successor fail
+/// with an error instead of waiting for ever.
+pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a command-line client waits for the server, each way, before
+/// giving up: 60 s.
+///
+/// An admin change is answered once it is on disk; a minute covers a slow
+/// fsync many times over, and a server that does not answer is reported
+/// instead of hanging the command.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Header fields the command-line client reads in an answer: 32.
+///
+/// guestsock sends fewer than ten; an answer with more is not one of its
+/// answers and is reported as not HTTP. httparse parses into an array of
+/// this size on the stack.
+pub const MAX_REPLY_HEADERS: usize = 32;
+
+/// Largest value of a timeout flag of `serve`, in seconds: 86,400 (a day).
+///
+/// A longer timeout is a mistake of units rather than a tuning, and the
+/// bound keeps the conversion to a `Duration` far from overflow.
+pub const MAX_FLAG_SECS: u64 = 86_400;
+
+/// The open-file limit assumed if `getrlimit` cannot tell: 1024, the usual
+/// soft limit, so that the connection caps derived from it stay low rather
+/// than unbounded.
+pub const FALLBACK_FD_LIMIT: usize = 1024;
+
+/// `--max-per-instance`'s default: 32 open guest connections per instance.
+///
+/// A guest needs a few (cloud-init, an agent, an event subscriber); 32
+/// leaves room for many agents while one container cannot take the slots
+/// of the others.
+pub const DEFAULT_MAX_PER_INSTANCE: u32 = 32;
+
+/// `--max-unknown`'s default: 64 open guest connections from callers that
+/// match no instance, all together.
+///
+/// Such callers can only ever be told `403`; a few at a time is plenty for
+/// that, and more are answered `503` instead of taking slots that instances
+/// need.
+pub const DEFAULT_MAX_UNKNOWN: u32 = 64;
+
+/// `--header-timeout`'s default: 5 s from a request's first byte to the end
+/// of its head.
+///
+/// A real client writes its head at once; a slowloris that trickles it
+/// holds a connection for 5 s at most.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `--body-timeout`'s default: 10 s from the end of the head to the end of
+/// the body.
+///
+/// Bodies are small (a guest's state, an admin object of at most
+/// [`MAX_ADMIN_BODY_BYTES`]) and sent right behind their head.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `--idle-timeout`'s default: 60 s of a keep-alive connection with no
+/// request under way, or of an answer the peer does not read.
+///
+/// Enough to keep a connection for a client that asks again soon, without
+/// holding descriptors for clients that left.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `--rate-limit`'s default: 100 guest requests a second per instance.
+///
+/// Far above what cloud-init or an agent asks; a guest that loops on the
+/// socket gets `429` instead of a growing share of the one event loop.
+pub const DEFAULT_RATE_PER_SEC: u32 = 100;
+
+/// `--rate-burst`'s default: a bucket of 200 requests, so that a guest
+/// starting up can ask for everything at once.
+pub const DEFAULT_RATE_BURST: u32 = 200;
+
+/// `--ws-ping-interval`'s default: a ping every 10 s to each websocket
+/// subscriber.
+///
+/// A vanished peer is found within [`SILENT_PINGS`] intervals; a ping is
+/// one small frame per subscriber.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The limits an operator tunes with `serve` flags. Each field's default is
+/// the `DEFAULT_` constant named in its doc.
 ///
 /// Every one of them bounds what one guest can take from the others: a
 /// container can reach the guest socket, so every container is a possible
@@ -130,31 +291,33 @@ pub struct Tunables {
     /// a larger one lowered to that. Past it, a new connection is answered
     /// `503` and closed.
     pub max_connections: Option<usize>,
-    /// `--max-per-instance`: open guest connections of one instance; default
-    /// 32. One container cannot take the slots of the others: past it, `503`.
+    /// `--max-per-instance`: open guest connections of one instance
+    /// ([`DEFAULT_MAX_PER_INSTANCE`]). Past it, `503`.
     pub max_per_instance: u32,
     /// `--max-unknown`: open guest connections from callers that match no
-    /// instance, all together; default 64. They can only ever be told `403`.
+    /// instance, all together ([`DEFAULT_MAX_UNKNOWN`]). Past it, `503`.
     pub max_unknown: u32,
     /// `--header-timeout`: from a request's first byte to the end of its
-    /// head; default 5 s. Past it (a slowloris), `408` and close.
-    pub header_timeout: std::time::Duration,
-    /// `--body-timeout`: from the end of the head to the end of the body;
-    /// default 10 s. Past it, `408` and close.
-    pub body_timeout: std::time::Duration,
+    /// head ([`DEFAULT_HEADER_TIMEOUT`]). Past it, `408` and close.
+    pub header_timeout: Duration,
+    /// `--body-timeout`: from the end of the head to the end of the body
+    /// ([`DEFAULT_BODY_TIMEOUT`]). Past it, `408` and close.
+    pub body_timeout: Duration,
     /// `--idle-timeout`: a keep-alive connection with no request under way,
-    /// or an answer the peer does not read; default 60 s. Event streams
-    /// and websockets are exempt (websockets have the ping rule instead).
-    pub idle_timeout: std::time::Duration,
+    /// or an answer the peer does not read ([`DEFAULT_IDLE_TIMEOUT`]).
+    /// Event streams and websockets are exempt (websockets have the ping
+    /// rule instead).
+    pub idle_timeout: Duration,
     /// `--rate-limit`: guest requests per second per instance, refilling a
-    /// token bucket of `rate_burst`; default 100. Past it, `429` with
-    /// `Retry-After`. 0 turns it off (benchmarks).
+    /// token bucket of `rate_burst` ([`DEFAULT_RATE_PER_SEC`]). Past it,
+    /// `429` with `Retry-After`. 0 turns it off (benchmarks).
     pub rate_per_sec: u32,
-    /// `--rate-burst`: the bucket's size; default 200.
+    /// `--rate-burst`: the bucket's size ([`DEFAULT_RATE_BURST`]).
     pub rate_burst: u32,
-    /// `--ws-ping-interval`: how often websocket subscribers are pinged;
-    /// default 10 s. One silent for three intervals is dropped.
-    pub ping_interval: std::time::Duration,
+    /// `--ws-ping-interval`: how often websocket subscribers are pinged
+    /// ([`DEFAULT_PING_INTERVAL`]). One silent for [`SILENT_PINGS`]
+    /// intervals is dropped.
+    pub ping_interval: Duration,
 }
 
 /// File descriptors kept free of guest connections for everything else the
@@ -175,17 +338,16 @@ pub const MAX_ADMIN_CONNECTIONS: usize = 16;
 
 impl Default for Tunables {
     fn default() -> Tunables {
-        use std::time::Duration;
         Tunables {
             max_connections: None,
-            max_per_instance: 32,
-            max_unknown: 64,
-            header_timeout: Duration::from_secs(5),
-            body_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            rate_per_sec: 100,
-            rate_burst: 200,
-            ping_interval: Duration::from_secs(PING_INTERVAL_SECS),
+            max_per_instance: DEFAULT_MAX_PER_INSTANCE,
+            max_unknown: DEFAULT_MAX_UNKNOWN,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            rate_per_sec: DEFAULT_RATE_PER_SEC,
+            rate_burst: DEFAULT_RATE_BURST,
+            ping_interval: DEFAULT_PING_INTERVAL,
         }
     }
 }

@@ -30,7 +30,8 @@ const STATUSES: [u16; 17] = [
     101, 200, 304, 400, 401, 403, 404, 405, 408, 409, 413, 426, 429, 431, 500, 501, 503,
 ];
 
-/// Why a connection or request was refused at a limit.
+/// Why a connection or request was refused at a limit: one label of
+/// `guestsock_limits_hit_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     /// The global connection cap.
@@ -43,6 +44,71 @@ pub enum Limit {
     Timeout,
     /// The rate limit.
     Rate,
+}
+
+impl Limit {
+    /// Every limit, in the order they are rendered.
+    pub const ALL: [Limit; 5] = [
+        Limit::Connections,
+        Limit::PerInstance,
+        Limit::Unknown,
+        Limit::Timeout,
+        Limit::Rate,
+    ];
+
+    /// Its `limit` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::Connections => "connections",
+            Limit::PerInstance => "per_instance",
+            Limit::Unknown => "unknown",
+            Limit::Timeout => "timeout",
+            Limit::Rate => "rate",
+        }
+    }
+}
+
+/// Why a guest request was refused for who its caller is: one label of
+/// `guestsock_identity_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityFailure {
+    /// The caller matched no instance (`403`).
+    NoInstance,
+    /// Two kinds of rule named different instances (`403`).
+    Ambiguous,
+    /// A `/proc` fact could not be proved (`403`).
+    Unverified,
+    /// A uid other than its instance's root, where only root may ask (`401`).
+    WrongUid,
+}
+
+impl IdentityFailure {
+    /// Every identity failure, in the order they are rendered.
+    pub const ALL: [IdentityFailure; 4] = [
+        IdentityFailure::NoInstance,
+        IdentityFailure::Ambiguous,
+        IdentityFailure::Unverified,
+        IdentityFailure::WrongUid,
+    ];
+
+    /// Its `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            IdentityFailure::NoInstance => "no_instance",
+            IdentityFailure::Ambiguous => "ambiguous",
+            IdentityFailure::Unverified => "unverified",
+            IdentityFailure::WrongUid => "wrong_uid",
+        }
+    }
+}
+
+/// What a refusal counts as: a label of one of the two refusal counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// `guestsock_identity_failures_total{reason=..}`.
+    Identity(IdentityFailure),
+    /// `guestsock_limits_hit_total{limit=..}`.
+    Limit(Limit),
 }
 
 /// Every counter.
@@ -60,15 +126,10 @@ pub struct Metrics {
     pub slow_consumers_cut: u64,
     /// Websocket subscribers dropped for not answering pings.
     pub ping_timeouts: u64,
-    limits_hit: [u64; 5],
-    /// Guest requests refused `403` because the caller matched no instance.
-    pub identity_no_instance: u64,
-    /// ... because two kinds of rule named different instances.
-    pub identity_ambiguous: u64,
-    /// ... because a `/proc` fact could not be proved.
-    pub identity_unverified: u64,
-    /// Guest requests refused `401` (wrong uid inside an instance).
-    pub identity_wrong_uid: u64,
+    /// Refusals at each limit, by [`Limit`].
+    limits_hit: [u64; Limit::ALL.len()],
+    /// Guest requests refused for who asked, by [`IdentityFailure`].
+    identity_failures: [u64; IdentityFailure::ALL.len()],
     /// The last fan-out: frames queued, and how long queuing (and writing,
     /// where the socket took it at once) all of them took.
     last_fanout: (usize, f64),
@@ -87,11 +148,8 @@ impl Default for Metrics {
             events_delivered: 0,
             slow_consumers_cut: 0,
             ping_timeouts: 0,
-            limits_hit: [0; 5],
-            identity_no_instance: 0,
-            identity_ambiguous: 0,
-            identity_unverified: 0,
-            identity_wrong_uid: 0,
+            limits_hit: [0; Limit::ALL.len()],
+            identity_failures: [0; IdentityFailure::ALL.len()],
             last_fanout: (0, 0.0),
             max_fanout: (0, 0.0),
         }
@@ -141,7 +199,15 @@ impl Metrics {
 
     /// Counts a limit that refused something.
     pub fn limit_hit(&mut self, limit: Limit) {
-        self.limits_hit[limit as usize] += 1;
+        self.refused(Reason::Limit(limit));
+    }
+
+    /// Counts one refusal under its label.
+    pub fn refused(&mut self, reason: Reason) {
+        match reason {
+            Reason::Identity(failure) => self.identity_failures[failure as usize] += 1,
+            Reason::Limit(limit) => self.limits_hit[limit as usize] += 1,
+        }
     }
 
     /// The exposition text. `gauges` are the current values: connections by
@@ -203,12 +269,15 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP guestsock_identity_failures_total Guest requests refused, by reason.\n# TYPE guestsock_identity_failures_total counter\nguestsock_identity_failures_total{{reason=\"no_instance\"}} {}\nguestsock_identity_failures_total{{reason=\"ambiguous\"}} {}\nguestsock_identity_failures_total{{reason=\"unverified\"}} {}\nguestsock_identity_failures_total{{reason=\"wrong_uid\"}} {}",
-            self.identity_no_instance,
-            self.identity_ambiguous,
-            self.identity_unverified,
-            self.identity_wrong_uid
+            "# HELP guestsock_identity_failures_total Guest requests refused, by reason.\n# TYPE guestsock_identity_failures_total counter"
         );
+        for (failure, count) in IdentityFailure::ALL.iter().zip(self.identity_failures) {
+            let _ = writeln!(
+                out,
+                "guestsock_identity_failures_total{{reason=\"{}\"}} {count}",
+                failure.label()
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP guestsock_events_total Events published, and frames delivered to or dropped for subscribers.\n# TYPE guestsock_events_total counter\nguestsock_events_total{{what=\"published\"}} {}\nguestsock_events_total{{what=\"delivered\"}} {}\nguestsock_events_total{{what=\"dropped\"}} {}",
@@ -228,13 +297,11 @@ impl Metrics {
             out,
             "# HELP guestsock_limits_hit_total Connections or requests refused at a limit.\n# TYPE guestsock_limits_hit_total counter"
         );
-        for (name, count) in ["connections", "per_instance", "unknown", "timeout", "rate"]
-            .iter()
-            .zip(self.limits_hit)
-        {
+        for (limit, count) in Limit::ALL.iter().zip(self.limits_hit) {
             let _ = writeln!(
                 out,
-                "guestsock_limits_hit_total{{limit=\"{name}\"}} {count}"
+                "guestsock_limits_hit_total{{limit=\"{}\"}} {count}",
+                limit.label()
             );
         }
         out
@@ -266,5 +333,45 @@ mod tests {
         assert!(text.contains("guestsock_connections{kind=\"guest\"} 3"));
         assert!(text.contains("guestsock_instances 7"));
         assert!(!text.contains("passwd"), "client paths never become labels");
+    }
+
+    #[test]
+    fn every_refusal_is_counted_under_its_own_label() {
+        let reasons = IdentityFailure::ALL
+            .map(Reason::Identity)
+            .into_iter()
+            .chain(Limit::ALL.map(Reason::Limit));
+        for (n, reason) in reasons.enumerate() {
+            let mut m = Metrics::default();
+            for _ in 0..=n {
+                m.refused(reason);
+            }
+            let line = match reason {
+                Reason::Identity(f) => format!(
+                    "guestsock_identity_failures_total{{reason=\"{}\"}} {}",
+                    f.label(),
+                    n + 1
+                ),
+                Reason::Limit(l) => {
+                    format!(
+                        "guestsock_limits_hit_total{{limit=\"{}\"}} {}",
+                        l.label(),
+                        n + 1
+                    )
+                }
+            };
+            let text = m.render(0, 0, 0, 0);
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+            // Every other refusal counter is still 0.
+            let counted = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("guestsock_identity_failures_total{")
+                        || l.starts_with("guestsock_limits_hit_total{")
+                })
+                .filter(|l| !l.ends_with(" 0"))
+                .count();
+            assert_eq!(counted, 1, "{text}");
+        }
     }
 }

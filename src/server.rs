@@ -33,21 +33,19 @@ use crate::api::admin::{Connections, ServerFacts};
 use crate::conn::{
     Buffers, Conn, ConnState, Counted, Ctx, Expired, Listed, Next, Registration, Side,
 };
+use crate::error::NotServed;
 use crate::events::{self, Event};
 use crate::identity;
 use crate::instance::{InstanceSpec, RuleKinds};
 use crate::limits::{
-    ACCEPT_RETRY_MS, ACCEPTS_PER_TURN, EVENTS_PER_POLL, LOG_THROTTLE, MAX_ADMIN_CONNECTIONS,
-    READ_CHUNK_BYTES, RESERVED_FDS, Tunables,
+    ACCEPT_RETRY_MS, ACCEPTS_PER_TURN, EVENTS_PER_POLL, FALLBACK_FD_LIMIT, LOG_THROTTLE,
+    MAX_ADMIN_CONNECTIONS, READ_CHUNK_BYTES, RESERVED_FDS, SHUTDOWN_GRACE, SILENT_PINGS, Tunables,
 };
 use crate::log;
 use crate::metrics::{Limit, Metrics};
 use crate::registry::{Instance, InstanceId, Registry};
 use crate::store::{self, Committed, Job, StoredInstance, Writer};
 use crate::ws::close_code;
-
-/// How long a stopping server lets answers in flight finish: 5 s.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The guest socket's listener. Connection tokens are slab keys, counted up
 /// from 0, so the fixed tokens sit at the far end of the range.
@@ -675,13 +673,13 @@ impl Server {
             .collect();
         for key in keys {
             if let Some(conn) = self.conns.get_mut(key)
-                && !conn.ping(now, interval * 3)
+                && !conn.ping(now, interval * SILENT_PINGS)
             {
                 self.metrics.ping_timeouts += 1;
                 log::info(format_args!(
                     "dropping a websocket subscriber (pid {}) silent for {:?}",
                     conn.peer.pid,
-                    interval * 3
+                    interval * SILENT_PINGS
                 ));
                 self.finished.push(key);
             }
@@ -1064,7 +1062,7 @@ impl Server {
         }
         if let Err((limit, why)) = admitted {
             self.metrics.limit_hit(limit);
-            self.refuse(stream, &peer, &why);
+            self.refuse(stream, &peer, NotServed::AtCapacity { limit, why });
             return;
         }
         match side {
@@ -1196,15 +1194,14 @@ impl Server {
         log_throttled(&mut self.refusal_logged, message);
     }
 
-    fn refuse(&mut self, stream: mio::net::UnixStream, peer: &identity::PeerFacts, why: &str) {
+    fn refuse(&mut self, stream: mio::net::UnixStream, peer: &identity::PeerFacts, why: NotServed) {
         self.log_throttled(format_args!(
             "refusing a connection from pid {} (uid {}): {why}",
             peer.pid, peer.uid
         ));
         let mut stream = stream;
         let mut out = Vec::new();
-        let mut response = crate::http::response::Response::error(503, why);
-        response.extra_header = Some("Retry-After: 1");
+        let response = why.response();
         response.write_to(&mut out, false, false, false);
         let _ = std::io::Write::write(&mut stream, &out);
     }
@@ -1231,7 +1228,7 @@ fn open_file_limit() -> usize {
     use nix::sys::resource::{Resource, getrlimit};
     getrlimit(Resource::RLIMIT_NOFILE)
         .map(|(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX))
-        .unwrap_or(1024)
+        .unwrap_or(FALLBACK_FD_LIMIT)
 }
 
 /// Logs `message` unless a line was logged through `last` less than a

@@ -148,7 +148,9 @@ fn setup(flood_registered: bool) -> (util::Server, util::Cgroup, util::Cgroup) {
     if flood_registered {
         instances.push(json!({"name": "flood", "match": {"cgroup": bad.path}}));
     }
-    let server = util::Server::start(json!(instances));
+    // The neighbour asks as fast as it can: its own rate limit is not
+    // what this measures.
+    let server = util::Server::start_with(json!(instances), &["--rate-limit", "0"]);
     (server, near, bad)
 }
 

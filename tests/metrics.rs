@@ -84,3 +84,64 @@ fn stats_shows_the_same_for_a_person() {
     assert_eq!(value("2xx"), "1", "{text}");
     assert_eq!(value("4xx"), "1", "{text}");
 }
+
+/// The refusals of guest requests are counted by what went wrong: the caller
+/// matching no instance, a uid other than its instance's root, the rate
+/// limit. Returns the statuses of `asks` requests and the metrics text.
+fn refusal_counters(
+    instances: serde_json::Value,
+    extra: &[&str],
+    asks: usize,
+) -> (Vec<u16>, String) {
+    let server = util::Server::start_with(instances, extra);
+    let statuses = (0..asks).map(|_| server.get("/1.0").status).collect();
+    (
+        statuses,
+        server.admin_call("GET", "/1.0/metrics", b"").text(),
+    )
+}
+
+#[test]
+fn refusals_are_counted_by_reason() {
+    let me = util::my_uid();
+    let has = |text: &str, line: String| {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    };
+    let (statuses, text) = refusal_counters(
+        json!([{"name": "other", "match": {"uid_range": [me.wrapping_add(1), 1]}}]),
+        &[],
+        2,
+    );
+    assert_eq!(statuses, [403, 403]);
+    has(
+        &text,
+        "guestsock_identity_failures_total{reason=\"no_instance\"} 2".into(),
+    );
+    let (statuses, text) = refusal_counters(
+        json!([{"name": "c1", "match": {"uid_range": [me, 1]}, "root_uid": me.wrapping_add(1)}]),
+        &[],
+        3,
+    );
+    assert_eq!(statuses, [401, 401, 401]);
+    has(
+        &text,
+        "guestsock_identity_failures_total{reason=\"wrong_uid\"} 3".into(),
+    );
+    let (statuses, text) = refusal_counters(
+        json!([{"name": "c1", "match": {"uid_range": [me, 1]}, "root_uid": me}]),
+        &["--rate-limit", "1", "--rate-burst", "1"],
+        4,
+    );
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(limited > 0, "{statuses:?}");
+    has(
+        &text,
+        format!("guestsock_limits_hit_total{{limit=\"rate\"}} {limited}"),
+    );
+    for reason in ["no_instance", "ambiguous", "unverified", "wrong_uid"] {
+        has(
+            &text,
+            format!("guestsock_identity_failures_total{{reason=\"{reason}\"}} 0"),
+        );
+    }
+}

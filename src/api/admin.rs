@@ -14,11 +14,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::Change;
+use crate::error::NotServed;
 use crate::events::{self, Event};
 use crate::http::request::{Request, percent_decode};
 use crate::http::response::Response;
 use crate::instance::{GuestState, InstanceSpec, check_config_entry, check_device, valid_key};
-use crate::registry::{Instance, Registry, RegistryError, Staged};
+use crate::registry::{Instance, Registry, Staged};
 
 /// What `GET /1.0` reports about the server.
 #[derive(Debug, Clone, Serialize)]
@@ -60,13 +61,19 @@ pub fn answer(req: &Request<'_>, registry: &mut Registry, facts: &ServerFacts) -
     if req.path == "/1.0/metrics" {
         return match req.method {
             "GET" | "HEAD" => AdminAnswer::Metrics,
-            _ => AdminAnswer::Respond(Response::method_not_allowed("GET, HEAD"), None),
+            _ => AdminAnswer::Respond(
+                NotServed::MethodNotAllowed { allow: "GET, HEAD" }.response(),
+                None,
+            ),
         };
     }
     if req.path == "/1.0/events" {
         return match req.method {
             "GET" => AdminAnswer::Subscribe,
-            _ => AdminAnswer::Respond(Response::method_not_allowed("GET"), None),
+            _ => AdminAnswer::Respond(
+                NotServed::MethodNotAllowed { allow: "GET" }.response(),
+                None,
+            ),
         };
     }
     // What the instance was (counting changes in flight), to tell
@@ -121,10 +128,10 @@ fn route(
     let Some(rest) = path.strip_prefix("/1.0/instances") else {
         let response = match path {
             "/" if read => Response::json(&["/1.0"]),
-            "/" => Response::method_not_allowed("GET, HEAD"),
+            "/" => NotServed::MethodNotAllowed { allow: "GET, HEAD" }.response(),
             "/1.0" if read => server_info(registry, facts),
-            "/1.0" => Response::method_not_allowed("GET, HEAD"),
-            _ => Response::error(404, "not found"),
+            "/1.0" => NotServed::MethodNotAllowed { allow: "GET, HEAD" }.response(),
+            _ => NotServed::NoSuchPath.response(),
         };
         return (response, None);
     };
@@ -132,11 +139,17 @@ fn route(
         return match req.method {
             "GET" | "HEAD" => (list_instances(registry, req.query), None),
             "POST" => create_instance(registry, req.body),
-            _ => (Response::method_not_allowed("GET, HEAD, POST"), None),
+            _ => (
+                NotServed::MethodNotAllowed {
+                    allow: "GET, HEAD, POST",
+                }
+                .response(),
+                None,
+            ),
         };
     }
     let Some(rest) = rest.strip_prefix('/') else {
-        return (Response::error(404, "not found"), None);
+        return (NotServed::NoSuchPath.response(), None);
     };
     let (name, sub) = match rest.split_once('/') {
         Some((name, sub)) => (name, Some(sub)),
@@ -171,27 +184,48 @@ fn route(
                     (instance_not_found(name), None)
                 }
             }
-            _ => (Response::method_not_allowed("GET, HEAD, PUT, DELETE"), None),
+            _ => (
+                NotServed::MethodNotAllowed {
+                    allow: "GET, HEAD, PUT, DELETE",
+                }
+                .response(),
+                None,
+            ),
         },
         Some("config") => match req.method {
             "PATCH" => patch_config(registry, name, req.body),
             "GET" | "HEAD" => (durable(&|i| Response::json(&i.spec.config)), None),
-            _ => (Response::method_not_allowed("GET, HEAD, PATCH"), None),
+            _ => (
+                NotServed::MethodNotAllowed {
+                    allow: "GET, HEAD, PATCH",
+                }
+                .response(),
+                None,
+            ),
         },
         Some("devices") => match req.method {
             "POST" => add_device(registry, name, req.body),
-            _ => (Response::method_not_allowed("POST"), None),
+            _ => (
+                NotServed::MethodNotAllowed { allow: "POST" }.response(),
+                None,
+            ),
         },
         Some("state") => match req.method {
             "PUT" => put_state(registry, name, req.body),
             "GET" | "HEAD" => (durable(&|i| Response::json(&i.state)), None),
-            _ => (Response::method_not_allowed("GET, HEAD, PUT"), None),
+            _ => (
+                NotServed::MethodNotAllowed {
+                    allow: "GET, HEAD, PUT",
+                }
+                .response(),
+                None,
+            ),
         },
         Some(sub) => {
             if let Some(raw_key) = sub.strip_prefix("config/") {
                 let key = match decode_name(raw_key, "key") {
                     Ok(key) => key,
-                    Err(response) => return (response, None),
+                    Err(error) => return (error.response(), None),
                 };
                 match req.method {
                     "PUT" => set_config(registry, name, key, req.body),
@@ -199,16 +233,22 @@ fn route(
                     "GET" | "HEAD" => (
                         durable(&|i| match i.spec.config.get(&key) {
                             Some(value) => Response::raw(value.clone().into_bytes()),
-                            None => Response::error(404, format!("key {key:?} is not set")),
+                            None => NotServed::KeyNotSet(key.clone()).response(),
                         }),
                         None,
                     ),
-                    _ => (Response::method_not_allowed("GET, HEAD, PUT, DELETE"), None),
+                    _ => (
+                        NotServed::MethodNotAllowed {
+                            allow: "GET, HEAD, PUT, DELETE",
+                        }
+                        .response(),
+                        None,
+                    ),
                 }
             } else if let Some(raw_dev) = sub.strip_prefix("devices/") {
                 let dev = match decode_name(raw_dev, "device name") {
                     Ok(dev) => dev,
-                    Err(response) => return (response, None),
+                    Err(error) => return (error.response(), None),
                 };
                 match req.method {
                     "PUT" => put_device(registry, name, dev, req.body),
@@ -216,49 +256,44 @@ fn route(
                     "GET" | "HEAD" => (
                         durable(&|i| match i.spec.devices.get(&dev) {
                             Some(fields) => Response::json(fields),
-                            None => Response::error(404, format!("device {dev:?} does not exist")),
+                            None => NotServed::NoSuchDevice(dev.clone()).response(),
                         }),
                         None,
                     ),
-                    _ => (Response::method_not_allowed("GET, HEAD, PUT, DELETE"), None),
+                    _ => (
+                        NotServed::MethodNotAllowed {
+                            allow: "GET, HEAD, PUT, DELETE",
+                        }
+                        .response(),
+                        None,
+                    ),
                 }
             } else {
-                (Response::error(404, "not found"), None)
+                (NotServed::NoSuchPath.response(), None)
             }
         }
     }
 }
 
 fn instance_not_found(name: &str) -> Response {
-    Response::error(404, format!("instance {name:?} not found"))
+    NotServed::NoSuchInstance(name.to_owned()).response()
 }
 
 /// Percent-decodes a key or device name from a path and checks it.
-fn decode_name(raw: &str, what: &str) -> Result<String, Response> {
-    let decoded = percent_decode(raw)
-        .ok_or_else(|| Response::error(400, format!("bad percent-encoding in {what}")))?;
+fn decode_name(raw: &str, what: &'static str) -> Result<String, NotServed> {
+    let decoded = percent_decode(raw).ok_or(NotServed::BadPercentEncoding { what })?;
     if !valid_key(&decoded) {
-        return Err(Response::error(
-            400,
-            format!(
-                "{what} {decoded:?} is not 1-255 printable ASCII characters without spaces or any of / ? # % \" \\"
-            ),
-        ));
+        return Err(NotServed::BadName {
+            what,
+            name: decoded.into_owned(),
+        });
     }
     Ok(decoded.into_owned())
 }
 
 /// Parses a JSON body strictly, with serde's position and reason on error.
-fn parse_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| Response::error(400, format!("invalid {what}: {e}")))
-}
-
-fn registry_error(e: RegistryError) -> Response {
-    let status = match e {
-        RegistryError::Invalid(_) => 400,
-        RegistryError::NameTaken(_) | RegistryError::Conflict { .. } => 409,
-    };
-    Response::error(status, e)
+fn parse_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, NotServed> {
+    serde_json::from_slice(body).map_err(|e| NotServed::BadBody(format!("invalid {what}: {e}")))
 }
 
 /// An instance as the admin API shows it: the section 4 object plus its
@@ -318,13 +353,13 @@ fn saved(staged: Rc<Staged>) -> (Response, Option<Change>) {
 fn change(
     registry: &mut Registry,
     name: &str,
-    edit: impl FnOnce(&mut Staged) -> Result<(), Response>,
+    edit: impl FnOnce(&mut Staged) -> Result<(), NotServed>,
 ) -> (Response, Option<Change>) {
     let Some(mut staged) = registry.latest(name) else {
         return (instance_not_found(name), None);
     };
-    if let Err(response) = edit(&mut staged) {
-        return (response, None);
+    if let Err(error) = edit(&mut staged) {
+        return (error.response(), None);
     }
     saved(registry.stage(staged))
 }
@@ -332,11 +367,11 @@ fn change(
 fn create_instance(registry: &mut Registry, body: &[u8]) -> (Response, Option<Change>) {
     let spec: InstanceSpec = match parse_body(body, "instance") {
         Ok(spec) => spec,
-        Err(response) => return (response, None),
+        Err(error) => return (error.response(), None),
     };
     match registry.stage_insert(spec) {
         Ok(staged) => saved(staged),
-        Err(e) => (registry_error(e), None),
+        Err(e) => (NotServed::Registry(e).response(), None),
     }
 }
 
@@ -347,11 +382,11 @@ fn replace_instance(
 ) -> (Response, Option<Change>) {
     let spec: InstanceSpec = match parse_body(body, "instance") {
         Ok(spec) => spec,
-        Err(response) => return (response, None),
+        Err(error) => return (error.response(), None),
     };
     match registry.stage_replace(name, spec) {
         Ok(staged) => saved(staged),
-        Err(e) => (registry_error(e), None),
+        Err(e) => (NotServed::Registry(e).response(), None),
     }
 }
 
@@ -365,12 +400,12 @@ fn set_config(
 ) -> (Response, Option<Change>) {
     let Ok(value) = std::str::from_utf8(body) else {
         return (
-            Response::error(400, "a config value must be UTF-8 text"),
+            NotServed::BadBody("a config value must be UTF-8 text".into()).response(),
             None,
         );
     };
     if let Err(e) = check_config_entry(&key, value) {
-        return (Response::error(400, e), None);
+        return (NotServed::Invalid(e).response(), None);
     }
     change(registry, name, |staged| {
         staged.spec.config.insert(key, value.to_owned());
@@ -382,7 +417,7 @@ fn unset_config(registry: &mut Registry, name: &str, key: &str) -> (Response, Op
     change(registry, name, |staged| {
         match staged.spec.config.remove(key) {
             Some(_) => Ok(()),
-            None => Err(Response::error(404, format!("key {key:?} is not set"))),
+            None => Err(NotServed::KeyNotSet(key.to_owned())),
         }
     })
 }
@@ -392,7 +427,7 @@ fn unset_config(registry: &mut Registry, name: &str, key: &str) -> (Response, Op
 fn patch_config(registry: &mut Registry, name: &str, body: &[u8]) -> (Response, Option<Change>) {
     let patch: BTreeMap<String, Option<String>> = match parse_body(body, "config patch") {
         Ok(patch) => patch,
-        Err(response) => return (response, None),
+        Err(error) => return (error.response(), None),
     };
     for (key, value) in &patch {
         let checked = match value {
@@ -400,7 +435,7 @@ fn patch_config(registry: &mut Registry, name: &str, body: &[u8]) -> (Response, 
             None => check_config_entry(key, ""),
         };
         if let Err(e) = checked {
-            return (Response::error(400, e), None);
+            return (NotServed::Invalid(e).response(), None);
         }
     }
     change(registry, name, |staged| {
@@ -422,10 +457,10 @@ fn put_device(
 ) -> (Response, Option<Change>) {
     let fields: BTreeMap<String, String> = match parse_body(body, "device") {
         Ok(fields) => fields,
-        Err(response) => return (response, None),
+        Err(error) => return (error.response(), None),
     };
     if let Err(e) = check_device(&dev, &fields) {
-        return (Response::error(400, e), None);
+        return (NotServed::Invalid(e).response(), None);
     }
     change(registry, name, |staged| {
         staged.spec.devices.insert(dev, fields);
@@ -445,17 +480,14 @@ fn add_device(registry: &mut Registry, name: &str, body: &[u8]) -> (Response, Op
     }
     let device: NewDevice = match parse_body(body, "device") {
         Ok(device) => device,
-        Err(response) => return (response, None),
+        Err(error) => return (error.response(), None),
     };
     if let Err(e) = check_device(&device.name, &device.fields) {
-        return (Response::error(400, e), None);
+        return (NotServed::Invalid(e).response(), None);
     }
     change(registry, name, |staged| {
         if staged.spec.devices.contains_key(&device.name) {
-            return Err(Response::error(
-                409,
-                format!("device {:?} already exists", device.name),
-            ));
+            return Err(NotServed::DeviceExists(device.name.clone()));
         }
         staged.spec.devices.insert(device.name, device.fields);
         Ok(())
@@ -466,10 +498,7 @@ fn remove_device(registry: &mut Registry, name: &str, dev: &str) -> (Response, O
     change(registry, name, |staged| {
         match staged.spec.devices.remove(dev) {
             Some(_) => Ok(()),
-            None => Err(Response::error(
-                404,
-                format!("device {dev:?} does not exist"),
-            )),
+            None => Err(NotServed::NoSuchDevice(dev.to_owned())),
         }
     })
 }
@@ -482,14 +511,14 @@ fn put_state(registry: &mut Registry, name: &str, body: &[u8]) -> (Response, Opt
     }
     let put: Put = match parse_body(body, "state") {
         Ok(put) => put,
-        Err(response) => return (response, None),
+        Err(error) => return (error.response(), None),
     };
     let state = match put.state.as_str() {
         "Started" => GuestState::Started,
         "Ready" => GuestState::Ready,
         other => {
             return (
-                Response::error(400, format!("Invalid state {other:?}; use \"Started\"")),
+                NotServed::BadBody(format!("Invalid state {other:?}; use \"Started\"")).response(),
                 None,
             );
         }

@@ -8,13 +8,13 @@
 use std::time::Duration;
 
 use crate::api::Change;
+use crate::error::NotServed;
 use crate::events::Event;
-
 use crate::http::request::{Request, percent_decode, query_param};
 use crate::http::response::Response;
 use crate::identity::PeerFacts;
 use crate::instance::{GuestAccess, GuestState, guest_visible};
-use crate::limits::Tunables;
+use crate::limits::{DEFAULT_WAIT_SECS, MAX_WAIT_SECS, Tunables};
 use crate::registry::{Instance, InstanceId, Refusal, Registry};
 
 /// What a guest request calls for.
@@ -36,49 +36,37 @@ pub enum GuestAnswer {
     },
 }
 
-/// Longest `timeout_sec` of a change wait (docs/protocol.md section 6).
-const MAX_WAIT_SECS: u64 = 300;
-/// `timeout_sec` when none is given.
-const DEFAULT_WAIT_SECS: u64 = 60;
-
 /// Who a guest request comes from: the instance the registry says the
 /// caller belongs to, or why it belongs to none. Worked out once per request
 /// (`dispatch`) and used by authorization, waits and metrics alike.
 pub type Caller = Result<InstanceId, Refusal>;
 
-/// The caller's instance, or the `403`/`401` that refuses it.
+/// The caller's instance, or why it is refused.
 pub fn authorize(
     caller: &Caller,
     peer: &PeerFacts,
     registry: &Registry,
-) -> Result<InstanceId, Response> {
-    let id = match caller {
-        Ok(id) => *id,
-        Err(refusal) => return Err(Response::error(403, refusal.guest_message())),
-    };
-    let instance = registry
-        .get(id)
-        .ok_or_else(|| Response::error(403, "instance vanished"))?;
+) -> Result<InstanceId, NotServed> {
+    let id = caller.clone().map_err(NotServed::Unidentified)?;
+    let instance = registry.get(id).ok_or(NotServed::InstanceVanished)?;
     if instance.spec.guest_access == GuestAccess::Root && peer.uid != instance.spec.root_uid() {
-        return Err(Response::error(401, "Access denied for non-root user"));
+        return Err(NotServed::NotRoot);
     }
     Ok(id)
 }
 
-/// `429` if the instance has used up its request rate (a token bucket per
-/// instance, SECURITY.md); `None` to go on. Callers matching no instance
-/// never get here: they are answered `403` and their connections capped.
-fn rate_limited(instance: &mut Instance, limits: &Tunables) -> Option<Response> {
+/// Refused if the instance has used up its request rate (a token bucket per
+/// instance, SECURITY.md). Callers matching no instance never get here:
+/// they are refused as strangers and their connections capped.
+fn within_rate(instance: &mut Instance, limits: &Tunables) -> Result<(), NotServed> {
     if instance.bucket.take(
         std::time::Instant::now(),
         limits.rate_per_sec,
         limits.rate_burst,
     ) {
-        return None;
+        return Ok(());
     }
-    let mut response = Response::error(429, "too many requests from this instance; slow down");
-    response.extra_header = Some("Retry-After: 1");
-    Some(response)
+    Err(NotServed::RateLimited)
 }
 
 /// Answers one guest request from `peer`. With `limits`, the request
@@ -93,19 +81,19 @@ pub fn answer(
 ) -> GuestAnswer {
     let id = match authorize(caller, peer, registry) {
         Ok(id) => id,
-        Err(response) => return GuestAnswer::Respond(response, None),
+        Err(error) => return GuestAnswer::Respond(error.response(), None),
     };
     let Some(instance) = registry.get_mut(id) else {
-        return GuestAnswer::Respond(Response::error(403, "instance vanished"), None);
+        return GuestAnswer::Respond(NotServed::InstanceVanished.response(), None);
     };
-    if let Some(response) = limits.and_then(|limits| rate_limited(instance, limits)) {
-        return GuestAnswer::Respond(response, None);
+    if let Some(Err(error)) = limits.map(|limits| within_rate(instance, limits)) {
+        return GuestAnswer::Respond(error.response(), None);
     }
     let read = matches!(req.method, "GET" | "HEAD");
     // The answers that carry an ETag and can be waited on.
     let tagged = match req.path {
         "/" if read => Response::json(&["/1.0"]),
-        "/" => Response::method_not_allowed("GET, HEAD"),
+        "/" => NotServed::MethodNotAllowed { allow: "GET, HEAD" }.response(),
         "/1.0" if read => api_info(instance),
         "/1.0" if req.method == "PATCH" => {
             let (name, durable) = (instance.spec.name.clone(), instance.state);
@@ -114,37 +102,40 @@ pub fn answer(
                     Response::raw(Vec::new()),
                     stage_state(registry, &name, durable, state),
                 ),
-                Err(response) => GuestAnswer::Respond(response, None),
+                Err(error) => GuestAnswer::Respond(error.response(), None),
             };
         }
-        "/1.0" => Response::method_not_allowed("GET, HEAD, PATCH"),
+        "/1.0" => NotServed::MethodNotAllowed {
+            allow: "GET, HEAD, PATCH",
+        }
+        .response(),
         "/1.0/events" if req.method == "GET" => return GuestAnswer::Subscribe(id),
-        "/1.0/events" => Response::method_not_allowed("GET"),
+        "/1.0/events" => NotServed::MethodNotAllowed { allow: "GET" }.response(),
         "/1.0/config" if read => config_list(instance).with_etag(),
         "/1.0/meta-data" if read => meta_data(instance).with_etag(),
         "/1.0/devices" if read => Response::json(&instance.spec.devices).with_etag(),
         "/1.0/config" | "/1.0/meta-data" | "/1.0/devices" => {
-            Response::method_not_allowed("GET, HEAD")
+            NotServed::MethodNotAllowed { allow: "GET, HEAD" }.response()
         }
         "/1.0/ubuntu-pro" if read => ubuntu_pro_settings(),
-        "/1.0/ubuntu-pro" => Response::method_not_allowed("GET, HEAD"),
+        "/1.0/ubuntu-pro" => NotServed::MethodNotAllowed { allow: "GET, HEAD" }.response(),
         "/1.0/ubuntu-pro/token" if req.method == "POST" => ubuntu_pro_token(),
-        "/1.0/ubuntu-pro/token" => Response::method_not_allowed("POST"),
+        "/1.0/ubuntu-pro/token" => NotServed::MethodNotAllowed { allow: "POST" }.response(),
         path => {
             if let Some(key) = path.strip_prefix("/1.0/config/").filter(|k| !k.is_empty()) {
                 if read {
                     config_value(instance, key)
                 } else {
-                    Response::method_not_allowed("GET, HEAD")
+                    NotServed::MethodNotAllowed { allow: "GET, HEAD" }.response()
                 }
             } else if is_image_export(path) {
                 if read {
                     image_export()
                 } else {
-                    Response::method_not_allowed("GET, HEAD")
+                    NotServed::MethodNotAllowed { allow: "GET, HEAD" }.response()
                 }
             } else {
-                Response::error(404, "not found")
+                NotServed::NoSuchPath.response()
             }
         }
     };
@@ -188,7 +179,7 @@ fn conditional(req: &Request<'_>, id: InstanceId, response: Response) -> GuestAn
     };
     let wait = match wait_request(req.query) {
         Ok(wait) => wait,
-        Err(message) => return GuestAnswer::Respond(Response::error(400, message), None),
+        Err(error) => return GuestAnswer::Respond(error.response(), None),
     };
     let last_etag = query_param(req.query, "last_etag")
         .and_then(percent_decode)
@@ -210,20 +201,24 @@ fn conditional(req: &Request<'_>, id: InstanceId, response: Response) -> GuestAn
 
 /// `?wait_for_change=true&timeout_sec=N`: `Ok(Some(timeout))` to wait,
 /// `Ok(None)` not to, or what is wrong with the parameters.
-fn wait_request(query: &str) -> Result<Option<Duration>, String> {
+fn wait_request(query: &str) -> Result<Option<Duration>, NotServed> {
     match query_param(query, "wait_for_change") {
         None | Some("false" | "0") => return Ok(None),
         Some("true" | "1") => {}
-        Some(other) => return Err(format!("wait_for_change={other:?}: use true or false")),
+        Some(other) => {
+            return Err(NotServed::BadQuery(format!(
+                "wait_for_change={other:?}: use true or false"
+            )));
+        }
     }
     let secs = match query_param(query, "timeout_sec") {
         None => DEFAULT_WAIT_SECS,
         Some(text) => match text.parse::<u64>() {
             Ok(secs) if secs <= MAX_WAIT_SECS => secs,
             _ => {
-                return Err(format!(
+                return Err(NotServed::BadQuery(format!(
                     "timeout_sec={text:?}: give whole seconds from 0 to {MAX_WAIT_SECS}"
-                ));
+                )));
             }
         },
     };
@@ -268,18 +263,18 @@ fn push_json_string(out: &mut Vec<u8>, text: &str) {
 }
 
 /// `PATCH /1.0`: `{"state":"Ready"}` or `{"state":"Started"}`, exactly.
-fn patch_state(body: &[u8]) -> Result<GuestState, Response> {
+fn patch_state(body: &[u8]) -> Result<GuestState, NotServed> {
     #[derive(serde::Deserialize)]
     struct Patch {
         #[serde(default)]
         state: String,
     }
     let patch: Patch = serde_json::from_slice(body)
-        .map_err(|e| Response::error(400, format!("invalid JSON body: {e}")))?;
+        .map_err(|e| NotServed::BadBody(format!("invalid JSON body: {e}")))?;
     match patch.state.as_str() {
         "Ready" => Ok(GuestState::Ready),
         "Started" => Ok(GuestState::Started),
-        other => Err(Response::error(400, format!("Invalid state {other:?}"))),
+        other => Err(NotServed::BadBody(format!("Invalid state {other:?}"))),
     }
 }
 
@@ -296,18 +291,16 @@ fn config_list(instance: &Instance) -> Response {
 
 fn config_value(instance: &Instance, raw_key: &str) -> Response {
     let Some(key) = percent_decode(raw_key) else {
-        return Response::error(400, "bad percent-encoding in key");
+        return NotServed::BadPercentEncoding { what: "key" }.response();
     };
     if !guest_visible(&key) {
-        // LXD's body exactly (`api.NewGenericStatusError(403)`, written by
-        // `http.Error`): its own test suite, and so clients, compare it.
-        return Response::error(403, "Forbidden");
+        return NotServed::HiddenKey.response();
     }
     // A missing key has a tag too, so that a guest can wait for it to be
     // set.
     match instance.spec.config.get(key.as_ref()) {
         Some(value) => Response::raw(value.as_bytes().to_vec()).with_etag(),
-        None => Response::error(404, "not found").with_etag(),
+        None => NotServed::NoSuchPath.response().with_etag(),
     }
 }
 
@@ -325,7 +318,7 @@ fn is_image_export(path: &str) -> bool {
 /// text (lxd/devlxd.go, `devLXDImageExportHandler`: "we return LXD API
 /// response error here as an exception"), whatever the fingerprint.
 fn image_export() -> Response {
-    Response::lxd_api_error(403, "Forbidden")
+    NotServed::NoImages.response()
 }
 
 /// `GET /1.0/ubuntu-pro`: Ubuntu Pro guest attachment is off, as on an LXD
@@ -338,10 +331,7 @@ fn ubuntu_pro_settings() -> Response {
 /// attachment is off (`GetGuestToken`'s `403 Guest attachment not allowed`,
 /// wrapped by `devLXDUbuntuProTokenPostHandler`).
 fn ubuntu_pro_token() -> Response {
-    Response::error(
-        403,
-        "Failed getting an Ubuntu Pro guest token: Guest attachment not allowed",
-    )
+    NotServed::UbuntuProOff.response()
 }
 
 fn meta_data(instance: &Instance) -> Response {

@@ -62,7 +62,7 @@ pub enum Parsed<'b> {
 }
 
 /// What is wrong with a request. Always the client's fault; each maps to one
-/// status in `http::response::status_for`.
+/// status in [`crate::error::NotServed::status`].
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum RequestError {
     /// Not HTTP/1.x syntax, or a header that makes no sense (`400`).
@@ -80,6 +80,26 @@ pub enum RequestError {
     },
     /// A `Transfer-Encoding` the server does not decode (`501`).
     UnsupportedTransferEncoding,
+}
+
+impl std::fmt::Display for RequestError {
+    /// What the client is told.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::Malformed(why) => f.write_str(why),
+            RequestError::BadHost => {
+                f.write_str("an HTTP/1.1 request needs exactly one Host header")
+            }
+            RequestError::HeadTooLarge => f.write_str("request head too large"),
+            RequestError::TooManyHeaders => f.write_str("too many header fields"),
+            RequestError::BodyTooLarge { limit } => {
+                write!(f, "request body larger than {limit} bytes")
+            }
+            RequestError::UnsupportedTransferEncoding => {
+                f.write_str("Transfer-Encoding is not supported; send Content-Length")
+            }
+        }
+    }
 }
 
 /// Where to start looking for the end of the head next time when it is not

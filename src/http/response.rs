@@ -1,8 +1,8 @@
 //! Responses, from a [`Response`] value to bytes on a connection's output.
 //!
 //! Owns the three body kinds of docs/protocol.md section 2 (JSON, raw value,
-//! plain-text error) and the one mapping from a request error to its status.
-//! Which response a request gets is `api`'s business.
+//! plain-text error) and writing them. Which response a request gets is
+//! `api`'s business; which status an error gets, `error`'s.
 
 use std::cell::Cell;
 use std::io::Write;
@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::http::request::RequestError;
+use crate::metrics::Reason;
 
 /// What the body is, which fixes its `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,9 @@ pub struct Response {
     /// One more header line (without its CRLF), e.g.
     /// `Sec-WebSocket-Version: 13` on a `426`.
     pub extra_header: Option<&'static str>,
+    /// For a refusal, what the metrics count it as (set by
+    /// `NotServed::response`), so that nothing maps a status back to why.
+    pub refused: Option<Reason>,
 }
 
 impl Response {
@@ -75,6 +78,7 @@ impl Response {
             close: false,
             etag: None,
             extra_header: None,
+            refused: None,
         }
     }
 
@@ -96,11 +100,13 @@ impl Response {
             close: false,
             etag: None,
             extra_header: None,
+            refused: None,
         }
     }
 
-    /// An error answer with a short message.
-    pub fn error(status: u16, message: impl std::fmt::Display) -> Response {
+    /// An error answer with a short message: for `NotServed::response`,
+    /// which chooses the status.
+    pub(crate) fn error(status: u16, message: impl std::fmt::Display) -> Response {
         let mut body = message.to_string().into_bytes();
         body.push(b'\n');
         Response {
@@ -111,6 +117,7 @@ impl Response {
             close: false,
             etag: None,
             extra_header: None,
+            refused: None,
         }
     }
 
@@ -119,7 +126,7 @@ impl Response {
     /// `json.Encoder` output, one `\n`, then the `\n` of `fmt.Fprintln`.
     /// Fields in Go's struct order; `message` is written as serde writes a
     /// JSON string, which equals Go's for the plain ASCII messages used here.
-    pub fn lxd_api_error(status: u16, message: &str) -> Response {
+    pub(crate) fn lxd_api_error(status: u16, message: &str) -> Response {
         let mut body = Vec::with_capacity(128 + message.len());
         body.extend_from_slice(
             br#"{"type":"error","status":"","status_code":0,"operation":"","error_code":"#,
@@ -137,6 +144,7 @@ impl Response {
             close: false,
             etag: None,
             extra_header: Some("X-Content-Type-Options: nosniff"),
+            refused: None,
         }
     }
 
@@ -174,38 +182,7 @@ impl Response {
             close: false,
             etag: Some(etag),
             extra_header: None,
-        }
-    }
-
-    /// `405` naming the methods `path` takes.
-    pub fn method_not_allowed(allow: &'static str) -> Response {
-        Response {
-            allow: Some(allow),
-            ..Response::error(405, "method not allowed")
-        }
-    }
-
-    /// The answer to a request that could not be read; the connection ends
-    /// after it, since where the next request would start is unknown.
-    pub fn for_request_error(err: RequestError) -> Response {
-        let response = match err {
-            RequestError::Malformed(why) => Response::error(400, why),
-            RequestError::BadHost => {
-                Response::error(400, "an HTTP/1.1 request needs exactly one Host header")
-            }
-            RequestError::HeadTooLarge => Response::error(431, "request head too large"),
-            RequestError::TooManyHeaders => Response::error(431, "too many header fields"),
-            RequestError::BodyTooLarge { limit } => {
-                Response::error(413, format!("request body larger than {limit} bytes"))
-            }
-            RequestError::UnsupportedTransferEncoding => Response::error(
-                501,
-                "Transfer-Encoding is not supported; send Content-Length",
-            ),
-        };
-        Response {
-            close: true,
-            ..response
+            refused: None,
         }
     }
 
@@ -522,7 +499,10 @@ mod tests {
             text(&r, false, false, false),
             "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n"
         );
-        let r = Response::method_not_allowed("GET, HEAD");
+        let r = Response {
+            allow: Some("GET, HEAD"),
+            ..Response::error(405, "method not allowed")
+        };
         assert!(text(&r, false, true, false).contains("\r\nAllow: GET, HEAD\r\n"));
     }
 
@@ -550,23 +530,12 @@ mod tests {
             v,
             serde_json::json!({"type": "error", "error": "taken \"x\"", "error_code": 409})
         );
-        let r = Response::method_not_allowed("GET").enveloped();
-        assert_eq!((r.status, r.allow), (405, Some("GET")));
-    }
-
-    #[test]
-    fn request_errors_close_with_their_status() {
-        for (err, status) in [
-            (RequestError::Malformed("x"), 400),
-            (RequestError::BadHost, 400),
-            (RequestError::HeadTooLarge, 431),
-            (RequestError::TooManyHeaders, 431),
-            (RequestError::BodyTooLarge { limit: 1 }, 413),
-            (RequestError::UnsupportedTransferEncoding, 501),
-        ] {
-            let r = Response::for_request_error(err);
-            assert_eq!((r.status, r.close, r.kind), (status, true, BodyKind::Error));
+        let r = Response {
+            allow: Some("GET"),
+            ..Response::error(405, "method not allowed")
         }
+        .enveloped();
+        assert_eq!((r.status, r.allow), (405, Some("GET")));
     }
 
     #[test]

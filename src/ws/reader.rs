@@ -5,8 +5,9 @@
 //! and discarded as they stream in (checked for UTF-8 when text, and
 //! against a size limit), never buffered. Only control frames, at most 125
 //! bytes, wait until they are whole. Every protocol rule of RFC 6455 that a
-//! client can break is checked here and answered with the close code the
-//! RFC gives; sending the answer is the connection's business.
+//! client can break is checked here, named by a [`Violation`] and answered
+//! with the close code the RFC gives ([`Violation::close_code`]); sending the
+//! answer is the connection's business.
 
 use crate::ws::close_code;
 use crate::ws::frame::{FrameError, FrameHeader, opcode, parse_header, unmask};
@@ -21,8 +22,80 @@ pub enum Action {
     /// The client closed: echo its code (none if it sent none), then shut
     /// the connection.
     Close(Option<u16>),
-    /// The client broke the protocol: close with this code and shut.
-    Fail(u16),
+    /// The client broke the protocol: close with its
+    /// [`Violation::close_code`] and shut.
+    Fail(Violation),
+}
+
+/// A rule of RFC 6455 that the client broke (tungstenite's `ProtocolError`):
+/// always the client's fault, and the connection is failed with
+/// [`Violation::close_code`]. Each variant is enforced at one place in
+/// [`Reader`], where the rule is quoted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    /// A 64-bit payload length with its most significant bit set (5.2).
+    LengthTopBitSet,
+    /// A payload length in a longer form than it needs (5.2).
+    NonMinimalLength,
+    /// RSV1, RSV2 or RSV3 set, with no extension negotiated (5.2).
+    ReservedBitsSet,
+    /// A client frame without a mask (5.1).
+    UnmaskedClientFrame,
+    /// A control frame with more than 125 bytes of payload (5.5).
+    ControlFrameTooLong,
+    /// A control frame without FIN (5.5).
+    FragmentedControlFrame,
+    /// An opcode RFC 6455 reserves: `0x3`-`0x7` or `0xB`-`0xF` (5.2).
+    ReservedOpcode(u8),
+    /// A continuation frame with no fragmented message under way (5.4).
+    UnexpectedContinuation,
+    /// A new text or binary message before the fragmented one ended (5.4).
+    ExpectedContinuation,
+    /// A data message longer than the server takes (7.4.1, `1009`).
+    MessageTooLarge {
+        /// The largest message taken, in bytes.
+        limit: u64,
+    },
+    /// A text message that is not UTF-8 (8.1).
+    InvalidUtf8,
+    /// A close frame whose body is one byte, too short for a code (5.5.1).
+    TruncatedCloseCode,
+    /// A close code that may not be sent in a close frame (7.4).
+    InvalidCloseCode(u16),
+    /// A close frame's reason that is not UTF-8 (5.5.1).
+    InvalidCloseReason,
+}
+
+impl Violation {
+    /// The close code the connection is failed with (RFC 6455 7.4.1): `1007`
+    /// for data that is not UTF-8, `1009` for a message too large, `1002`
+    /// for every other broken rule.
+    pub fn close_code(self) -> u16 {
+        match self {
+            Violation::InvalidUtf8 | Violation::InvalidCloseReason => close_code::INVALID_DATA,
+            Violation::MessageTooLarge { .. } => close_code::TOO_BIG,
+            Violation::LengthTopBitSet
+            | Violation::NonMinimalLength
+            | Violation::ReservedBitsSet
+            | Violation::UnmaskedClientFrame
+            | Violation::ControlFrameTooLong
+            | Violation::FragmentedControlFrame
+            | Violation::ReservedOpcode(_)
+            | Violation::UnexpectedContinuation
+            | Violation::ExpectedContinuation
+            | Violation::TruncatedCloseCode
+            | Violation::InvalidCloseCode(_) => close_code::PROTOCOL_ERROR,
+        }
+    }
+}
+
+impl From<FrameError> for Violation {
+    fn from(e: FrameError) -> Violation {
+        match e {
+            FrameError::LengthTopBitSet => Violation::LengthTopBitSet,
+            FrameError::NonMinimalLength => Violation::NonMinimalLength,
+        }
+    }
 }
 
 /// The kind of data message being received, if one is.
@@ -93,8 +166,8 @@ impl Reader {
                     unmask(chunk, mask, offset);
                 }
                 let remaining = remaining - take as u64;
-                if let Err(code) = self.check_text(chunk, remaining == 0 && header.fin) {
-                    return (take, Some(self.fail(code)));
+                if let Err(violation) = self.check_text(chunk, remaining == 0 && header.fin) {
+                    return (take, Some(self.fail(violation)));
                 }
                 self.stage = if remaining == 0 {
                     if header.fin {
@@ -114,33 +187,36 @@ impl Reader {
         }
     }
 
-    fn fail(&mut self, code: u16) -> Action {
+    fn fail(&mut self, violation: Violation) -> Action {
         self.stage = Stage::Done;
-        Action::Fail(code)
+        Action::Fail(violation)
     }
 
     fn header(&mut self, buf: &mut [u8]) -> (usize, Option<Action>) {
         let (header, header_len) = match parse_header(buf) {
             Ok(Some(parsed)) => parsed,
             Ok(None) => return (0, None),
-            Err(FrameError::LengthTopBitSet | FrameError::NonMinimalLength) => {
-                return (0, Some(self.fail(close_code::PROTOCOL_ERROR)));
-            }
+            // "the minimal number of bytes MUST be used to encode the
+            // length", and "the most significant bit MUST be 0" (5.2).
+            Err(e) => return (0, Some(self.fail(e.into()))),
         };
         // "MUST be 0 unless an extension is negotiated" (5.2): none is.
         if header.rsv != 0 {
-            return (0, Some(self.fail(close_code::PROTOCOL_ERROR)));
+            return (0, Some(self.fail(Violation::ReservedBitsSet)));
         }
         // "The server MUST close the connection upon receiving a frame that
         // is not masked" (5.1).
         let Some(mask) = header.mask else {
-            return (0, Some(self.fail(close_code::PROTOCOL_ERROR)));
+            return (0, Some(self.fail(Violation::UnmaskedClientFrame)));
         };
         if header.is_control() {
             // "All control frames MUST have a payload length of 125 bytes or
             // less and MUST NOT be fragmented" (5.5).
-            if header.len > 125 || !header.fin {
-                return (0, Some(self.fail(close_code::PROTOCOL_ERROR)));
+            if header.len > 125 {
+                return (0, Some(self.fail(Violation::ControlFrameTooLong)));
+            }
+            if !header.fin {
+                return (0, Some(self.fail(Violation::FragmentedControlFrame)));
             }
             let len = header.len as usize;
             let Some(payload) = buf.get_mut(header_len..header_len + len) else {
@@ -156,7 +232,10 @@ impl Reader {
                     self.stage = Stage::Done;
                     action
                 }
-                _ => self.fail(close_code::PROTOCOL_ERROR),
+                // "%xB-F are reserved for further control frames"; "If an
+                // unknown opcode is received, the receiving endpoint MUST
+                // _Fail the WebSocket Connection_" (5.2).
+                reserved => self.fail(Violation::ReservedOpcode(reserved)),
             };
             return (used, Some(action));
         }
@@ -169,13 +248,28 @@ impl Reader {
             }
             (opcode::BINARY, Message::None) => self.message = Message::Binary,
             (opcode::CONTINUATION, Message::Text { .. } | Message::Binary) => {}
-            // A continuation with no message started, a new message inside
-            // a fragmented one (5.4), or a reserved data opcode (5.2).
-            _ => return (0, Some(self.fail(close_code::PROTOCOL_ERROR))),
+            // A fragmented message is "a single frame with the FIN bit clear
+            // and an opcode other than 0, followed by zero or more frames
+            // with the FIN bit clear and the opcode set to 0" (5.4).
+            (opcode::CONTINUATION, Message::None) => {
+                return (0, Some(self.fail(Violation::UnexpectedContinuation)));
+            }
+            // "The fragments of one message MUST NOT be interleaved between
+            // the fragments of another message unless an extension has been
+            // negotiated" (5.4).
+            (opcode::TEXT | opcode::BINARY, _) => {
+                return (0, Some(self.fail(Violation::ExpectedContinuation)));
+            }
+            // "%x3-7 are reserved for further non-control frames" (5.2).
+            (reserved, _) => return (0, Some(self.fail(Violation::ReservedOpcode(reserved)))),
         }
+        // "1009 indicates that an endpoint is terminating the connection
+        // because it has received a message that is too big for it to
+        // process" (7.4.1).
         let total = self.message_len.saturating_add(header.len);
         if total > self.max_message {
-            return (0, Some(self.fail(close_code::TOO_BIG)));
+            let limit = self.max_message;
+            return (0, Some(self.fail(Violation::MessageTooLarge { limit })));
         }
         self.message_len = total;
         self.stage = Stage::Payload {
@@ -185,8 +279,8 @@ impl Reader {
         };
         // An empty final frame ends its message at once.
         if header.len == 0 {
-            if let Err(code) = self.check_text(&mut [], header.fin) {
-                return (header_len, Some(self.fail(code)));
+            if let Err(violation) = self.check_text(&mut [], header.fin) {
+                return (header_len, Some(self.fail(violation)));
             }
             self.stage = Stage::Header;
             if header.fin {
@@ -201,7 +295,7 @@ impl Reader {
     /// to interpret a byte stream as UTF-8 but finds that the byte stream is
     /// not, in fact, a valid UTF-8 stream, that endpoint MUST _Fail the
     /// WebSocket Connection_" (8.1), with 1007 (7.4.1).
-    fn check_text(&mut self, chunk: &mut [u8], last: bool) -> Result<(), u16> {
+    fn check_text(&mut self, chunk: &mut [u8], last: bool) -> Result<(), Violation> {
         let Message::Text { carry, carried } = &mut self.message else {
             return Ok(());
         };
@@ -224,12 +318,12 @@ impl Reader {
                     rest = &rest[used..];
                     *carried = 0;
                 }
-                Err(e) if e.error_len().is_some() => return Err(close_code::INVALID_DATA),
+                Err(e) if e.error_len().is_some() => return Err(Violation::InvalidUtf8),
                 Err(_) => {
                     // Still incomplete: everything fits in the carry.
                     let total = have + more;
                     if total > 3 {
-                        return Err(close_code::INVALID_DATA);
+                        return Err(Violation::InvalidUtf8);
                     }
                     carry[..total].copy_from_slice(window);
                     *carried = total as u8;
@@ -239,7 +333,7 @@ impl Reader {
         }
         match std::str::from_utf8(rest) {
             Ok(_) => {}
-            Err(e) if e.error_len().is_some() => return Err(close_code::INVALID_DATA),
+            Err(e) if e.error_len().is_some() => return Err(Violation::InvalidUtf8),
             Err(e) => {
                 let tail = &rest[e.valid_up_to()..];
                 carry[..tail.len()].copy_from_slice(tail);
@@ -247,7 +341,7 @@ impl Reader {
             }
         }
         if last && *carried > 0 {
-            return Err(close_code::INVALID_DATA);
+            return Err(Violation::InvalidUtf8);
         }
         Ok(())
     }
@@ -257,16 +351,23 @@ impl Reader {
 fn close_action(payload: &[u8]) -> Action {
     match payload {
         [] => Action::Close(None),
-        [_] => Action::Fail(close_code::PROTOCOL_ERROR),
+        // "If there is a body, the first two bytes of the body MUST be a
+        // 2-byte unsigned integer" (5.5.1).
+        [_] => Action::Fail(Violation::TruncatedCloseCode),
         [hi, lo, reason @ ..] => {
             let code = u16::from_be_bytes([*hi, *lo]);
-            // 1004-1006 and 1015 must never be sent; 1012-1014 are
-            // registered since; 0-999 and 1016-2999 are not usable.
+            // 1004-1006 and 1015 must never be sent ("MUST NOT be set as a
+            // status code in a Close control frame by an endpoint", 7.4.1);
+            // 1012-1014 are registered since; 0-999 and 1016-2999 are not
+            // usable (7.4.2).
             let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
             if !valid {
-                Action::Fail(close_code::PROTOCOL_ERROR)
+                Action::Fail(Violation::InvalidCloseCode(code))
             } else if std::str::from_utf8(reason).is_err() {
-                Action::Fail(close_code::INVALID_DATA)
+                // "the body MAY contain UTF-8-encoded data with value
+                // /reason/" (5.5.1), and data that is not UTF-8 fails the
+                // connection (8.1).
+                Action::Fail(Violation::InvalidCloseReason)
             } else {
                 Action::Close(Some(code))
             }
@@ -339,42 +440,86 @@ mod tests {
 
     #[test]
     fn protocol_violations() {
+        use Violation as V;
         let unmasked = vec![0x81, 0x01, b'a'];
-        let table: Vec<(Vec<u8>, Action)> = vec![
-            (unmasked, Action::Fail(1002)),
-            (frame(0xC1, b"a"), Action::Fail(1002)), // RSV1
-            (frame(0x83, b"a"), Action::Fail(1002)), // reserved data opcode
-            (frame(0x8B, b"a"), Action::Fail(1002)), // reserved control opcode
-            (frame(0x89, &[0; 126]), Action::Fail(1002)), // control over 125
-            (frame(0x09, b"a"), Action::Fail(1002)), // fragmented ping
-            (frame(0x80, b"a"), Action::Fail(1002)), // continuation first
+        let too_large = V::MessageTooLarge { limit: 1000 };
+        // Input, the rule it breaks, and the close code it is failed with.
+        let table: Vec<(Vec<u8>, Violation, u16)> = vec![
+            (unmasked, V::UnmaskedClientFrame, 1002),
+            (frame(0xC1, b"a"), V::ReservedBitsSet, 1002), // RSV1
+            (frame(0x91, b"a"), V::ReservedBitsSet, 1002), // RSV3
+            (frame(0x83, b"a"), V::ReservedOpcode(0x3), 1002),
+            (frame(0x8B, b"a"), V::ReservedOpcode(0xB), 1002),
+            (frame(0x89, &[0; 126]), V::ControlFrameTooLong, 1002),
+            (frame(0x09, b"a"), V::FragmentedControlFrame, 1002), // ping
+            (frame(0x80, b"a"), V::UnexpectedContinuation, 1002),
             (
                 [frame(0x01, b"a"), frame(0x81, b"b")].concat(),
-                Action::Fail(1002),
+                V::ExpectedContinuation,
+                1002,
             ),
-            (frame(0x81, &[0xff]), Action::Fail(1007)),
-            (frame(0x81, &[0xe2, 0x9c]), Action::Fail(1007)), // truncated at the end
-            (frame(0x88, &[0x03]), Action::Fail(1002)),
-            (frame(0x88, &[0x03, 0xed]), Action::Fail(1002)), // 1005
-            (frame(0x88, &[0x03, 0xe8, 0xff]), Action::Fail(1007)),
-            (frame(0x82, &[0; 1001]), Action::Fail(1009)),
+            (frame(0x81, &[0xff]), V::InvalidUtf8, 1007),
+            (frame(0x81, &[0xe2, 0x9c]), V::InvalidUtf8, 1007), // truncated at the end
+            (frame(0x88, &[0x03]), V::TruncatedCloseCode, 1002),
+            (frame(0x88, &[0x03, 0xed]), V::InvalidCloseCode(1005), 1002),
+            (
+                frame(0x88, &[0x03, 0xe8, 0xff]),
+                V::InvalidCloseReason,
+                1007,
+            ),
+            (frame(0x82, &[0; 1001]), too_large, 1009),
             (
                 [frame(0x02, &[0; 600]), frame(0x80, &[0; 600])].concat(),
-                Action::Fail(1009),
+                too_large,
+                1009,
             ),
             (
                 vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4],
-                Action::Fail(1002),
+                V::LengthTopBitSet,
+                1002,
+            ),
+            (
+                vec![0x82, 0xFE, 0x00, 0x7D, 1, 2, 3, 4],
+                V::NonMinimalLength,
+                1002,
             ),
         ];
-        for (input, want) in table {
-            assert_eq!(every_split(&input), vec![want.clone()], "{input:02x?}");
+        for (input, violation, code) in table {
+            assert_eq!(
+                every_split(&input),
+                vec![Action::Fail(violation)],
+                "{input:02x?}"
+            );
+            assert_eq!(violation.close_code(), code, "{violation:?}");
         }
         assert_eq!(every_split(&frame(0x88, b"")), vec![Action::Close(None)]);
         assert_eq!(
             every_split(&frame(0x88, &[0x0f, 0xa0])),
             vec![Action::Close(Some(4000))]
         );
+    }
+
+    #[test]
+    fn every_violation_has_its_close_code() {
+        use Violation as V;
+        for (violation, code) in [
+            (V::LengthTopBitSet, 1002),
+            (V::NonMinimalLength, 1002),
+            (V::ReservedBitsSet, 1002),
+            (V::UnmaskedClientFrame, 1002),
+            (V::ControlFrameTooLong, 1002),
+            (V::FragmentedControlFrame, 1002),
+            (V::ReservedOpcode(0x3), 1002),
+            (V::UnexpectedContinuation, 1002),
+            (V::ExpectedContinuation, 1002),
+            (V::MessageTooLarge { limit: 1 }, 1009),
+            (V::InvalidUtf8, 1007),
+            (V::TruncatedCloseCode, 1002),
+            (V::InvalidCloseCode(1005), 1002),
+            (V::InvalidCloseReason, 1007),
+        ] {
+            assert_eq!(violation.close_code(), code, "{violation:?}");
+        }
     }
 
     #[test]
