@@ -4,8 +4,12 @@
 //!
 //! Owns the connection's buffers and the edge-triggered read/write
 //! discipline: read until `WouldBlock`, keep partial writes and resume them,
-//! stop answering pipelined requests while too much output waits. It does not
-//! know the event loop (`server`) or what a request means (`api`).
+//! stop answering pipelined requests while too much output waits. It parses
+//! each request and hands it to `dispatch`, which returns what it calls for
+//! (a response, a subscription, a wait); the connection only acts on that.
+//! It does not know the event loop (`server`) or what a request means
+//! (`api`). It is generic over its socket: the server's is a mio
+//! `UnixStream`, the unit tests' and the fuzzer's one end of a socket pair.
 //!
 //! An answer to a request that changed something is *held*: queued but not
 //! written, and nothing behind it read, until the server says the change is

@@ -1,0 +1,435 @@
+//! The event loop: one thread, one mio `Poll`, every connection in a slab
+//! keyed by its token.
+//!
+//! Owns the loop itself (`run`), driving a connection and acting on what it
+//! asks for, signals (stop, hand-over), and the sweep that removes finished
+//! connections. The units it is made of, each in its own file:
+//!
+//! - `startup`: sockets, state directory, writer thread, `serve`;
+//! - `admission`: accepting, identifying and admitting connections;
+//! - `durability`: changes held until the writer says they are on disk;
+//! - `fanout`: events to subscribers, pings, waits answered;
+//! - `timers`: connection deadlines.
+//!
+//! What happens on a connection is `conn`'s business; what a request means,
+//! `dispatch`'s; who the peer is, `identity`'s.
+
+mod admission;
+mod durability;
+mod fanout;
+mod startup;
+mod timers;
+
+use startup::{Listener, open_file_limit};
+pub use startup::{Seed, ServeConfig, bind_socket, serve};
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use mio::net::UnixListener;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
+};
+use slab::Slab;
+
+use crate::activation;
+use crate::api::Change;
+use crate::api::admin::{Connections, ServerFacts};
+use crate::conn::{
+    Buffers, Conn, ConnState, Counted, Ctx, Expired, Listed, Next, Registration, Side,
+};
+use crate::error::NotServed;
+use crate::events::{self, Event};
+use crate::identity;
+use crate::instance::{InstanceSpec, RuleKinds};
+use crate::limits::{
+    ACCEPT_RETRY_MS, ACCEPTS_PER_TURN, EVENTS_PER_POLL, FALLBACK_FD_LIMIT, LOG_THROTTLE,
+    MAX_ADMIN_CONNECTIONS, READ_CHUNK_BYTES, RESERVED_FDS, SHUTDOWN_GRACE, SILENT_PINGS, Tunables,
+};
+use crate::log;
+use crate::metrics::{Limit, Metrics};
+use crate::registry::{Instance, InstanceId, Registry};
+use crate::store::{self, Committed, Job, StoredInstance, Writer};
+use crate::ws::close_code;
+
+/// The guest socket's listener. Connection tokens are slab keys, counted up
+/// from 0, so the fixed tokens sit at the far end of the range.
+const GUEST_LISTENER: Token = Token(usize::MAX - 1);
+
+/// The signalfd delivering SIGTERM and SIGINT.
+const SIGNALS: Token = Token(usize::MAX - 2);
+
+/// The admin socket's listener.
+const ADMIN_LISTENER: Token = Token(usize::MAX - 3);
+
+/// The state writer thread's wake-up: a batch was committed.
+const WRITER: Token = Token(usize::MAX - 4);
+
+/// Which listening sockets may have connections waiting in their backlog
+/// (`Waiting`, not `Backlog`: nix names the listen(2) argument that):
+/// set by a readiness event (edge-triggered: it comes once), cleared when
+/// `accept` says `WouldBlock`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Waiting {
+    guest: bool,
+    admin: bool,
+}
+
+/// The running server.
+struct Server {
+    poll: Poll,
+    guest: Listener,
+    admin: Listener,
+    admin_uids: Vec<u32>,
+    signals: SignalFd,
+    conns: Slab<Conn>,
+    registry: Registry,
+    facts: ServerFacts,
+    /// Set while accepting is paused after running out of file descriptors.
+    accept_retry_at: Option<Instant>,
+    /// Which listeners may have connections waiting to be accepted.
+    backlog: Waiting,
+    /// The open-file soft limit, read again every accepting turn.
+    fd_limit: usize,
+    /// Connections accepted and left open in this accepting turn.
+    fresh: Vec<usize>,
+    /// Changes made during one pass of the loop.
+    changes: Vec<Change>,
+    /// Changes sent to the writer and not yet durable, in sequence order:
+    /// served once the writer reports them written.
+    in_flight: VecDeque<(u64, Change)>,
+    writer: Writer,
+    committed: Receiver<Committed>,
+    /// Connections with an answer held until a sequence number is durable,
+    /// in sequence order.
+    waiting: Vec<(u64, usize)>,
+    /// Connections to drop at the end of this pass.
+    finished: Vec<usize>,
+    /// Connections to drive again in this pass (a wait was answered).
+    ready: Vec<usize>,
+    /// Each instance's event subscribers: an event costs work for its own
+    /// subscribers only.
+    subscribers: HashMap<InstanceId, Vec<usize>>,
+    /// The admin event stream's subscribers.
+    admin_subscribers: Vec<usize>,
+    /// Each instance's guest requests waiting for a change.
+    waiters: HashMap<InstanceId, Vec<usize>>,
+    /// Wait deadlines, earliest first; stale entries are skipped when due.
+    timers: BTreeSet<(Instant, usize)>,
+    /// When websocket subscribers are next pinged.
+    next_ping: Instant,
+    /// The operator's limits, `max_connections` resolved.
+    limits: Tunables,
+    /// Open connections (both sockets) past which new ones get `503`.
+    max_connections: usize,
+    /// Open guest connections from callers matching no instance.
+    unknown_connections: u32,
+    /// When a refused connection was last logged (one line a second at
+    /// most, so that an attack cannot flood the log).
+    refusal_logged: Option<Instant>,
+    /// The counters of `GET /1.0/metrics`.
+    metrics: Metrics,
+    /// The buffer every connection reads through.
+    scratch: Vec<u8>,
+    /// cgroup ids proved to name cgroup paths, shared by every connection.
+    cgroups: identity::CgroupPaths,
+    /// The buffers connections borrow while driven.
+    buffers: Buffers,
+    /// Open event subscribers (guest and admin), for the metrics.
+    subscriber_count: usize,
+    /// Set once a stop signal arrived: the time by which to be gone.
+    stopping: Option<Instant>,
+    /// After SIGHUP: the channel to the new guestsock.
+    successor: Option<std::os::unix::net::UnixStream>,
+}
+
+/// Logs `message` unless a line was logged through `last` less than a
+/// second ago, so that an attack cannot flood the log.
+pub(crate) fn log_throttled(last: &mut Option<Instant>, message: std::fmt::Arguments<'_>) {
+    let now = Instant::now();
+    if last.is_none_or(|then| now.duration_since(then) >= LOG_THROTTLE) {
+        *last = Some(now);
+        log::warn(message);
+    }
+}
+
+/// Takes `key` off a list.
+fn unlist(list: Option<&mut Vec<usize>>, key: usize) {
+    if let Some(list) = list
+        && let Some(at) = list.iter().position(|&k| k == key)
+    {
+        list.swap_remove(at);
+    }
+}
+
+impl Server {
+    pub(super) fn run(&mut self) -> Result<(), String> {
+        let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        loop {
+            let now = Instant::now();
+            let wake_at = [
+                self.accept_retry_at,
+                self.timers.first().map(|&(at, _)| at),
+                Some(self.next_ping),
+                self.stopping,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let mut timeout = wake_at.map(|at| at.saturating_duration_since(now));
+            if self.backlog_pending() {
+                // Connections are left in a backlog: look at the other
+                // sources, then accept more, without sleeping.
+                timeout = Some(Duration::ZERO);
+            }
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(format!("epoll failed: {e}"));
+            }
+            let now = Instant::now();
+            if self.accept_retry_at.is_some_and(|at| at <= now) {
+                self.accept_retry_at = None;
+                self.backlog = Waiting {
+                    guest: true,
+                    admin: true,
+                };
+            }
+            for event in events.iter() {
+                match event.token() {
+                    GUEST_LISTENER => self.backlog.guest = true,
+                    ADMIN_LISTENER => self.backlog.admin = true,
+                    WRITER => self.take_commits(),
+                    SIGNALS => match self.take_signal() {
+                        Some(Signal::SIGHUP) => self.hand_over(now),
+                        Some(signal) => self.begin_shutdown(signal, now),
+                        None => {}
+                    },
+                    Token(key) => {
+                        if let Some(conn) = self.conns.get_mut(key)
+                            && (event.is_readable() || event.is_read_closed() || event.is_error())
+                        {
+                            conn.on_readable(event.is_read_closed() || event.is_error());
+                        }
+                        self.drive(key);
+                    }
+                }
+            }
+            // Accepting comes after the connections already open, the
+            // signals and the writer's reports, and takes a bounded number
+            // of connections a turn: a flood of connections waits in the
+            // backlog instead of keeping the loop from everything else.
+            // What this batch of events finished goes first, so that the
+            // caps count only connections still open.
+            self.sweep();
+            self.accept_turn();
+            self.fire_timers(now);
+            if self.next_ping <= now {
+                self.ping_subscribers(now);
+            }
+            while let Some(key) = self.ready.pop() {
+                self.drive(key);
+            }
+            self.sweep();
+            if let Some(deadline) = self.stopping {
+                // Connections that finished their last answer go now.
+                let done: Vec<usize> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.closable_when_stopping())
+                    .map(|(key, _)| key)
+                    .collect();
+                for key in done {
+                    self.remove_conn(key);
+                }
+                if self.conns.is_empty() || Instant::now() >= deadline {
+                    if !self.conns.is_empty() {
+                        log::warn(format_args!(
+                            "stopping with {} connections still busy after {:?}",
+                            self.conns.len(),
+                            SHUTDOWN_GRACE
+                        ));
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// SIGHUP: start a new guestsock, hand it the listening sockets, and
+    /// stop like on SIGTERM; the state directory is released to it once
+    /// this process has written everything (in `serve`). Connections made
+    /// meanwhile wait in the backlog: no connection attempt fails and the
+    /// sockets' inodes, which containers have mounted, never change.
+    pub(super) fn hand_over(&mut self, now: Instant) {
+        if self.stopping.is_some() {
+            return;
+        }
+        use std::os::fd::AsFd;
+        let spawned =
+            activation::spawn_successor(self.guest.socket.as_fd(), self.admin.socket.as_fd());
+        match spawned {
+            Ok(channel) => {
+                self.successor = Some(channel);
+                // The files belong to the successor now.
+                self.guest.activated = true;
+                self.admin.activated = true;
+                self.begin_shutdown(Signal::SIGHUP, now);
+            }
+            Err(e) => log::error(format_args!("SIGHUP: {e}; going on serving")),
+        }
+    }
+
+    /// SIGTERM or SIGINT: stop accepting, end event streams (websockets
+    /// with close 1001), answer waiting requests with what is there, and
+    /// let answers in flight finish, for at most [`SHUTDOWN_GRACE`].
+    pub(super) fn begin_shutdown(&mut self, signal: Signal, now: Instant) {
+        if self.stopping.is_some() {
+            return;
+        }
+        log::info(format_args!(
+            "{signal}: stopping ({} connections open)",
+            self.conns.len()
+        ));
+        self.stopping = Some(now + SHUTDOWN_GRACE);
+        activation::notify(&format!(
+            "STOPPING=1\nSTATUS=stopping: finishing {} connections",
+            self.conns.len()
+        ));
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut self.guest.socket);
+        let _ = registry.deregister(&mut self.admin.socket);
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.going_away();
+            if matches!(conn.state(), ConnState::Waiting(_)) {
+                conn.recheck_wait(&mut self.registry, true);
+            }
+            self.ready.push(key);
+        }
+    }
+
+    /// Takes a finished connection out of the slab and every list.
+    pub(super) fn remove_conn(&mut self, key: usize) {
+        let Some(conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        match conn.side {
+            Side::Guest => self.facts.connections.guest -= 1,
+            Side::Admin { .. } => self.facts.connections.admin -= 1,
+        }
+        if let Some(at) = conn.timer {
+            self.timers.remove(&(at, key));
+        }
+        match conn.counted {
+            Counted::Nothing => {}
+            Counted::Unknown => {
+                self.unknown_connections = self.unknown_connections.saturating_sub(1)
+            }
+            Counted::Instance(id, serial) => {
+                if let Some(instance) = self.registry.get_mut(id)
+                    && instance.serial == serial
+                {
+                    instance.connections = instance.connections.saturating_sub(1);
+                }
+            }
+        }
+        if matches!(conn.listed, Some(Listed::Subscriber(_))) {
+            self.subscriber_count = self.subscriber_count.saturating_sub(1);
+        }
+        match conn.listed {
+            Some(Listed::Subscriber(Some(id))) => unlist(self.subscribers.get_mut(&id), key),
+            Some(Listed::Subscriber(None)) => unlist(Some(&mut self.admin_subscribers), key),
+            Some(Listed::Waiter(id)) => unlist(self.waiters.get_mut(&id), key),
+            None => {}
+        }
+    }
+
+    /// Drives one connection, then makes what it changed durable. Returns
+    /// whether the connection stays open.
+    pub(super) fn drive(&mut self, key: usize) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let mut ctx = Ctx {
+            registry: &mut self.registry,
+            changes: &mut self.changes,
+            facts: &self.facts,
+            limits: &self.limits,
+            metrics: &mut self.metrics,
+            subscribers: self.subscriber_count,
+            scratch: &mut self.scratch,
+            cgroups: &mut self.cgroups,
+            buffers: &mut self.buffers,
+            stopping: self.stopping.is_some(),
+            refusal_logged: &mut self.refusal_logged,
+        };
+        let open = conn.drive(&mut ctx) == Next::Wait;
+        if !open {
+            self.finished.push(key);
+        }
+        if let Some(registration) = conn.take_registration() {
+            match registration {
+                Registration::Subscribed(subscription) => {
+                    self.subscriber_count += 1;
+                    conn.listed = Some(Listed::Subscriber(subscription.instance));
+                    match subscription.instance {
+                        Some(id) => self.subscribers.entry(id).or_default().push(key),
+                        None => self.admin_subscribers.push(key),
+                    }
+                }
+                Registration::Waiting(id) => {
+                    conn.listed = Some(Listed::Waiter(id));
+                    self.waiters.entry(id).or_default().push(key);
+                }
+            }
+        }
+        if open {
+            self.set_timer(key);
+        }
+        if self.changes.is_empty() {
+            return open;
+        }
+        let mut seq = None;
+        for change in std::mem::take(&mut self.changes) {
+            seq = Some(self.apply(change));
+        }
+        if let (Some(seq), Some(conn)) = (seq, self.conns.get_mut(key)) {
+            conn.assign_hold(seq);
+            self.waiting.push((seq, key));
+        }
+        open
+    }
+
+    /// Removes the connections marked finished. Only between batches of
+    /// events: a key freed and reused within one batch would receive an
+    /// event meant for its previous owner.
+    pub(super) fn sweep(&mut self) {
+        for key in std::mem::take(&mut self.finished) {
+            self.remove_conn(key);
+        }
+    }
+
+    /// Reads one pending signal, if any.
+    pub(super) fn take_signal(&mut self) -> Option<Signal> {
+        match self.signals.read_signal() {
+            Ok(Some(info)) => Signal::try_from(info.ssi_signo as i32).ok(),
+            _ => None,
+        }
+    }
+}
