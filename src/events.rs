@@ -267,9 +267,10 @@ pub fn format_timestamp(secs: u64, nanos: u32) -> String {
     )
 }
 
-/// Days since 1970-01-01 to a (year, month, day) in the proleptic
-/// Gregorian calendar (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+/// The (year, month 1-12, day 1-31) of `days` after 1970-01-01 in the
+/// proleptic Gregorian calendar (Howard Hinnant's `civil_from_days`, for days
+/// on or after the epoch); also the `Date` header's (`http::response`).
+pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z % 146_097;

@@ -197,11 +197,6 @@ impl Metrics {
         }
     }
 
-    /// Counts a limit that refused something.
-    pub fn limit_hit(&mut self, limit: Limit) {
-        self.refused(Reason::Limit(limit));
-    }
-
     /// Counts one refusal under its label.
     pub fn refused(&mut self, reason: Reason) {
         match reason {
@@ -318,7 +313,7 @@ mod tests {
         m.request("/1.0/config/user.foo", 200, 0.000_2);
         m.request("/1.0/config/user.foo", 200, 0.003);
         m.request("/../etc/passwd", 404, 0.000_01);
-        m.limit_hit(Limit::Rate);
+        m.refused(Reason::Limit(Limit::Rate));
         let text = m.render(3, 1, 2, 7);
         assert!(
             text.contains(

@@ -331,7 +331,7 @@ fn imf_fixdate(secs: u64) -> [u8; 29] {
     ];
     let days = secs / 86_400;
     let of_day = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = crate::events::civil_from_days(days);
     // 1970-01-01 was a Thursday.
     let weekday = ((days + 4) % 7) as usize;
     let two = |n: u64| [b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8];
@@ -352,22 +352,6 @@ fn imf_fixdate(secs: u64) -> [u8; 29] {
     out[23..25].copy_from_slice(&two(of_day % 60));
     out[25..].copy_from_slice(b" GMT");
     out
-}
-
-/// The (year, month 1-12, day 1-31) of `days` after 1970-01-01 in the
-/// proleptic Gregorian calendar (Howard Hinnant's `civil_from_days`, for
-/// days on or after the epoch).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Appends `n` in decimal, without the formatting machinery (this runs

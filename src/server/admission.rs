@@ -132,7 +132,6 @@ impl Server {
             admitted = self.admit(side, counted);
         }
         if let Err((limit, why)) = admitted {
-            self.metrics.limit_hit(limit);
             self.refuse(stream, &peer, NotServed::AtCapacity { limit, why });
             return;
         }
@@ -275,6 +274,9 @@ impl Server {
             "refusing a connection from pid {} (uid {}): {why}",
             peer.pid, peer.uid
         ));
+        if let Some(label) = why.metrics_label() {
+            self.metrics.refused(label);
+        }
         let mut stream = stream;
         let mut out = Vec::new();
         let response = why.response();

@@ -26,8 +26,8 @@ impl Server {
                     if was_waiting && let Some(Listed::Waiter(id)) = conn.listed.take() {
                         unlist(self.waiters.get_mut(&id), key);
                     }
-                    if !was_waiting {
-                        self.metrics.limit_hit(Limit::Timeout);
+                    if !was_waiting && let Some(label) = NotServed::TooSlow.metrics_label() {
+                        self.metrics.refused(label);
                     }
                     self.ready.push(key);
                 }
