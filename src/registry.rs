@@ -1,9 +1,11 @@
 //! The registered instances and the indexes that map a caller to one of them.
 //!
-//! Owns conflict detection between match rules (docs/protocol.md section 4) and the
-//! lookup from a caller's facts to at most one instance. It does not gather
-//! those facts (`identity` does) and does not decide what a caller may read
-//! (`api::guest` does).
+//! Owns conflict detection between match rules (docs/protocol.md section 4),
+//! the lookup from a caller's facts to at most one instance, and the changes
+//! in flight: staged versions that later changes build on and are checked
+//! against, committed (served) only once the server says they are durable.
+//! It does not gather those facts (`identity` does) and does not decide what
+//! a caller may read (`api::guest` does).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

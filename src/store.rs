@@ -16,6 +16,13 @@
 //! never the event loop, and a burst of changes costs few fsyncs. It reports
 //! back through a channel and wakes the loop with a `mio::Waker`.
 //!
+//! A batch is all or nothing as far as the disk allows: every new file is
+//! written and fsynced before any rename, and a failure there removes the
+//! temporary files and leaves every instance file as it was. Jobs carry the
+//! loop's epoch: once a batch fails, the jobs of its epoch still queued were
+//! built on it and fail unwritten, until the loop (which abandons them)
+//! starts a new epoch.
+//!
 //! This module owns the files and the thread; which change produces which
 //! job is `server`'s business.
 

@@ -3,9 +3,10 @@
 //!
 //! Owns the validation of every admin body and name and the shape of every
 //! answer's `metadata`. Answers are built as plain JSON or errors and put in
-//! LXD's envelope by the connection (`Response::enveloped`). Making a change
-//! durable before it is acknowledged is the server's business: this module
-//! reports each change as a [`Change`].
+//! LXD's envelope by `dispatch` (`Response::enveloped`). Reads show the
+//! durable state; a change is built on the newest version of its instance
+//! (changes in flight included) and reported as a [`Change`], which the
+//! server makes durable before it is served or acknowledged.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;

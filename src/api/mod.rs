@@ -1,8 +1,11 @@
 //! What each socket's paths answer: `guest` is the API containers see,
 //! `admin` the host orchestrator's.
 //!
-//! Both report what a request changed as [`Change`]s, which the server makes
-//! durable (and, with the events issue, announces) before the answer leaves.
+//! Both report what a request changed as [`Change`]s: a new version of an
+//! instance staged in the registry (built on the newest version, checked
+//! against every rule in flight), or a removal. Neither applies anything:
+//! the server makes a change durable, and only then serves it, announces it
+//! and lets its answer leave.
 
 pub mod admin;
 pub mod guest;
