@@ -331,9 +331,11 @@ pub struct Tunables {
 /// find one.
 pub const RESERVED_FDS: usize = 64;
 
-/// Admin connections open at once, at most: 16. They may go past the guest
-/// ceiling, into [`RESERVED_FDS`], so that the operator always gets in when
-/// guests hold every slot; the rest of the reserve stays for the writer.
+/// Admin connections that may be open past the connection ceiling, out of
+/// [`RESERVED_FDS`]: 16. Below the ceiling the admin socket takes slots like
+/// anyone (an orchestrator may open many at once); past it, these keep the
+/// operator able to get in when guests hold every slot, and the rest of the
+/// reserve stays for the writer.
 pub const MAX_ADMIN_CONNECTIONS: usize = 16;
 
 impl Default for Tunables {

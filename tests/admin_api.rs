@@ -473,3 +473,15 @@ print(get(), flush=True)
     assert_eq!(line.trim(), "200 c1");
     util::wait_with_deadline(&mut child);
 }
+
+#[test]
+fn an_orchestrator_may_hold_many_admin_connections_at_once() {
+    // Below the connection ceiling the admin socket takes slots like any
+    // other; only past it is it held to its reserve of 16.
+    let server = util::Server::start(json!([]));
+    let mut held: Vec<util::Client> = (0..40).map(|_| server.admin()).collect();
+    for (n, client) in held.iter_mut().enumerate() {
+        let reply = client.request("GET", "/1.0", b"");
+        assert_eq!(reply.status, 200, "connection {n}: {}", reply.text());
+    }
+}

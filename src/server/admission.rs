@@ -205,19 +205,25 @@ impl Server {
     /// Whether one more connection from `side` fits under the caps; if
     /// not, why. Guests stop at the connection cap, never above the
     /// open-file limit less [`RESERVED_FDS`] (read again every turn, so a
-    /// limit lowered under a running server counts at once); admin
-    /// connections only at [`MAX_ADMIN_CONNECTIONS`], out of that reserve.
+    /// limit lowered under a running server counts at once). Admin
+    /// connections take slots below that ceiling like anyone, and past it
+    /// up to [`MAX_ADMIN_CONNECTIONS`] out of the reserve.
     pub(super) fn admit(&self, side: Side, counted: Counted) -> Result<(), (Limit, String)> {
         if let Side::Admin { .. } = side {
-            if self.facts.connections.admin >= MAX_ADMIN_CONNECTIONS {
-                return Err((
-                    Limit::Connections,
-                    format!(
-                        "the admin socket has {MAX_ADMIN_CONNECTIONS} connections open, its limit"
-                    ),
-                ));
+            // Below the ceiling like anyone; past it, out of the reserve
+            // guests never get, up to MAX_ADMIN_CONNECTIONS.
+            if self.conns.len() < self.guest_ceiling()
+                || self.facts.connections.admin < MAX_ADMIN_CONNECTIONS
+            {
+                return Ok(());
             }
-            return Ok(());
+            return Err((
+                Limit::Connections,
+                format!(
+                    "guestsock has {} connections open, its limit, and the admin socket's reserve of {MAX_ADMIN_CONNECTIONS} is in use",
+                    self.guest_ceiling()
+                ),
+            ));
         }
         if self.conns.len() >= self.guest_ceiling() {
             return Err((
