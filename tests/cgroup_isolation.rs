@@ -1,6 +1,6 @@
 //! Callers told apart by their real cgroup v2 group: each process gets its own
 //! instance's answers and never another's (PROTOCOL.md sections 1 and 4).
-//! Needs root to create cgroups; skipped, loudly, otherwise.
+//! Needs root to create cgroups; fails, saying so, otherwise.
 
 mod util;
 

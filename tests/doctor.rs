@@ -1,7 +1,7 @@
 //! `guestsock doctor` finds each broken mount case, built with real mounts
 //! in private mount namespaces: missing, a directory, a stale socket file
 //! mount from before a restart, wrong permissions; and says fine when the
-//! directory is mounted. Needs root; skipped, loudly, otherwise.
+//! directory is mounted. Needs root; fails, saying so, otherwise.
 
 mod util;
 

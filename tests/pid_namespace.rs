@@ -1,6 +1,6 @@
 //! Callers told apart by pid namespace: an instance registered with the pid
 //! of a container's init serves every process of that pid namespace, and no
-//! other (PROTOCOL.md section 4 `pid`). Needs root to unshare; skipped,
+//! other (docs/protocol.md section 4 `pid`). Needs root to unshare; fails,
 //! loudly, otherwise.
 
 mod util;

@@ -1,6 +1,6 @@
 //! Callers told apart by host uid ranges, through real children that setuid
 //! (PROTOCOL.md section 4 `uid_range`, and the root-uid rule of section 1).
-//! Needs root to setuid; skipped, loudly, otherwise.
+//! Needs root to setuid; fails, saying so, otherwise.
 
 mod util;
 
