@@ -80,23 +80,18 @@ fn admin_works(server: &util::Server, value: &str) {
         "the admin socket took {:?}",
         started.elapsed()
     );
-    assert_eq!(server.get_as_guest_value(), value);
+    assert_eq!(stored_value(server), value);
 }
 
-trait GuestValue {
-    fn get_as_guest_value(&self) -> String;
-}
-
-impl GuestValue for util::Server {
-    /// `user.v` as a guest reads it, once there is a descriptor for it.
-    fn get_as_guest_value(&self) -> String {
-        let state = fs::read_to_string(self.state_dir.join("instances/c1.json")).expect("state");
-        let stored: serde_json::Value = serde_json::from_str(&state).expect("state JSON");
-        stored["instance"]["config"]["user.v"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
+/// `user.v` of instance `c1` as the state directory holds it: what an
+/// acknowledged write made durable.
+fn stored_value(server: &util::Server) -> String {
+    let state = fs::read_to_string(server.state_dir.join("instances/c1.json")).expect("state");
+    let stored: serde_json::Value = serde_json::from_str(&state).expect("state JSON");
+    stored["instance"]["config"]["user.v"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[test]

@@ -456,17 +456,10 @@ fn put_device(
     dev: String,
     body: &[u8],
 ) -> (Response, Option<Change>) {
-    let fields: BTreeMap<String, String> = match parse_body(body, "device") {
-        Ok(fields) => fields,
-        Err(error) => return (error.response(), None),
-    };
-    if let Err(e) = check_device(&dev, &fields) {
-        return (NotServed::Invalid(e).response(), None);
+    match parse_body(body, "device") {
+        Ok(fields) => store_device(registry, name, dev, fields, true),
+        Err(error) => (error.response(), None),
     }
-    change(registry, name, |staged| {
-        staged.spec.devices.insert(dev, fields);
-        Ok(())
-    })
 }
 
 /// `POST .../devices` with `{"name": DEV, "fields": {..}}`: adds a device
@@ -479,18 +472,29 @@ fn add_device(registry: &mut Registry, name: &str, body: &[u8]) -> (Response, Op
         name: String,
         fields: BTreeMap<String, String>,
     }
-    let device: NewDevice = match parse_body(body, "device") {
-        Ok(device) => device,
-        Err(error) => return (error.response(), None),
-    };
-    if let Err(e) = check_device(&device.name, &device.fields) {
+    match parse_body::<NewDevice>(body, "device") {
+        Ok(device) => store_device(registry, name, device.name, device.fields, false),
+        Err(error) => (error.response(), None),
+    }
+}
+
+/// Checks device `dev` and stages it on instance `name`; an existing one
+/// is replaced only if `replace`, else refused with `409`.
+fn store_device(
+    registry: &mut Registry,
+    name: &str,
+    dev: String,
+    fields: BTreeMap<String, String>,
+    replace: bool,
+) -> (Response, Option<Change>) {
+    if let Err(e) = check_device(&dev, &fields) {
         return (NotServed::Invalid(e).response(), None);
     }
     change(registry, name, |staged| {
-        if staged.spec.devices.contains_key(&device.name) {
-            return Err(NotServed::DeviceExists(device.name.clone()));
+        if !replace && staged.spec.devices.contains_key(&dev) {
+            return Err(NotServed::DeviceExists(dev));
         }
-        staged.spec.devices.insert(device.name, device.fields);
+        staged.spec.devices.insert(dev, fields);
         Ok(())
     })
 }
