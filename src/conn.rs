@@ -304,12 +304,14 @@ impl<S: Read + Write + AsFd> Conn<S> {
         }
     }
 
-    /// Takes the bytes read from the socket when it was accepted; `drained`
-    /// says the read was short, so the kernel had nothing more then (a
-    /// later arrival raises a readiness event once it is registered).
-    pub fn received(&mut self, bytes: &[u8], drained: bool) {
-        if !bytes.is_empty() {
-            self.input.extend_from_slice(bytes);
+    /// Notes what was read from the socket when it was accepted: `arrived`,
+    /// bytes came (the caller left them in [`Buffers::input`], which this
+    /// connection, having no buffer of its own, borrows on its first drive,
+    /// so a request answered at once costs no allocation); `drained`, the
+    /// read was short, so the kernel had nothing more then (a later arrival
+    /// raises a readiness event once it is registered).
+    pub fn received(&mut self, arrived: bool, drained: bool) {
+        if arrived {
             self.request_started = Some(self.last_progress);
         }
         self.readable = !drained;

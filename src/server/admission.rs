@@ -152,7 +152,13 @@ impl Server {
         let key = entry.key();
         let mut conn = Conn::new(stream, peer, side);
         conn.counted = counted;
-        conn.received(&self.scratch[..received], received < self.scratch.len());
+        // The connection borrows the server's input buffer on its first
+        // drive, just below; returned, that buffer is always empty.
+        debug_assert!(self.buffers.input.is_empty());
+        self.buffers
+            .input
+            .extend_from_slice(&self.scratch[..received]);
+        conn.received(received > 0, received < self.scratch.len());
         entry.insert(conn);
         if !self.drive(key) {
             // Answered and done: it never needed epoll, and it goes now, not
