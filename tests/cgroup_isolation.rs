@@ -258,42 +258,62 @@ for _ in sys.stdin:
     print(status, f.read(length).decode().strip(), flush=True)
 "#;
 
+/// A [`KEEP_ALIVE_CLIENT`] started in a cgroup, stopped on drop.
+struct KeepAliveGuest {
+    child: std::process::Child,
+    to: Option<std::process::ChildStdin>,
+    from: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl KeepAliveGuest {
+    fn start(group: &util::Cgroup, socket: &std::path::Path) -> KeepAliveGuest {
+        let mut child = group
+            .command(
+                None,
+                util::tool("python3"),
+                &["-c", KEEP_ALIVE_CLIENT, &socket.display().to_string()],
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let to = child.stdin.take();
+        let from = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        KeepAliveGuest { child, to, from }
+    }
+
+    /// One more request on the same connection: `status body`.
+    fn ask(&mut self) -> String {
+        use std::io::{BufRead, Write};
+        writeln!(self.to.as_mut().expect("stdin")).expect("ask");
+        let mut line = String::new();
+        self.from.read_line(&mut line).expect("answer");
+        line.trim().to_owned()
+    }
+}
+
+impl Drop for KeepAliveGuest {
+    fn drop(&mut self) {
+        self.to.take();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn a_connection_keeps_the_identity_taken_at_accept_when_a_new_rule_kind_arrives() {
     require_root!();
-    use std::io::{BufRead, BufReader, Write};
     let (a, b) = (util::Cgroup::new(), util::Cgroup::new());
     let server = util::Server::start(json!([
         {"name": "a", "match": {"cgroup": a.path}, "config": {"user.who": "a"}},
         {"name": "b", "match": {"cgroup": b.path}, "config": {"user.who": "b"}},
     ]));
-    let mut guest = a
-        .command(
-            None,
-            util::tool("python3"),
-            &[
-                "-c",
-                KEEP_ALIVE_CLIENT,
-                &server.socket.display().to_string(),
-            ],
-        )
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut to_guest = guest.stdin.take().expect("stdin");
-    let mut from_guest = BufReader::new(guest.stdout.take().expect("stdout"));
-    let mut ask = || {
-        writeln!(to_guest).expect("ask");
-        let mut line = String::new();
-        from_guest.read_line(&mut line).expect("answer");
-        line.trim().to_owned()
-    };
-    assert_eq!(ask(), "200 a");
+    let mut guest = KeepAliveGuest::start(&a, &server.socket);
+    assert_eq!(guest.ask(), "200 a");
     // Moved to b after connecting: the connection is still a's.
-    let pid = guest.id().to_string();
+    let pid = guest.child.id().to_string();
     std::fs::write(b.dir.join("cgroup.procs"), &pid).expect("move to b");
-    assert_eq!(ask(), "200 a");
+    assert_eq!(guest.ask(), "200 a");
     // The first pid rule makes the server gather the pid namespace of
     // connections opened before it; what it knew already stays as it was.
     let ns = std::process::Command::new(util::tool("unshare"))
@@ -313,13 +333,46 @@ fn a_connection_keeps_the_identity_taken_at_accept_when_a_new_rule_kind_arrives(
         }
     };
     server.create_instance(&json!({"name": "p", "match": {"pid": init.parse::<i32>().unwrap()}}));
-    assert_eq!(ask(), "200 a");
-    assert_eq!(ask(), "200 a");
+    assert_eq!(guest.ask(), "200 a");
+    assert_eq!(guest.ask(), "200 a");
     // A new connection from the same process is b's.
     assert_eq!(b.curl(None, &server.socket, "/1.0/config/user.who").1, "b");
-    drop(to_guest);
-    let _ = guest.wait();
+    drop(guest);
     let mut ns = ns;
     let _ = ns.kill();
     let _ = ns.wait();
+}
+
+#[test]
+fn a_connection_follows_registry_changes_that_concern_it() {
+    // A connection remembers which instance its caller is while the
+    // registry is unchanged; a change must make it look again.
+    require_root!();
+    let g = util::Cgroup::new();
+    let server = util::Server::start(json!([
+        {"name": "by-uid", "match": {"uid_range": [0, 1]}, "guest_access": "any",
+         "config": {"user.who": "by-uid"}},
+    ]));
+    let mut guest = KeepAliveGuest::start(&g, &server.socket);
+    assert_eq!(guest.ask(), "200 by-uid");
+    assert_eq!(guest.ask(), "200 by-uid");
+    // A cgroup rule now claims it too: ambiguous, refused on this very
+    // connection.
+    server.create_instance(&json!({"name": "by-cgroup", "match": {"cgroup": g.path},
+                                   "config": {"user.who": "by-cgroup"}}));
+    let refused = guest.ask();
+    assert!(
+        refused.starts_with("403 ") && refused.contains("more than one instance"),
+        "{refused}"
+    );
+    // That rule moves elsewhere (a replacement; a removal would close the
+    // connections it claimed): the uid rule alone serves it again.
+    let moved = json!({"name": "by-cgroup", "match": {"cgroup": "/elsewhere"}});
+    let reply = server.admin_call(
+        "PUT",
+        "/1.0/instances/by-cgroup",
+        moved.to_string().as_bytes(),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(guest.ask(), "200 by-uid");
 }
