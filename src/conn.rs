@@ -351,11 +351,6 @@ impl<S: Read + Write + AsFd> Conn<S> {
         }
     }
 
-    /// The held answer, if one waits for durability.
-    pub fn hold(&self) -> Option<Hold> {
-        self.hold
-    }
-
     /// Gives the held answer the sequence number that makes it durable.
     pub fn assign_hold(&mut self, seq: u64) {
         if let Some(Hold::Unassigned { at }) = self.hold {
