@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod rootfs;
+
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
