@@ -99,6 +99,21 @@ impl Instance {
             MatchRule::Pid(_) => self.pidns.is_some() && peer.pidns == self.pidns,
         }
     }
+
+    /// Whether a `pid` rule still stands for the namespace it was registered
+    /// with: its process is alive and still in that namespace. A namespace
+    /// lives exactly as long as its init process, and its nsfs inode number
+    /// is reused once it is gone, so a rule whose process has exited must
+    /// not claim whoever gets that number next (a container that stopped
+    /// without being unregistered). Rules of other kinds always hold.
+    pub fn rule_holds(&self) -> bool {
+        match self.spec.rule {
+            MatchRule::Pid(pid) => {
+                self.pidns.is_some() && identity::pid_namespace(pid).ok() == self.pidns
+            }
+            _ => true,
+        }
+    }
 }
 
 /// A version of an instance that a change would make: validated, its rule
@@ -429,7 +444,11 @@ impl Registry {
                 self.by_uid.remove(first);
             }
             MatchRule::Pid(_) => {
-                if let Some(ns) = instance.pidns {
+                // A stale rule's namespace number may have been taken by a
+                // later instance since (`rule_holds`): leave that one's.
+                if let Some(ns) = instance.pidns
+                    && self.by_pidns.get(&ns) == Some(&id)
+                {
                     self.by_pidns.remove(&ns);
                 }
             }
@@ -489,7 +508,9 @@ impl Registry {
                 }
             }
             MatchRule::Pid(_) => {
-                if let Some(&id) = pidns.and_then(|ns| self.by_pidns.get(&ns)) {
+                if let Some(&id) = pidns.and_then(|ns| self.by_pidns.get(&ns))
+                    && self.instances[id].rule_holds()
+                {
                     durable(id)?;
                 }
             }
@@ -747,7 +768,11 @@ impl Registry {
             consider(self.by_uid(uid))?;
         }
         if kinds.contains(RuleKinds::PID) {
-            consider(peer.pidns.and_then(|ns| self.by_pidns.get(&ns).copied()))?;
+            consider(
+                peer.pidns
+                    .and_then(|ns| self.by_pidns.get(&ns).copied())
+                    .filter(|&id| self.instances[id].rule_holds()),
+            )?;
         }
         found.ok_or(Refusal::NoInstance { pid, uid })
     }

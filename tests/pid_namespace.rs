@@ -138,3 +138,74 @@ fn a_pid_rule_survives_a_restart_only_while_its_namespace_lives() {
         "still registered"
     );
 }
+
+/// The nsfs inode number of `pid`'s pid namespace.
+fn namespace_inode(pid: i32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+        .expect("pid namespace")
+        .ino()
+}
+
+#[test]
+fn a_pid_rule_ends_with_its_namespace_even_when_the_number_is_reused() {
+    require_root!();
+    // A container that stopped without being unregistered (its runtime
+    // crashed before its stop hook) leaves a pid rule behind. The kernel
+    // gives the dead namespace's inode number to a later namespace: that
+    // namespace belongs to whoever registers it, never to the stale rule.
+    let server = util::Server::start(json!([]));
+    let stale = Namespace::new();
+    let number = namespace_inode(stale.init);
+    let body =
+        json!({"name": "stale", "match": {"pid": stale.init}, "config": {"user.who": "stale"}});
+    let reply = server.admin_call("POST", "/1.0/instances", body.to_string().as_bytes());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let init = format!("/proc/{}", stale.init);
+    drop(stale);
+    let deadline = Instant::now() + util::PATIENCE;
+    while Path::new(&init).exists() {
+        assert!(Instant::now() < deadline, "the namespace's init lingers");
+        thread::sleep(Duration::from_millis(5));
+    }
+    // New namespaces until one gets the number (the kernel hands out the
+    // lowest free one, so this takes one or two tries).
+    let mut reused = None;
+    for _ in 0..200 {
+        let ns = Namespace::new();
+        if namespace_inode(ns.init) == number {
+            reused = Some(ns);
+            break;
+        }
+    }
+    let reused = reused.expect("the kernel never reused the namespace's inode number");
+    assert_eq!(
+        reused.curl(&server.socket, "/1.0/config/user.who").0,
+        403,
+        "a stale rule claimed a new namespace"
+    );
+    let body =
+        json!({"name": "fresh", "match": {"pid": reused.init}, "config": {"user.who": "fresh"}});
+    let reply = server.admin_call("POST", "/1.0/instances", body.to_string().as_bytes());
+    assert_eq!(
+        reply.status,
+        200,
+        "a stale rule blocks its number: {}",
+        reply.text()
+    );
+    assert_eq!(
+        reused.curl(&server.socket, "/1.0/config/user.who"),
+        (200, "fresh".into())
+    );
+    // Removing the stale instance leaves the new one's namespace alone.
+    assert_eq!(
+        server
+            .admin_call("DELETE", "/1.0/instances/stale", b"")
+            .status,
+        200
+    );
+    assert_eq!(
+        reused.curl(&server.socket, "/1.0/config/user.who"),
+        (200, "fresh".into())
+    );
+}
