@@ -149,6 +149,13 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArg,
     },
+    /// Register containers as their runtime starts them, and remove them when they stop
+    #[command(subcommand_required = true)]
+    Hook {
+        /// Which runtime.
+        #[command(subcommand)]
+        runtime: HookRuntime,
+    },
     /// The server's counters, for a person (GET /1.0/metrics on the admin socket for Prometheus)
     #[command(alias = "top")]
     Stats {
@@ -397,6 +404,76 @@ pub struct ClientArgs {
 }
 
 /// `--quiet`, on every command that changes something.
+/// `guestsock hook ...`: one command per kind of runtime hook.
+#[derive(Debug, PartialEq, Subcommand)]
+pub enum HookRuntime {
+    /// An OCI runtime hook (runc, crun, podman): the container's state on standard input
+    #[command(
+        long_about = "An OCI runtime hook (runc, crun, podman): the container's state \
+        on standard input.\n\nAt createRuntime, prestart or poststart it registers the \
+        container (matched by its cgroup, or its pid namespace where it has no cgroup of its \
+        own; its config from the annotations io.guestsock.config.<key>, its devices from \
+        io.guestsock.device.<device>.<field>, its name from io.guestsock.name or its id); at \
+        poststop it removes it. The stage is read from the state's status unless --stage \
+        names it. See docs/mounting.md."
+    )]
+    Oci {
+        /// `--stage`.
+        #[arg(
+            long,
+            value_name = "STAGE",
+            help = "The hook's stage (createRuntime, prestart, poststart, poststop, ...) [default: from the state's status]"
+        )]
+        stage: Option<String>,
+        /// `--optional` and the admin socket.
+        #[command(flatten)]
+        hook: HookArgs,
+    },
+    /// An LXC hook, for lxc.hook.start-host and lxc.hook.post-stop
+    #[command(
+        long_about = "An LXC hook, for lxc.hook.start-host (registers the container, \
+        matched by its cgroup /lxc.payload.<name>) and lxc.hook.post-stop (removes it). Its \
+        io.guestsock.* labels come from --label on the hook's line, and from a labels file: \
+        --labels, else guestsock.labels beside the container's config. See docs/mounting.md."
+    )]
+    Lxc {
+        /// `--label`.
+        #[arg(
+            long = "label",
+            value_name = "KEY=VALUE",
+            help = "A label, like io.guestsock.config.user.foo=bar (repeatable)"
+        )]
+        labels: Vec<String>,
+        /// `--labels`.
+        #[arg(
+            long = "labels",
+            value_name = "FILE",
+            help = "A file of KEY=VALUE labels [default: guestsock.labels beside $LXC_CONFIG_FILE, if it exists]"
+        )]
+        labels_file: Option<PathBuf>,
+        /// `--optional` and the admin socket.
+        #[command(flatten)]
+        hook: HookArgs,
+        /// What LXC appends: the container's name, the section, the hook type.
+        #[arg(value_name = "LXC_ARGS", help = "What LXC passes: NAME SECTION TYPE")]
+        args: Vec<String>,
+    },
+}
+
+/// The flags every hook takes.
+#[derive(Debug, PartialEq, Args)]
+pub struct HookArgs {
+    /// `--optional`.
+    #[arg(
+        long,
+        help = "Let the container start even if it cannot be registered (the reason is still printed)"
+    )]
+    pub optional: bool,
+    /// The admin socket.
+    #[command(flatten)]
+    pub admin: AdminArg,
+}
+
 #[derive(Debug, PartialEq, Args)]
 pub struct Quiet {
     /// `--quiet`.
@@ -630,6 +707,7 @@ pub fn run(invocation: Invocation) -> Result<(), String> {
             &state,
             Report::new(client.json, quiet),
         ),
+        Command::Hook { runtime } => hook(runtime),
         Command::Completions { shell } => {
             // Into memory first: clap_complete panics on a failed write.
             let mut script = Vec::new();
@@ -637,6 +715,38 @@ pub fn run(invocation: Invocation) -> Result<(), String> {
             write_stdout(&script, "the completion script")
         }
         Command::Man { command } => man(&command),
+    }
+}
+
+/// `guestsock hook ...`: a failure fails the container's start (the runtime
+/// shows the message), unless `--optional` lets it start unregistered.
+fn hook(runtime: HookRuntime) -> Result<(), String> {
+    use crate::runtime::{lxc, oci};
+    let (outcome, args) = match runtime {
+        HookRuntime::Oci { stage, hook } => {
+            let outcome = oci::read_input(io::stdin().lock())
+                .and_then(|input| oci::hook(&hook.admin.admin, stage.as_deref(), &input));
+            (outcome, hook)
+        }
+        HookRuntime::Lxc {
+            labels,
+            labels_file,
+            hook,
+            args,
+        } => {
+            let invocation = lxc::Invocation::from_env(&args);
+            let outcome = lxc::labels(&invocation, labels_file.as_deref(), &labels)
+                .and_then(|labels| lxc::hook(&hook.admin.admin, &invocation, labels));
+            (outcome, hook)
+        }
+    };
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(e) if args.optional => {
+            eprintln!("guestsock hook: {e} (--optional: the container starts unregistered)");
+            Ok(())
+        }
+        Err(e) => Err(format!("hook: {e}")),
     }
 }
 

@@ -29,6 +29,7 @@ pub mod log;
 pub mod metrics;
 pub mod pidfile;
 pub mod registry;
+pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod ws;

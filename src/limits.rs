@@ -353,3 +353,14 @@ impl Default for Tunables {
         }
     }
 }
+
+/// Largest input a runtime hook reads, in bytes: 1 MiB (an OCI container
+/// state on standard input, an LXC labels file).
+///
+/// A state is a few hundred bytes plus the container's annotations; the
+/// bound keeps a hook that was handed the wrong input from reading forever.
+pub const MAX_HOOK_INPUT_BYTES: u64 = 1024 * 1024;
+
+/// Largest OCI bundle `config.json` the hook reads for annotations, in
+/// bytes: 16 MiB (only when the runtime's state leaves them out).
+pub const MAX_OCI_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
