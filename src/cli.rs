@@ -431,8 +431,9 @@ pub enum HookRuntime {
     },
     /// An LXC hook, for lxc.hook.start-host and lxc.hook.post-stop
     #[command(
-        long_about = "An LXC hook, for lxc.hook.start-host (registers the container, \
-        matched by its cgroup /lxc.payload.<name>) and lxc.hook.post-stop (removes it). Its \
+        long_about = "An LXC hook, for lxc.hook.start-host and lxc.hook.post-stop.\n\n\
+        At start-host it registers the container (matched by its cgroup \
+        /lxc.payload.<name>); at post-stop it removes it. Its \
         io.guestsock.* labels come from --label on the hook's line, and from a labels file: \
         --labels, else guestsock.labels beside the container's config. See docs/mounting.md."
     )]
