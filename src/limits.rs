@@ -198,6 +198,15 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// with an error instead of waiting for ever.
 pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a server that got SIGHUP goes on serving while its successor
+/// reads the state, before it hands over without hearing that the
+/// successor is ready: 10 s.
+///
+/// Reading 65,536 instances takes a fraction of a second; a successor from
+/// a release before this one never says it is ready, and is handed the
+/// sockets after this long rather than never.
+pub const HANDOFF_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a command-line client waits for the server, each way, before
 /// giving up: 60 s.
 ///

@@ -361,9 +361,13 @@ fn read_all(db: &Connection, shown: &str) -> Result<Loaded, String> {
 fn decode_row(row: &rusqlite::Row<'_>, shown: &str) -> Result<StoredInstance, String> {
     let damaged = |e: rusqlite::Error| format!("{shown}: {e} (damaged state)");
     let name: String = row.get(0).map_err(damaged)?;
-    let body: Vec<u8> = row.get(1).map_err(damaged)?;
+    // Text or blob alike: what matters is whether it decodes.
+    let body = row
+        .get_ref(1)
+        .and_then(|value| value.as_bytes().map_err(rusqlite::Error::from))
+        .map_err(damaged)?;
     let where_ = format!("{shown}: instance {name:?}");
-    let stored = StoredInstance::decode(&body, &where_)?;
+    let stored = StoredInstance::decode(body, &where_)?;
     if !valid_instance_name(&name) || stored.instance.name != name {
         return Err(format!(
             "{where_}: holds instance {:?}, which does not match its row",
