@@ -661,10 +661,7 @@ impl Registry {
     /// the versions in flight and the other entries through one index built
     /// for the whole batch, so that a batch of n entries costs O(n log n),
     /// not n checks against a growing list of changes in flight.
-    pub fn stage_batch(
-        &mut self,
-        specs: Vec<InstanceSpec>,
-    ) -> Result<Vec<BatchEntry>, BatchError> {
+    pub fn stage_batch(&mut self, specs: Vec<InstanceSpec>) -> Result<Vec<BatchEntry>, BatchError> {
         let fail = |index: usize, name: &str, error: RegistryError| BatchError {
             index,
             name: name.to_owned(),

@@ -19,7 +19,9 @@ use crate::error::NotServed;
 use crate::events::{self, Event};
 use crate::http::request::{Request, percent_decode};
 use crate::http::response::Response;
-use crate::instance::{GuestState, InstanceSpec, check_config_entry, check_device, valid_key};
+use crate::instance::{
+    DeviceFields, GuestState, InstanceSpec, check_config_entry, check_device, valid_key,
+};
 use crate::limits::MAX_BATCH_INSTANCES;
 use crate::registry::{Instance, Registry, Staged};
 
@@ -534,7 +536,7 @@ fn add_device(registry: &mut Registry, name: &str, body: &[u8]) -> (Response, Op
     #[serde(deny_unknown_fields)]
     struct NewDevice {
         name: String,
-        fields: BTreeMap<String, String>,
+        fields: DeviceFields,
     }
     match parse_body::<NewDevice>(body, "device") {
         Ok(device) => store_device(registry, name, device.name, device.fields, false),
@@ -548,7 +550,7 @@ fn store_device(
     registry: &mut Registry,
     name: &str,
     dev: String,
-    fields: BTreeMap<String, String>,
+    fields: DeviceFields,
     replace: bool,
 ) -> (Response, Option<Change>) {
     if let Err(e) = check_device(&dev, &fields) {
