@@ -243,19 +243,21 @@ impl fmt::Display for KeyRule {
 
 /// Checks a config key and its value; `field` names it in the error.
 pub fn check_config_entry(key: &str, value: &str) -> Result<(), InvalidInstance> {
+    // The field names are only formatted for an error: validation runs for
+    // every instance a server loads at start.
     if !valid_key(key) {
         return Err(invalid(
             format!("config[{key:?}]"),
             format!("a key is {KeyRule}"),
         ));
     }
-    check_value(&format!("config[{key:?}]"), value)
+    check_value(|| format!("config[{key:?}]"), value)
 }
 
-fn check_value(field: &str, value: &str) -> Result<(), InvalidInstance> {
+fn check_value(field: impl FnOnce() -> String, value: &str) -> Result<(), InvalidInstance> {
     if value.len() > MAX_VALUE_BYTES {
         return Err(invalid(
-            field,
+            field(),
             format!(
                 "value is {} bytes, more than the limit of {MAX_VALUE_BYTES}",
                 value.len()
@@ -267,16 +269,21 @@ fn check_value(field: &str, value: &str) -> Result<(), InvalidInstance> {
 
 /// Checks one device: its name and every field.
 pub fn check_device(name: &str, fields: &DeviceFields) -> Result<(), InvalidInstance> {
-    let field = format!("devices[{name:?}]");
     if !valid_key(name) {
-        return Err(invalid(field, format!("a device name is {KeyRule}")));
+        return Err(invalid(
+            format!("devices[{name:?}]"),
+            format!("a device name is {KeyRule}"),
+        ));
     }
     for (key, value) in fields {
-        let field = format!("devices[{name:?}][{key:?}]");
+        let field = || format!("devices[{name:?}][{key:?}]");
         if !valid_key(key) {
-            return Err(invalid(field, format!("a device field name is {KeyRule}")));
+            return Err(invalid(
+                field(),
+                format!("a device field name is {KeyRule}"),
+            ));
         }
-        check_value(&field, value)?;
+        check_value(field, value)?;
     }
     Ok(())
 }

@@ -397,3 +397,13 @@ pub const STATE_CHECKPOINT_PAGES: i64 = 256;
 /// It lives in the writer thread and speeds up the index updates of large
 /// batches; the instances themselves are in the registry.
 pub const STATE_CACHE_KIB: i64 = 2048;
+
+/// Most threads that decode the state at start: 4.
+///
+/// Decoding 65,536 instance documents is most of a cold start; it splits
+/// evenly, and more threads than cores gain nothing.
+pub const MAX_DECODE_THREADS: usize = 4;
+
+/// Fewest rows worth decoding on more than one thread: 1024 (below that a
+/// thread costs more than it saves).
+pub const DECODE_CHUNK_MIN: usize = 1024;
