@@ -198,6 +198,15 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// with an error instead of waiting for ever.
 pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a server that got SIGHUP goes on serving while its successor
+/// reads the state, before it hands over without hearing that the
+/// successor is ready: 10 s.
+///
+/// Reading 65,536 instances takes a fraction of a second; a successor from
+/// a release before this one never says it is ready, and is handed the
+/// sockets after this long rather than never.
+pub const HANDOFF_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a command-line client waits for the server, each way, before
 /// giving up: 60 s.
 ///
@@ -364,3 +373,18 @@ pub const MAX_HOOK_INPUT_BYTES: u64 = 1024 * 1024;
 /// Largest OCI bundle `config.json` the hook reads for annotations, in
 /// bytes: 16 MiB (only when the runtime's state leaves them out).
 pub const MAX_OCI_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Pages (4 KiB each) the state database's write-ahead log may hold before
+/// it is copied back into the database: 256, 1 MiB.
+///
+/// Every checkpoint costs an fsync of the database file; a longer log costs
+/// that disk space until the next one, and a small or nearly full disk must
+/// still be able to take a checkpoint. The log is cut back to this size
+/// after each.
+pub const STATE_CHECKPOINT_PAGES: i64 = 256;
+
+/// The state database's page cache, in KiB: 2048 (SQLite's default).
+///
+/// It lives in the writer thread and speeds up the index updates of large
+/// batches; the instances themselves are in the registry.
+pub const STATE_CACHE_KIB: i64 = 2048;
