@@ -26,6 +26,9 @@
 //! and error both go to LXC's log, at DEBUG only ("Script exec ... produced
 //! output: ..."). post-stop also runs after a start that a start-host hook
 //! failed, and `lxc-stop` returns only once post-stop has run.
+//! `lxc-attach` runs its command in the container's namespaces and in a
+//! child group of its cgroup (`/lxc.payload.<name>/.lxc`), which the
+//! instance's cgroup rule covers.
 
 mod util;
 
