@@ -145,6 +145,23 @@ pub enum Job {
     Write { name: String, bytes: Vec<u8> },
     /// Remove instance `name`.
     Remove { name: String },
+    /// All of these in one transaction, whatever else is batched with them.
+    Batch(Vec<Job>),
+}
+
+impl Job {
+    /// Adds the job's changes to a batch: the newest change to a name wins.
+    fn add_to(self, batch: &mut BTreeMap<String, Option<Vec<u8>>>) {
+        match self {
+            Job::Write { name, bytes } => {
+                batch.insert(name, Some(bytes));
+            }
+            Job::Remove { name } => {
+                batch.insert(name, None);
+            }
+            Job::Batch(jobs) => jobs.into_iter().for_each(|job| job.add_to(batch)),
+        }
+    }
 }
 
 /// What the writer thread reports for a batch: every job with a sequence
@@ -558,10 +575,7 @@ impl StateDir {
                     continue;
                 }
                 (seq, epoch) = (Some(job_seq), job_epoch);
-                match job {
-                    Job::Write { name, bytes } => batch.insert(name, Some(bytes)),
-                    Job::Remove { name } => batch.insert(name, None),
-                };
+                job.add_to(&mut batch);
             }
             let mut reports = Vec::new();
             if let Some((seq, epoch)) = abandoned {
