@@ -782,7 +782,7 @@ fn hook(runtime: HookRuntime) -> Result<(), String> {
     match outcome {
         Ok(()) => Ok(()),
         Err(e) if args.optional => {
-            eprintln!("guestsock hook: {e} (--optional: the container starts unregistered)");
+            eprintln!("guestsock hook: {e} (--optional: going on)");
             Ok(())
         }
         Err(e) => Err(format!("hook: {e}")),

@@ -306,7 +306,7 @@ impl Container<'_> {
 
     /// The instances this container owns (by the owner key).
     fn owned(&self) -> Vec<Value> {
-        let owner = format!("lxc:{}", self.name);
+        let owner = format!("lxc:{}", self.dir.display());
         self.lxc
             .instances()
             .into_iter()
