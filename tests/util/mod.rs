@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod oci;
 pub mod rootfs;
 
 use std::fs;
@@ -60,7 +61,7 @@ macro_rules! require_root {
 }
 
 /// The Debian package that brings each program the tests run.
-const TOOLS: [(&str, &str); 10] = [
+const TOOLS: [(&str, &str); 13] = [
     ("curl", "curl"),
     ("setpriv", "util-linux"),
     ("unshare", "util-linux"),
@@ -71,6 +72,9 @@ const TOOLS: [(&str, &str); 10] = [
     ("cc", "gcc"),
     ("pgrep", "procps"),
     ("python3", "python3"),
+    ("runc", "runc"),
+    ("crun", "crun"),
+    ("podman", "podman"),
 ];
 
 /// `program`, after checking that it is on `PATH`: a missing one fails the
