@@ -65,8 +65,11 @@ const INIT: &str = "v=$(/bin/guestsock query /1.0/config/user.foo 2>&1); \
 /// One of the OCI runtimes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// runc, from an OCI bundle.
     Runc,
+    /// crun, from an OCI bundle, hidden from the cgroup2 mount.
     Crun,
+    /// podman, from the root filesystem (`--rootfs`), with runc below it.
     Podman,
 }
 
@@ -85,8 +88,11 @@ impl Kind {
 /// What one runtime command did.
 #[derive(Debug)]
 pub struct Ran {
+    /// Whether it exited 0.
     pub ok: bool,
+    /// Its standard output.
     pub stdout: String,
+    /// Its standard error.
     pub stderr: String,
 }
 
