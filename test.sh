@@ -14,21 +14,21 @@ fi
 # util-linux brings setpriv, unshare, nsenter and prlimit (the descriptor
 # exhaustion test); mount the doctor test's private mounts and the full-disk
 # test's tmpfs; procps pgrep for the handoff test; gcc builds the
-# connect-and-close flooder of the accept test; runc, crun and podman run
-# the real containers of the OCI runtime tests (podman needs no network
-# backend: its containers run with --network none).
+# connect-and-close flooder of the accept test; lxc runs the LXC runtime
+# test's containers (lxc-start, lxc-attach, lxc-stop, lxc-info); runc, crun
+# and podman run the OCI runtime tests' containers (podman needs no network
+# backend: they run with --network none).
 missing=()
 for need in curl:curl setpriv:util-linux unshare:util-linux nsenter:util-linux \
     prlimit:util-linux mount:mount umount:mount pgrep:procps python3:python3 cc:gcc \
-    runc:runc crun:crun podman:podman; do
+    lxc-start:lxc runc:runc crun:crun podman:podman; do
     command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
 done
-# A static busybox is the whole userland of the runtime tests' containers
-# (tests/util/rootfs.rs); Debian's dynamic busybox package would not do.
-case "$(ldd /bin/busybox 2>&1)" in
-*"not a dynamic"*) ;;
-*) missing+=(busybox-static) ;;
-esac
+# The real-runtime tests' root filesystem is busybox-static's /bin/busybox
+# (Debian's dynamic busybox installs the same path, so ask dpkg).
+if ! dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then
+    missing+=(busybox-static)
+fi
 # cloud-init's own LXD datasource, for Debian's Python, is a real client.
 if ! /usr/bin/python3 -c 'import cloudinit.sources.DataSourceLXD' 2>/dev/null; then
     missing+=(cloud-init)

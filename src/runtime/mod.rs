@@ -271,8 +271,8 @@ pub fn describe(container: &Container) -> Result<InstanceSpec, RuntimeError> {
         rule,
         root_uid: Some(root_uid),
         guest_access: GuestAccess::Root,
-        config: BTreeMap::new(),
-        devices: BTreeMap::new(),
+        config: Default::default(),
+        devices: Default::default(),
     };
     apply_labels(&mut spec, &container.labels)?;
     spec.config
@@ -349,8 +349,7 @@ fn apply_labels(
                 return Err(wrong("must be io.guestsock.device.<device>.<field>"));
             };
             spec.devices
-                .entry(device.into())
-                .or_default()
+                .get_or_insert_default(device)
                 .insert(field.into(), value.clone());
         } else {
             match rest {
@@ -666,8 +665,8 @@ mod tests {
             rule: MatchRule::Pid(1),
             root_uid: None,
             guest_access: GuestAccess::Root,
-            config: BTreeMap::new(),
-            devices: BTreeMap::new(),
+            config: Default::default(),
+            devices: Default::default(),
         };
         apply_labels(
             &mut spec,

@@ -61,7 +61,7 @@ macro_rules! require_root {
 }
 
 /// The Debian package that brings each program the tests run.
-const TOOLS: [(&str, &str); 13] = [
+const TOOLS: [(&str, &str); 17] = [
     ("curl", "curl"),
     ("setpriv", "util-linux"),
     ("unshare", "util-linux"),
@@ -72,6 +72,10 @@ const TOOLS: [(&str, &str); 13] = [
     ("cc", "gcc"),
     ("pgrep", "procps"),
     ("python3", "python3"),
+    ("lxc-start", "lxc"),
+    ("lxc-stop", "lxc"),
+    ("lxc-attach", "lxc"),
+    ("lxc-info", "lxc"),
     ("runc", "runc"),
     ("crun", "crun"),
     ("podman", "podman"),
