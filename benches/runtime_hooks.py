@@ -162,6 +162,7 @@ class Bench:
             cmd = self.prefix(arm) + ["run", "--bundle", b, cid]
         else:
             cmd = self.prefix(arm) + ["run", "--rm", "--name", cid, "--network", "none",
+                                      "--cgroup-parent", f"/{self.parent}",
                                       "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
                                       "--annotation", f"io.guestsock.config.user.foo={VALUE}",
                                       "--rootfs", self.rootfs] + COMMAND
