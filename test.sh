@@ -15,11 +15,13 @@ fi
 # exhaustion test); mount the doctor test's private mounts and the full-disk
 # test's tmpfs; procps pgrep for the handoff test; gcc builds the
 # connect-and-close flooder of the accept test; lxc runs the LXC runtime
-# test's containers (lxc-start, lxc-attach, lxc-stop, lxc-info).
+# test's containers (lxc-start, lxc-attach, lxc-stop, lxc-info); runc, crun
+# and podman run the OCI runtime tests' containers (podman needs no network
+# backend: they run with --network none).
 missing=()
 for need in curl:curl setpriv:util-linux unshare:util-linux nsenter:util-linux \
     prlimit:util-linux mount:mount umount:mount pgrep:procps python3:python3 cc:gcc \
-    lxc-start:lxc; do
+    lxc-start:lxc runc:runc crun:crun podman:podman; do
     command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
 done
 # The real-runtime tests' root filesystem is busybox-static's /bin/busybox

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod oci;
 pub mod rootfs;
 
 use std::fs;
@@ -60,7 +61,7 @@ macro_rules! require_root {
 }
 
 /// The Debian package that brings each program the tests run.
-const TOOLS: [(&str, &str); 14] = [
+const TOOLS: [(&str, &str); 17] = [
     ("curl", "curl"),
     ("setpriv", "util-linux"),
     ("unshare", "util-linux"),
@@ -75,6 +76,9 @@ const TOOLS: [(&str, &str); 14] = [
     ("lxc-stop", "lxc"),
     ("lxc-attach", "lxc"),
     ("lxc-info", "lxc"),
+    ("runc", "runc"),
+    ("crun", "crun"),
+    ("podman", "podman"),
 ];
 
 /// `program`, after checking that it is on `PATH`: a missing one fails the

@@ -54,6 +54,10 @@ impl Rootfs {
         fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
         fs::write(root.join("etc/group"), "root:x:0:\n").expect("group");
         fs::write(root.join("etc/hostname"), "guest\n").expect("hostname");
+        // podman (and Docker) mount files of their own over these: in a
+        // user namespace the runtime cannot create them in a root-owned /etc.
+        fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n").expect("hosts");
+        fs::write(root.join("etc/resolv.conf"), "").expect("resolv.conf");
         Rootfs { dir }
     }
 
