@@ -149,6 +149,24 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArg,
     },
+    /// Print the durable state as JSON, without a server: for backups and broken hosts
+    #[command(
+        long_about = "Print the durable state as JSON, without a server: for backups and \
+        broken hosts.\n\nReads the state directory directly (a running server's as of its last \
+        commit, without disturbing it) and prints {\"instances\": [...], \"guest_states\": \
+        {...}}: the instances in the shape of the --instances file, which `serve --instances` \
+        and `instance add` take back, and which guests had said Ready."
+    )]
+    Dump {
+        /// `--state-dir`.
+        #[arg(
+            long,
+            value_name = "DIR",
+            default_value = DEFAULT_STATE_DIR,
+            help = "The state directory: the server's --state-dir"
+        )]
+        state_dir: PathBuf,
+    },
     /// Register containers as their runtime starts them, and remove them when they stop
     #[command(subcommand_required = true)]
     Hook {
@@ -438,8 +456,9 @@ pub enum HookRuntime {
     },
     /// An LXC hook, for lxc.hook.start-host and lxc.hook.post-stop
     #[command(
-        long_about = "An LXC hook, for lxc.hook.start-host (registers the container, \
-        matched by its cgroup /lxc.payload.<name>) and lxc.hook.post-stop (removes it). Its \
+        long_about = "An LXC hook, for lxc.hook.start-host and lxc.hook.post-stop.\n\n\
+        At start-host it registers the container (matched by its cgroup \
+        /lxc.payload.<name>); at post-stop it removes it. Its \
         io.guestsock.* labels come from --label on the hook's line, and from a labels file: \
         --labels, else guestsock.labels beside the container's config. See docs/mounting.md."
     )]
@@ -755,6 +774,7 @@ pub fn run(invocation: Invocation) -> Result<(), String> {
                 .map_err(|e| format!("watch docker: {e}"))?;
             docker::watch(&admin.admin, &socket)
         }
+        Command::Dump { state_dir } => dump(&state_dir),
         Command::Completions { shell } => {
             // Into memory first: clap_complete panics on a failed write.
             let mut script = Vec::new();
@@ -763,6 +783,25 @@ pub fn run(invocation: Invocation) -> Result<(), String> {
         }
         Command::Man { command } => man(&command),
     }
+}
+
+/// `guestsock dump`: the state directory's instances as an instances file,
+/// plus the guests' `Ready`.
+fn dump(state_dir: &Path) -> Result<(), String> {
+    let stored = crate::store::dump(state_dir)?;
+    let guest_states: BTreeMap<&str, &str> = stored
+        .iter()
+        .filter(|s| s.state == crate::instance::GuestState::Ready)
+        .map(|s| (s.instance.name.as_str(), s.state.as_str()))
+        .collect();
+    let instances: Vec<&InstanceSpec> = stored.iter().map(|s| &s.instance).collect();
+    let mut text = serde_json::to_vec_pretty(&serde_json::json!({
+        "instances": instances,
+        "guest_states": guest_states,
+    }))
+    .map_err(|e| format!("cannot encode the state: {e}"))?;
+    text.push(b'\n');
+    write_stdout(&text, "the state")
 }
 
 /// `guestsock hook ...`: a failure fails the container's start (the runtime
@@ -903,6 +942,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 #[serde(deny_unknown_fields)]
 struct InstancesFile {
     instances: Vec<InstanceSpec>,
+    /// `guestsock dump`'s record of which guests had said `Ready`: shown for
+    /// people, not restored (a guest says it again when it boots).
+    #[serde(default, rename = "guest_states")]
+    _guest_states: Option<serde_json::Map<String, Value>>,
 }
 
 /// Reads and parses an instances file. Syntax and shape errors carry

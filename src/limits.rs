@@ -429,3 +429,18 @@ pub const DOCKER_RECONNECT_FIRST: Duration = Duration::from_millis(100);
 /// the reconcile that follows the reconnection, so this bounds how long
 /// they may wait for it after the engine is back.
 pub const DOCKER_RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// Pages (4 KiB each) the state database's write-ahead log may hold before
+/// it is copied back into the database: 256, 1 MiB.
+///
+/// Every checkpoint costs an fsync of the database file; a longer log costs
+/// that disk space until the next one, and a small or nearly full disk must
+/// still be able to take a checkpoint. The log is cut back to this size
+/// after each.
+pub const STATE_CHECKPOINT_PAGES: i64 = 256;
+
+/// The state database's page cache, in KiB: 2048 (SQLite's default).
+///
+/// It lives in the writer thread and speeds up the index updates of large
+/// batches; the instances themselves are in the registry.
+pub const STATE_CACHE_KIB: i64 = 2048;

@@ -1,34 +1,42 @@
 //! Durable state: the state directory, and the writer thread that makes a
 //! change durable before the admin call that made it is answered.
 //!
-//! Layout: `<state-dir>/instances/<name>.json`, one file per instance
-//! holding its section 4 object, its guest state and, for a `pid` rule, the
-//! pid namespace it was registered with. A file is replaced by writing
-//! `<name>.json.tmp`, fsyncing it, renaming it over the old one and fsyncing
-//! the directory, so a file is always either the old or the new version,
-//! never torn. A corrupt file can therefore only come from outside
-//! guestsock, and it stops the start rather than being taken for "no
-//! instance".
+//! Layout: `<state-dir>/state.db`, an SQLite database in WAL mode with
+//! `synchronous=FULL`: one row per instance (its section 4 object, its guest
+//! state and, for a `pid` rule, the pid namespace it was registered with, as
+//! one JSON document), the names of instances removed since the last start,
+//! and the state's version. Each batch of changes is one transaction, so it
+//! is all or nothing, and one fsync of the write-ahead log makes the whole
+//! batch durable: many admin changes arriving together share that fsync
+//! (group commit). A damaged database, or a row that does not decode, stops
+//! the start with the file, the instance and the problem, rather than being
+//! taken for "no instance". `<state-dir>/lock` is `flock`ed by the server
+//! that owns the directory.
+//!
+//! Every transaction stamps what it writes with the next version, and
+//! records removals, so that a successor that read the state while its
+//! predecessor still served (a SIGHUP handoff) catches up on exactly the
+//! changes made meanwhile ([`open`] with `since`).
+//!
+//! The release before this one kept `<state-dir>/instances/<name>.json`,
+//! one file per instance. [`open`] moves such a directory into the database
+//! in one transaction, then removes the files: a crash between the two
+//! moves the same files again at the next start.
 //!
 //! The writer thread takes every job queued since its last pass, coalesces
-//! jobs for the same instance, and commits them together (one directory
-//! fsync per batch), so a slow disk delays the answers that wait for it,
-//! never the event loop, and a burst of changes costs few fsyncs. It reports
-//! back through a channel and wakes the loop with a `mio::Waker`.
-//!
-//! A batch is all or nothing as far as the disk allows: every new file is
-//! written and fsynced before any rename, and a failure there removes the
-//! temporary files and leaves every instance file as it was. Jobs carry the
-//! loop's epoch: once a batch fails, the jobs of its epoch still queued were
-//! built on it and fail unwritten, until the loop (which abandons them)
-//! starts a new epoch.
+//! jobs for the same instance, and commits them together, so a slow disk
+//! delays the answers that wait for it, never the event loop. It reports
+//! back through a channel and wakes the loop with a `mio::Waker`. Jobs
+//! carry the loop's epoch: once a batch fails, the jobs of its epoch still
+//! queued were built on it and fail unwritten, until the loop (which
+//! abandons them) starts a new epoch.
 //!
 //! This module owns the files and the thread; which change produces which
 //! job is `server`'s business.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -36,19 +44,49 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::{self, JoinHandle};
 
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use crate::instance::{GuestState, InstanceSpec, valid_instance_name};
+use crate::limits::{STATE_CACHE_KIB, STATE_CHECKPOINT_PAGES};
 use crate::log;
 
-/// The version of the instance file format written by this build.
+/// The version of the instance document format written by this build.
 const FORMAT_VERSION: u32 = 1;
 
-/// One instance file's contents.
+/// The database's schema version (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// The database, inside the state directory.
+pub const DB_FILE: &str = "state.db";
+
+/// The per-instance directory of the release before the database.
+pub const LEGACY_DIR: &str = "instances";
+
+/// The tables, made on first use.
+const SCHEMA: &str = "
+    CREATE TABLE instances (
+        name TEXT PRIMARY KEY NOT NULL,
+        version INTEGER NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE TABLE removed (
+        name TEXT PRIMARY KEY NOT NULL,
+        version INTEGER NOT NULL
+    );
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY NOT NULL,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO meta (key, value) VALUES ('version', 0);
+    PRAGMA user_version = 1;
+";
+
+/// One instance's stored document.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct StoredInstance {
-    /// Always [`FORMAT_VERSION`] for files this build writes.
+    /// Always [`FORMAT_VERSION`] for documents this build writes.
     pub version: u32,
     /// The section 4 object, defaults filled in.
     pub instance: InstanceSpec,
@@ -60,7 +98,7 @@ pub struct StoredInstance {
 }
 
 impl StoredInstance {
-    /// The bytes of an instance file.
+    /// The bytes of an instance's stored document.
     pub fn encode(instance: &InstanceSpec, state: GuestState, pidns: Option<u64>) -> Vec<u8> {
         #[derive(Serialize)]
         struct Borrowed<'a> {
@@ -70,24 +108,42 @@ impl StoredInstance {
             #[serde(skip_serializing_if = "Option::is_none")]
             pidns: Option<u64>,
         }
-        let mut bytes = serde_json::to_vec_pretty(&Borrowed {
+        serde_json::to_vec(&Borrowed {
             version: FORMAT_VERSION,
             instance,
             state,
             pidns,
         })
-        .unwrap_or_default();
-        bytes.push(b'\n');
-        bytes
+        .unwrap_or_default()
+    }
+
+    /// Decodes a stored document, checking its format version; `shown`
+    /// names where it came from in the error.
+    fn decode(bytes: &[u8], shown: &str) -> Result<StoredInstance, String> {
+        if bytes.is_empty() {
+            return Err(format!(
+                "{shown}: empty (corrupt state; restore it from a backup or remove it to drop the instance)"
+            ));
+        }
+        let stored: StoredInstance = serde_json::from_slice(bytes).map_err(|e| {
+            format!("{shown}: corrupt state ({e}); restore it from a backup or remove it to drop the instance")
+        })?;
+        if stored.version != FORMAT_VERSION {
+            return Err(format!(
+                "{shown}: format version {} is not {FORMAT_VERSION}, which this guestsock reads",
+                stored.version
+            ));
+        }
+        Ok(stored)
     }
 }
 
-/// A change to write: the new contents of an instance file, or its removal.
+/// A change to write: an instance's new document, or its removal.
 #[derive(Debug)]
 pub enum Job {
-    /// Write the instance file of `name` with these bytes.
+    /// Store this document for instance `name`.
     Write { name: String, bytes: Vec<u8> },
-    /// Remove the instance file of `name`.
+    /// Remove instance `name`.
     Remove { name: String },
 }
 
@@ -107,24 +163,48 @@ pub struct Committed {
 /// A job with its sequence number and the epoch it was submitted in.
 type Queued = (u64, u64, Job);
 
+/// What was read from the state directory.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Every instance (or, after a snapshot, every instance changed since).
+    pub instances: Vec<StoredInstance>,
+    /// Instances removed since the snapshot (empty for a full read).
+    pub removed: Vec<String>,
+    /// The state's version as read: a later read catches up from it.
+    pub version: u64,
+}
+
 /// The open state directory: holds its lock for as long as it lives.
-#[derive(Debug)]
 pub struct StateDir {
-    instances_dir: PathBuf,
+    db: Connection,
+    path: PathBuf,
+    /// The version of the last committed transaction.
+    version: u64,
     /// `flock`ed: a second guestsock on the same directory is refused.
     _lock: nix::fcntl::Flock<File>,
 }
 
+impl std::fmt::Debug for StateDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateDir")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
 /// Opens (creating if needed, mode 0700) the state directory, takes its
-/// lock and reads every instance file. Fails, naming the file and the
-/// problem, on anything it cannot read with certainty.
-pub fn open(dir: &Path) -> Result<(StateDir, Vec<StoredInstance>), String> {
-    let instances_dir = dir.join("instances");
+/// lock, moves a per-instance directory of the previous release into the
+/// database, and reads the instances: all of them, or with `since` (the
+/// version of a [`snapshot`] taken earlier) only the changes made after it,
+/// with the removals. Fails, naming the file, the instance and the problem,
+/// on anything it cannot read with certainty.
+pub fn open(dir: &Path, since: Option<u64>) -> Result<(StateDir, Loaded), String> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&instances_dir)
-        .map_err(|e| format!("cannot create {}: {e}", instances_dir.display()))?;
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let lock_path = dir.join("lock");
     let lock_file = OpenOptions::new()
         .create(true)
@@ -140,70 +220,293 @@ pub fn open(dir: &Path) -> Result<(StateDir, Vec<StoredInstance>), String> {
                 dir.display()
             )
         })?;
-    let mut loaded = Vec::new();
-    let entries =
-        fs::read_dir(&instances_dir).map_err(|e| format!("{}: {e}", instances_dir.display()))?;
-    let mut paths: Vec<PathBuf> = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("{}: {e}", instances_dir.display()))?;
-        paths.push(entry.path());
-    }
-    paths.sort();
-    for path in paths {
-        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if file_name.ends_with(".json.tmp") {
-            // A write that never reached its rename: its change was never
-            // acknowledged, so dropping it loses nothing that was promised.
-            log::warn(format_args!(
-                "removing {}, an unfinished write from before a crash",
-                path.display()
-            ));
-            fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            continue;
-        }
-        let Some(name) = file_name.strip_suffix(".json") else {
+    let path = dir.join(DB_FILE);
+    let shown = path.display().to_string();
+    let damaged = |e: rusqlite::Error| {
+        format!("{shown}: {e} (damaged state; restore the state directory from a backup)")
+    };
+    let db = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(damaged)?;
+    configure(&db).map_err(damaged)?;
+    let schema: i64 = db
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(damaged)?;
+    match schema {
+        0 => db.execute_batch(SCHEMA).map_err(damaged)?,
+        SCHEMA_VERSION => {}
+        other => {
             return Err(format!(
-                "{}: unexpected file in the state directory; move it away",
-                path.display()
+                "{shown}: schema version {other} is not {SCHEMA_VERSION}, which this guestsock reads"
             ));
-        };
-        loaded.push(read_instance(&path, name)?);
+        }
     }
-    Ok((
-        StateDir {
-            instances_dir,
-            _lock: lock,
-        },
-        loaded,
-    ))
+    // The database file's own directory entry, and the lock's, durable.
+    fsync_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut state = StateDir {
+        version: read_version(&db).map_err(damaged)?,
+        db,
+        path,
+        _lock: lock,
+    };
+    state.import_legacy(dir)?;
+    let loaded = match since {
+        None => read_all(&state.db, &shown)?,
+        Some(since) => state.changes_since(since)?,
+    };
+    // Removals are kept only for a successor that read before them: the
+    // next one reads after this point.
+    state
+        .db
+        .execute("DELETE FROM removed", [])
+        .map_err(damaged)?;
+    Ok((state, loaded))
 }
 
-fn read_instance(path: &Path, name: &str) -> Result<StoredInstance, String> {
-    let shown = path.display();
-    let bytes = fs::read(path).map_err(|e| format!("{shown}: {e}"))?;
-    if bytes.is_empty() {
+/// Reads the state without taking the directory's lock, while the server
+/// that holds it may still be writing: the instances as of one committed
+/// version, which [`open`] with `since` later brings up to date. `Ok(None)`
+/// when there is nothing to read this way (no database yet, or the previous
+/// release's layout, which only [`open`] converts).
+pub fn snapshot(dir: &Path) -> Result<Option<Loaded>, String> {
+    let path = dir.join(DB_FILE);
+    if dir.join(LEGACY_DIR).exists() || !path.exists() {
+        return Ok(None);
+    }
+    let shown = path.display().to_string();
+    let damaged = |e: rusqlite::Error| {
+        format!("{shown}: {e} (damaged state; restore the state directory from a backup)")
+    };
+    let mut db = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(damaged)?;
+    // One read transaction: the rows and the version agree.
+    let tx = db.transaction().map_err(damaged)?;
+    let loaded = read_all(&tx, &shown)?;
+    tx.finish().map_err(damaged)?;
+    Ok(Some(loaded))
+}
+
+/// Every stored instance, for `guestsock dump`, without a server and
+/// without taking the lock (a running server's state is read as of its
+/// last commit). Reads the previous release's per-instance files where the
+/// directory still has them.
+pub fn dump(dir: &Path) -> Result<Vec<StoredInstance>, String> {
+    if dir.join(LEGACY_DIR).exists() {
+        return read_legacy(&dir.join(LEGACY_DIR), false);
+    }
+    if !dir.join(DB_FILE).exists() {
         return Err(format!(
-            "{shown}: empty file (corrupt state; restore it from a backup or remove it to drop the instance)"
+            "{}: no guestsock state here (no {DB_FILE}); is this the --state-dir?",
+            dir.display()
         ));
     }
-    let stored: StoredInstance = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{shown}: corrupt state ({e}); restore it from a backup or remove it to drop the instance"))?;
-    if stored.version != FORMAT_VERSION {
-        return Err(format!(
-            "{shown}: format version {} is not {FORMAT_VERSION}, which this guestsock reads",
-            stored.version
-        ));
+    let mut loaded = snapshot(dir)?.unwrap_or_default().instances;
+    loaded.sort_by(|a, b| a.instance.name.cmp(&b.instance.name));
+    Ok(loaded)
+}
+
+/// The settings every connection to the database uses.
+fn configure(db: &Connection) -> rusqlite::Result<()> {
+    // WAL: one append and one fsync per transaction; readers (a successor
+    // taking a snapshot, `guestsock dump`) never block the writer.
+    db.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: the log is fsynced at every commit, so a commit is durable
+    // (NORMAL would defer it to the next checkpoint).
+    db.pragma_update(None, "synchronous", "FULL")?;
+    db.pragma_update(None, "wal_autocheckpoint", STATE_CHECKPOINT_PAGES)?;
+    // The log is cut back after a checkpoint, so that it cannot keep the
+    // space of a large batch for ever.
+    db.pragma_update(None, "journal_size_limit", STATE_CHECKPOINT_PAGES * 4096)?;
+    db.pragma_update(None, "cache_size", -STATE_CACHE_KIB)?;
+    db.pragma_update(None, "foreign_keys", false)?;
+    Ok(())
+}
+
+fn read_version(db: &Connection) -> rusqlite::Result<u64> {
+    db.query_row("SELECT value FROM meta WHERE key = 'version'", [], |row| {
+        row.get::<_, i64>(0)
+    })
+    .map(|v| v.max(0) as u64)
+}
+
+/// Every instance row, decoded, and the version they are as of.
+fn read_all(db: &Connection, shown: &str) -> Result<Loaded, String> {
+    let damaged = |e: rusqlite::Error| {
+        format!("{shown}: {e} (damaged state; restore the state directory from a backup)")
+    };
+    let version = read_version(db).map_err(damaged)?;
+    let mut query = db
+        .prepare("SELECT name, body FROM instances")
+        .map_err(damaged)?;
+    let mut rows = query.query([]).map_err(damaged)?;
+    let mut instances = Vec::new();
+    while let Some(row) = rows.next().map_err(damaged)? {
+        instances.push(decode_row(row, shown)?);
     }
-    if !valid_instance_name(name) || stored.instance.name != name {
+    Ok(Loaded {
+        instances,
+        removed: Vec::new(),
+        version,
+    })
+}
+
+/// One `(name, body)` row, its name checked against its document.
+fn decode_row(row: &rusqlite::Row<'_>, shown: &str) -> Result<StoredInstance, String> {
+    let damaged = |e: rusqlite::Error| format!("{shown}: {e} (damaged state)");
+    let name: String = row.get(0).map_err(damaged)?;
+    let body: Vec<u8> = row.get(1).map_err(damaged)?;
+    let where_ = format!("{shown}: instance {name:?}");
+    let stored = StoredInstance::decode(&body, &where_)?;
+    if !valid_instance_name(&name) || stored.instance.name != name {
         return Err(format!(
-            "{shown}: holds instance {:?}, which does not match its file name",
+            "{where_}: holds instance {:?}, which does not match its row",
             stored.instance.name
         ));
     }
     Ok(stored)
 }
 
+/// Reads the previous release's `instances/<name>.json` files; with
+/// `clean`, removes unfinished writes (`.json.tmp`) on the way.
+fn read_legacy(dir: &Path, clean: bool) -> Result<Vec<StoredInstance>, String> {
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+        paths.push(entry.path());
+    }
+    paths.sort();
+    let mut loaded = Vec::new();
+    for path in paths {
+        let shown = path.display().to_string();
+        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if file_name.ends_with(".json.tmp") {
+            // A write that never reached its rename: its change was never
+            // acknowledged, so dropping it loses nothing that was promised.
+            if clean {
+                log::warn(format_args!(
+                    "removing {shown}, an unfinished write from before a crash"
+                ));
+                fs::remove_file(&path).map_err(|e| format!("{shown}: {e}"))?;
+            }
+            continue;
+        }
+        let Some(name) = file_name.strip_suffix(".json") else {
+            return Err(format!(
+                "{shown}: unexpected file in the state directory; move it away"
+            ));
+        };
+        let bytes = fs::read(&path).map_err(|e| format!("{shown}: {e}"))?;
+        let stored = StoredInstance::decode(&bytes, &shown)?;
+        if !valid_instance_name(name) || stored.instance.name != name {
+            return Err(format!(
+                "{shown}: holds instance {:?}, which does not match its file name",
+                stored.instance.name
+            ));
+        }
+        loaded.push(stored);
+    }
+    Ok(loaded)
+}
+
+/// An SQLite error in the words of the system error behind it where there
+/// is one: a full disk is `ENOSPC`'s "No space left on device", as for any
+/// other write, not SQLite's "database or disk is full".
+fn plain(e: &rusqlite::Error) -> String {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => {
+            io::Error::from_raw_os_error(nix::libc::ENOSPC).to_string()
+        }
+        _ => e.to_string(),
+    }
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    let dir = File::open(dir)?;
+    nix::unistd::fsync(dir.as_fd()).map_err(io::Error::from)
+}
+
 impl StateDir {
+    /// Moves the previous release's per-instance files into the database:
+    /// one transaction with all of them, then the files removed. A crash in
+    /// between leaves files whose contents the database already has; they
+    /// are moved again, unchanged, at the next start.
+    fn import_legacy(&mut self, dir: &Path) -> Result<(), String> {
+        let legacy = dir.join(LEGACY_DIR);
+        if !legacy.exists() {
+            return Ok(());
+        }
+        let stored = read_legacy(&legacy, true)?;
+        let batch: BTreeMap<String, Option<Vec<u8>>> = stored
+            .iter()
+            .map(|s| {
+                (
+                    s.instance.name.clone(),
+                    Some(StoredInstance::encode(&s.instance, s.state, s.pidns)),
+                )
+            })
+            .collect();
+        self.commit(&batch).map_err(|e| {
+            format!(
+                "cannot move {} into {}: {e}",
+                legacy.display(),
+                self.path.display()
+            )
+        })?;
+        for entry in fs::read_dir(&legacy).map_err(|e| format!("{}: {e}", legacy.display()))? {
+            let path = entry
+                .map_err(|e| format!("{}: {e}", legacy.display()))?
+                .path();
+            fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        fs::remove_dir(&legacy).map_err(|e| format!("{}: {e}", legacy.display()))?;
+        fsync_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        log::info(format_args!(
+            "moved {} instance(s) from {} into {}",
+            stored.len(),
+            legacy.display(),
+            self.path.display()
+        ));
+        Ok(())
+    }
+
+    /// The instances written and removed after version `since`.
+    fn changes_since(&self, since: u64) -> Result<Loaded, String> {
+        let shown = self.path.display().to_string();
+        let damaged = |e: rusqlite::Error| {
+            format!("{shown}: {e} (damaged state; restore the state directory from a backup)")
+        };
+        let since = i64::try_from(since).unwrap_or(i64::MAX);
+        let mut query = self
+            .db
+            .prepare("SELECT name, body FROM instances WHERE version > ?1")
+            .map_err(damaged)?;
+        let mut rows = query.query(params![since]).map_err(damaged)?;
+        let mut instances = Vec::new();
+        while let Some(row) = rows.next().map_err(damaged)? {
+            instances.push(decode_row(row, &shown)?);
+        }
+        let mut query = self
+            .db
+            .prepare("SELECT name FROM removed WHERE version > ?1")
+            .map_err(damaged)?;
+        let removed = query
+            .query_map(params![since], |row| row.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<String>>>())
+            .map_err(damaged)?;
+        Ok(Loaded {
+            instances,
+            removed,
+            version: self.version,
+        })
+    }
+
     /// Starts the writer thread. `wake` is called after each batch, once its
     /// result is on `Committed`'s channel.
     pub fn spawn_writer(
@@ -235,7 +538,7 @@ impl StateDir {
     /// failed ones, and it abandons them all (starting a new epoch) as soon
     /// as it hears of the failure.
     fn run(
-        self,
+        mut self,
         jobs: Receiver<Queued>,
         done: Sender<Committed>,
         wake: Arc<dyn Fn() + Send + Sync>,
@@ -268,7 +571,7 @@ impl StateDir {
                 let error = self
                     .commit(&batch)
                     .err()
-                    .map(|e| format!("cannot write the state directory: {e}"));
+                    .map(|e| format!("cannot write the state directory: {}", plain(&e)));
                 if let Some(error) = &error {
                     log::warn(format_args!("{error}"));
                     failed_epoch = Some(epoch);
@@ -284,60 +587,47 @@ impl StateDir {
         }
     }
 
-    /// Writes a batch: every new file written and fsynced under a temporary
-    /// name, then renamed into place, removals done, and the directory
-    /// fsynced once so that the renames and removals are durable too.
-    ///
-    /// All or nothing as far as the disk allows: if any new file cannot be
-    /// written (a full disk, no descriptors), the temporary files are
-    /// removed and no instance file has changed. Only a failing rename,
-    /// unlink or directory fsync after that (an I/O error, not a full disk)
-    /// can leave part of a batch in place.
-    fn commit(&self, batch: &BTreeMap<String, Option<Vec<u8>>>) -> io::Result<()> {
-        let written = self.write_temporaries(batch);
-        if let Err(e) = written {
+    /// Writes a batch as one transaction stamped with the next version:
+    /// durable when this returns `Ok` (the log is fsynced at commit), and
+    /// nothing of it on disk when it returns `Err` (SQLite rolls the
+    /// transaction back, whether the disk was full or a write failed).
+    fn commit(&mut self, batch: &BTreeMap<String, Option<Vec<u8>>>) -> rusqlite::Result<()> {
+        let version = self.version + 1;
+        let stamp = i64::try_from(version).unwrap_or(i64::MAX);
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT INTO instances (name, version, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET version = excluded.version, body = excluded.body",
+            )?;
+            let mut unremove = tx.prepare_cached("DELETE FROM removed WHERE name = ?1")?;
+            let mut delete = tx.prepare_cached("DELETE FROM instances WHERE name = ?1")?;
+            let mut remember = tx.prepare_cached(
+                "INSERT INTO removed (name, version) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+            )?;
             for (name, bytes) in batch {
-                if bytes.is_some() {
-                    let _ = fs::remove_file(self.temporary(name));
+                match bytes {
+                    Some(bytes) => {
+                        put.execute(params![name, stamp, bytes])?;
+                        unremove.execute(params![name])?;
+                    }
+                    None => {
+                        delete.execute(params![name])?;
+                        remember.execute(params![name, stamp])?;
+                    }
                 }
             }
-            return Err(e);
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'version'",
+                params![stamp],
+            )?;
         }
-        for (name, bytes) in batch {
-            let path = self.instances_dir.join(format!("{name}.json"));
-            if bytes.is_some() {
-                fs::rename(self.temporary(name), &path)?;
-            } else {
-                match fs::remove_file(&path) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
-                }
-            }
-        }
-        let dir = File::open(&self.instances_dir)?;
-        nix::unistd::fsync(dir.as_fd()).map_err(io::Error::from)
-    }
-
-    /// Writes and fsyncs every new file of a batch under its temporary name.
-    fn write_temporaries(&self, batch: &BTreeMap<String, Option<Vec<u8>>>) -> io::Result<()> {
-        for (name, bytes) in batch {
-            if let Some(bytes) = bytes {
-                let mut file = OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .write(true)
-                    .mode(0o600)
-                    .open(self.temporary(name))?;
-                file.write_all(bytes)?;
-                file.sync_all()?;
-            }
-        }
+        tx.commit()?;
+        self.version = version;
         Ok(())
-    }
-
-    /// Where instance `name`'s next version is written before its rename.
-    fn temporary(&self, name: &str) -> PathBuf {
-        self.instances_dir.join(format!("{name}.json.tmp"))
     }
 }
 
@@ -416,27 +706,18 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn writes_coalesces_removes_and_reloads() {
-        let dir = temp_dir();
-        let (state, loaded) = open(&dir).unwrap();
-        assert!(loaded.is_empty());
+    /// Submits `jobs` and waits until they are all committed.
+    fn write_all(state: StateDir, jobs: Vec<Job>) {
         let (tx, rx) = mpsc::channel();
         let (mut writer, done) = state
             .spawn_writer(Arc::new(move || {
                 let _ = tx.send(());
             }))
             .unwrap();
-        let a = StoredInstance::encode(&spec("a"), GuestState::Ready, None);
-        writer.submit(Job::Write {
-            name: "a".into(),
-            bytes: a,
-        });
-        writer.submit(Job::Write {
-            name: "b".into(),
-            bytes: b"junk".to_vec(),
-        });
-        let last = writer.submit(Job::Remove { name: "b".into() });
+        let mut last = 0;
+        for job in jobs {
+            last = writer.submit(job);
+        }
         let mut seen = 0;
         while seen < last {
             rx.recv().unwrap();
@@ -445,52 +726,165 @@ mod tests {
             seen = committed.seq;
         }
         writer.finish();
-        drop(writer);
-        let (_state, loaded) = open(&dir).unwrap();
-        assert_eq!(loaded.len(), 1);
-        assert_eq!(loaded[0].instance.name, "a");
-        assert_eq!(loaded[0].state, GuestState::Ready);
-        assert_eq!(loaded[0].instance.rule, MatchRule::UidRange(1000, 1));
+    }
+
+    fn put(name: &str, state: GuestState) -> Job {
+        Job::Write {
+            name: name.into(),
+            bytes: StoredInstance::encode(&spec(name), state, None),
+        }
+    }
+
+    #[test]
+    fn writes_coalesces_removes_and_reloads() {
+        let dir = temp_dir();
+        let (state, loaded) = open(&dir, None).unwrap();
+        assert!(loaded.instances.is_empty());
+        write_all(
+            state,
+            vec![
+                put("a", GuestState::Ready),
+                put("b", GuestState::Started),
+                Job::Remove { name: "b".into() },
+            ],
+        );
+        let (_state, loaded) = open(&dir, None).unwrap();
+        assert_eq!(loaded.instances.len(), 1);
+        let a = &loaded.instances[0];
+        assert_eq!(a.instance.name, "a");
+        assert_eq!(a.state, GuestState::Ready);
+        assert_eq!(a.instance.rule, MatchRule::UidRange(1000, 1));
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn corrupt_files_stop_the_start_and_tmp_files_are_dropped() {
+    fn a_snapshot_catches_up_on_the_changes_made_after_it() {
         let dir = temp_dir();
-        drop(open(&dir).unwrap());
-        let instances = dir.join("instances");
-        fs::write(instances.join("x.json.tmp"), "half").unwrap();
-        drop(open(&dir).unwrap());
-        assert!(!instances.join("x.json.tmp").exists());
+        let (state, _) = open(&dir, None).unwrap();
+        write_all(
+            state,
+            vec![put("a", GuestState::Started), put("b", GuestState::Started)],
+        );
+        // A successor reads while its predecessor still holds the lock...
+        let (state, _) = open(&dir, None).unwrap();
+        let snap = snapshot(&dir).unwrap().expect("a snapshot");
+        assert_eq!(snap.instances.len(), 2);
+        // ... which goes on writing ...
+        write_all(
+            state,
+            vec![
+                put("a", GuestState::Ready),
+                put("c", GuestState::Started),
+                Job::Remove { name: "b".into() },
+            ],
+        );
+        // ... then lets go: the successor reads exactly what changed.
+        let (_state, caught) = open(&dir, Some(snap.version)).unwrap();
+        let mut names: Vec<&str> = caught
+            .instances
+            .iter()
+            .map(|s| s.instance.name.as_str())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "c"]);
+        assert_eq!(caught.removed, ["b"]);
+        assert!(caught.version > snap.version);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
+    #[test]
+    fn the_previous_layout_is_moved_in_and_unfinished_writes_dropped() {
+        let dir = temp_dir();
+        let legacy = dir.join(LEGACY_DIR);
+        fs::create_dir_all(&legacy).unwrap();
+        for name in ["a", "b"] {
+            fs::write(
+                legacy.join(format!("{name}.json")),
+                serde_json::to_vec_pretty(&StoredInstance {
+                    version: 1,
+                    instance: spec(name),
+                    state: GuestState::Ready,
+                    pidns: None,
+                })
+                .unwrap(),
+            )
+            .unwrap();
+        }
+        fs::write(legacy.join("c.json.tmp"), "half").unwrap();
+        assert_eq!(dump(&dir).unwrap().len(), 2, "dump reads the old layout");
+        assert!(snapshot(&dir).unwrap().is_none(), "only open converts");
+        let (state, loaded) = open(&dir, None).unwrap();
+        assert_eq!(loaded.instances.len(), 2);
+        assert!(
+            loaded
+                .instances
+                .iter()
+                .all(|s| s.state == GuestState::Ready)
+        );
+        assert!(!legacy.exists());
+        drop(state);
+        let (_state, loaded) = open(&dir, None).unwrap();
+        assert_eq!(loaded.instances.len(), 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn damaged_state_stops_the_start_with_where_and_what() {
+        let dir = temp_dir();
+        let legacy = dir.join(LEGACY_DIR);
+        fs::create_dir_all(&legacy).unwrap();
+        let other = String::from_utf8(StoredInstance::encode(
+            &spec("x"),
+            GuestState::Started,
+            None,
+        ))
+        .unwrap();
         for (file, text, needle) in [
             ("x.json", "{\"version\":1,\"inst", "corrupt state"),
-            ("x.json", "", "empty file"),
-            (
-                "y.json",
-                &String::from_utf8(StoredInstance::encode(
-                    &spec("x"),
-                    GuestState::Started,
-                    None,
-                ))
-                .unwrap(),
-                "does not match its file name",
-            ),
+            ("x.json", "", "empty"),
+            ("y.json", other.as_str(), "does not match its file name"),
             ("notes.txt", "hi", "unexpected file"),
         ] {
-            fs::write(instances.join(file), text).unwrap();
-            let err = open(&dir).unwrap_err();
+            fs::write(legacy.join(file), text).unwrap();
+            let err = open(&dir, None).unwrap_err();
             assert!(err.contains(file) && err.contains(needle), "{err}");
-            fs::remove_file(instances.join(file)).unwrap();
+            fs::remove_file(legacy.join(file)).unwrap();
         }
+        fs::remove_dir(&legacy).unwrap();
+
+        // A row that does not decode names the database and the instance.
+        let (state, _) = open(&dir, None).unwrap();
+        write_all(
+            state,
+            vec![Job::Write {
+                name: "bad".into(),
+                bytes: b"{\"version\":1".to_vec(),
+            }],
+        );
+        let err = open(&dir, None).unwrap_err();
+        assert!(
+            err.contains(DB_FILE)
+                && err.contains("instance \"bad\"")
+                && err.contains("corrupt state"),
+            "{err}"
+        );
+        // A database that is not one.
+        fs::remove_dir_all(&dir).unwrap();
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(DB_FILE), vec![0x5a; 8192]).unwrap();
+        let err = open(&dir, None).unwrap_err();
+        assert!(
+            err.contains(DB_FILE) && err.contains("damaged state"),
+            "{err}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_second_server_on_the_same_directory_is_refused() {
         let dir = temp_dir();
-        let first = open(&dir).unwrap();
-        let err = open(&dir).unwrap_err();
+        let first = open(&dir, None).unwrap();
+        let err = open(&dir, None).unwrap_err();
         assert!(err.contains("in use by another guestsock"), "{err}");
         drop(first);
         fs::remove_dir_all(&dir).unwrap();

@@ -307,6 +307,8 @@ fn every_command_and_subcommand_answers_help() {
         "query",
         "doctor",
         "stats",
+        "hook oci",
+        "hook lxc",
         "completions",
         "man",
     ] {

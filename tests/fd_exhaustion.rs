@@ -86,9 +86,8 @@ fn admin_works(server: &util::Server, value: &str) {
 /// `user.v` of instance `c1` as the state directory holds it: what an
 /// acknowledged write made durable.
 fn stored_value(server: &util::Server) -> String {
-    let state = fs::read_to_string(server.state_dir.join("instances/c1.json")).expect("state");
-    let stored: serde_json::Value = serde_json::from_str(&state).expect("state JSON");
-    stored["instance"]["config"]["user.v"]
+    let stored = util::dumped(&server.state_dir, "c1").expect("c1 is stored");
+    stored["config"]["user.v"]
         .as_str()
         .unwrap_or_default()
         .to_owned()

@@ -193,14 +193,18 @@ fn query_prints_the_body_and_fails_on_errors() {
 }
 
 #[test]
-fn a_corrupt_state_file_stops_the_start_and_names_it() {
+fn a_damaged_state_stops_the_start_and_names_it() {
     let server = util::Server::start(json!([{"name": "c1", "match": {"uid_range": [1000, 1]}}]));
     let dir = server.stop_keep();
-    let file = dir.join("state/instances/c1.json");
-    let text = fs::read_to_string(&file).unwrap();
-    assert!(text.contains("\"c1\""), "{text}");
-    // Torn in the middle, as no guestsock write can leave it.
-    fs::write(&file, &text[..text.len() / 2]).unwrap();
+    let file = dir.join("state/state.db");
+    let mut bytes = fs::read(&file).unwrap();
+    assert!(bytes.len() > 4096, "{} bytes", bytes.len());
+    // Every page after the header page overwritten, as a failing disk or a
+    // careless copy can leave it (no guestsock write can).
+    for byte in &mut bytes[4096..] {
+        *byte = 0xa5;
+    }
+    fs::write(&file, &bytes).unwrap();
     let mut args = vec!["serve".to_string()];
     for (flag, rel) in [
         ("--socket", "guest/sock"),
@@ -211,10 +215,10 @@ fn a_corrupt_state_file_stops_the_start_and_names_it() {
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = util::run_guestsock(&args, None);
-    assert!(!out.status.success(), "started on a corrupt state file");
+    assert!(!out.status.success(), "started on a damaged state");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(file.to_str().unwrap()) && err.contains("corrupt state"),
+        err.contains(file.to_str().unwrap()) && err.contains("damaged state"),
         "{err}"
     );
 }

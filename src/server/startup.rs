@@ -139,20 +139,16 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         }
         None => (activation::listen_fds()?, false),
     };
-    let (state, stored) = store::open(&config.state_dir)?;
+    let (state, loaded) = store::open(&config.state_dir, None)?;
     let mut registry = Registry::new(config.host_name);
-    for stored in stored {
+    for stored in loaded.instances {
         let name = stored.instance.name.clone();
         let (_, warning) = registry
             .restore(stored.instance, stored.state, stored.pidns)
             .map_err(|e| {
                 format!(
                     "{}: instance {name:?} cannot be restored: {e}",
-                    config
-                        .state_dir
-                        .join("instances")
-                        .join(format!("{name}.json"))
-                        .display()
+                    config.state_dir.join(store::DB_FILE).display()
                 )
             })?;
         if let Some(warning) = warning {

@@ -816,3 +816,28 @@ impl Drop for Demo {
         let _ = fs::remove_file(&self.stderr_path);
     }
 }
+
+/// The durable state of `state_dir` as `guestsock dump` prints it, read
+/// without a server (or beside a running one).
+pub fn dump(state_dir: &Path) -> serde_json::Value {
+    let out = run_guestsock(
+        &["dump", "--state-dir", &state_dir.display().to_string()],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "guestsock dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("dump prints JSON")
+}
+
+/// Instance `name` in a [`dump`], if it is there.
+pub fn dumped(state_dir: &Path, name: &str) -> Option<serde_json::Value> {
+    dump(state_dir)["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .find(|i| i["name"] == name)
+        .cloned()
+}
