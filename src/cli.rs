@@ -491,11 +491,12 @@ pub enum HookRuntime {
 pub enum WatchEngine {
     /// Follow the Docker engine: register each container as it starts, remove it when it stops
     #[command(
-        long_about = "Follow the Docker engine's events on its unix socket: register each \
+        long_about = "Follow the Docker engine: register each container as it starts, remove \
+        it when it stops.\n\nFollows the engine's events on its unix socket: registers each \
         container as it starts (matched by its cgroup, or its pid namespace where it has no \
         cgroup of its own; its config from the labels io.guestsock.config.<key>, its devices \
         from io.guestsock.device.<device>.<field>, its name from io.guestsock.name or the \
-        container's name), remove it when it dies or is removed, and reconcile with the running \
+        container's name), removes it when it dies or is removed, and reconciles with the running \
         containers at start and after losing the engine. Runs until stopped; meant to run as a \
         service (dist/guestsock-docker-watch.service). Docker has no hook stage, so a \
         container's first command may run before it is registered: see docs/mounting.md."
