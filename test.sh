@@ -24,6 +24,16 @@ done
 if ! /usr/bin/python3 -c 'import cloudinit.sources.DataSourceLXD' 2>/dev/null; then
     missing+=(cloud-init)
 fi
+# Debian's docker.io (dockerd and its own 20.10 client, /usr/bin/docker) for
+# the Docker watcher's test, which starts a dockerd of its own.
+if ! command -v dockerd >/dev/null || [ ! -x /usr/bin/docker ]; then
+    missing+=(docker.io)
+fi
+# busybox-static: the root filesystem of the real-runtime tests' containers
+# (tests/util/rootfs.rs), which must be static (ldd fails on it).
+if [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
+    missing+=(busybox-static)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
