@@ -368,7 +368,10 @@ impl Drop for Watcher {
 struct Host {
     watcher: Option<Watcher>,
     docker: Dockerd,
-    server: util::Server,
+    /// `None` only while a test has it stopped.
+    server: Option<util::Server>,
+    /// The guest socket's directory, mounted at /dev/lxd.
+    socket_dir: String,
     image: String,
     _rootfs: Rootfs,
     _turn: std::sync::MutexGuard<'static, ()>,
@@ -384,10 +387,17 @@ impl Host {
         let docker = Dockerd::start();
         let image = format!("{}:1", util::unique("guestsock-busybox"));
         docker.import(&rootfs, &image);
+        let socket_dir = server
+            .socket
+            .parent()
+            .expect("the socket's directory")
+            .display()
+            .to_string();
         let mut host = Host {
             watcher: None,
             docker,
-            server,
+            socket_dir,
+            server: Some(server),
             image,
             _rootfs: rootfs,
             _turn: turn,
@@ -396,10 +406,30 @@ impl Host {
         host
     }
 
+    fn server(&self) -> &util::Server {
+        self.server.as_ref().expect("guestsock runs")
+    }
+
+    /// Kills guestsock (SIGKILL), keeping its directory, sockets' paths and
+    /// state for [`Host::restart_server`].
+    fn kill_server(&mut self) -> util::TempDir {
+        self.server.take().expect("guestsock runs").kill9()
+    }
+
+    /// Starts guestsock again in `dir`, as it was.
+    fn restart_server(&mut self, dir: util::TempDir) {
+        let instances = dir.join("instances.json").display().to_string();
+        self.server = Some(util::Server::start_in(
+            dir,
+            &["--instances".into(), instances],
+        ));
+    }
+
     /// Starts the watcher and waits until it has reconciled.
     fn start_watcher(&mut self) {
-        let log = self.server.dir.join(&util::unique("watch.log"));
-        let mut watcher = Watcher::start(&self.server.admin_socket, &self.docker.socket(), log);
+        let server = self.server();
+        let log = server.dir.join(&util::unique("watch.log"));
+        let mut watcher = Watcher::start(&server.admin_socket, &self.docker.socket(), log);
         watcher.wait_log("connected to the Docker engine", 1, util::PATIENCE);
         self.watcher = Some(watcher);
     }
@@ -408,21 +438,11 @@ impl Host {
         self.watcher.as_mut().expect("a watcher runs")
     }
 
-    /// The directory to mount at /dev/lxd: the guest socket's.
-    fn socket_dir(&self) -> String {
-        self.server
-            .socket
-            .parent()
-            .expect("the socket's directory")
-            .display()
-            .to_string()
-    }
-
     /// `docker run -d` of a container named `name` that sleeps, with the
     /// socket's directory at /dev/lxd, no network, `labels` and `extra`
     /// options; returns its full id.
     fn run(&self, name: &str, labels: &[(&str, &str)], extra: &[&str]) -> String {
-        let mount = format!("{}:/dev/lxd", self.socket_dir());
+        let mount = format!("{}:/dev/lxd", self.socket_dir);
         let mut args = vec![
             "run",
             "-d",
@@ -465,7 +485,7 @@ impl Host {
     /// The instance `name` as the admin API shows it, if registered.
     fn instance(&self, name: &str) -> Option<Value> {
         let reply = self
-            .server
+            .server()
             .admin_call("GET", &format!("/1.0/instances/{name}"), b"");
         match reply.status {
             200 => Some(reply.json()["metadata"].clone()),
@@ -507,7 +527,7 @@ impl Host {
     /// Every instance the watcher registered for container `id`.
     fn owned_by(&self, id: &str) -> Vec<String> {
         let reply = self
-            .server
+            .server()
             .admin_call("GET", "/1.0/instances?recursion=1", b"");
         assert_eq!(reply.status, 200, "{}", reply.text());
         let owner = format!("docker:{id}");
@@ -745,4 +765,106 @@ fn a_container_that_cannot_be_registered_is_logged_and_the_rest_go_on() {
         line.contains(&bad) && line.contains("not registered"),
         "{line}"
     );
+}
+
+#[test]
+fn a_container_started_while_guestsock_is_down_is_registered_when_it_is_back() {
+    let mut host = Host::start();
+    let before = util::unique("before");
+    let during = util::unique("during");
+    host.run(&before, &[("io.guestsock.config.user.foo", "before")], &[]);
+    host.wait_registered(&before);
+
+    let dir = host.kill_server();
+    let during_id = host.run(&during, &[("io.guestsock.config.user.foo", "during")], &[]);
+    // The watcher cannot register it, and says it will catch up.
+    host.watcher()
+        .wait_log("cannot follow the Docker engine", 1, util::PATIENCE);
+    let log = host.watcher().log();
+    assert!(log.contains("is `guestsock serve` running?"), "{log}");
+    assert_eq!(host.log_lines(&during_id, "not registered"), 0, "{log}");
+
+    host.restart_server(dir);
+    host.wait_registered(&during);
+    assert_eq!(host.read_key(&during, "user.foo"), "during");
+    // The one registered before is still served from guestsock's state.
+    assert_eq!(host.read_key(&before, "user.foo"), "before");
+}
+
+#[test]
+fn a_renamed_container_is_registered_under_its_new_name() {
+    let host = Host::start();
+    let old = util::unique("old");
+    let new = util::unique("new");
+    let labelled = util::unique("labelled");
+    let id = host.run(&old, &[("io.guestsock.config.user.foo", "mine")], &[]);
+    host.run(
+        &labelled,
+        &[
+            ("io.guestsock.config.user.foo", "fixed"),
+            ("io.guestsock.name", "fixed-name"),
+        ],
+        &[],
+    );
+    host.wait_registered(&old);
+    host.wait_registered("fixed-name");
+
+    host.docker.ok(&["rename", &old, &new]);
+    host.wait_registered(&new);
+    host.wait_removed(&old);
+    assert_eq!(host.owned_by(&id), vec![new.clone()]);
+    let (ok, meta, stderr) = host.query(&new, "/1.0/meta-data");
+    assert!(ok, "{stderr}");
+    assert!(meta.contains(&format!("local-hostname: {new}\n")), "{meta}");
+    assert_eq!(host.read_key(&new, "user.foo"), "mine");
+
+    // A name given by label does not follow the container's.
+    let renamed = util::unique("renamed");
+    host.docker.ok(&["rename", &labelled, &renamed]);
+    // Events are handled in order: once a later container is registered,
+    // the rename has been handled.
+    let later = util::unique("later");
+    host.run(&later, &[], &[]);
+    host.wait_registered(&later);
+    assert_eq!(host.read_key(&renamed, "user.foo"), "fixed");
+    assert!(host.instance("fixed-name").is_some());
+}
+
+#[test]
+fn an_instance_registered_before_start_as_the_container_is_taken_over() {
+    let mut host = Host::start();
+    let early = util::unique("early");
+    let mount = format!("{}:/dev/lxd", host.socket_dir);
+    // Its first command reads the key once, with no retry: it must be there.
+    let id = host.docker.ok(&[
+        "create",
+        "--name",
+        &early,
+        "--network",
+        "none",
+        "-v",
+        &mount,
+        "--label",
+        "io.guestsock.config.user.foo=early",
+        &host.image,
+        "/bin/sh",
+        "-c",
+        "/bin/guestsock query /1.0/config/user.foo > /tmp/first && exec /bin/sleep 100000",
+    ]);
+    host.server().create_instance(&json!({
+        "name": early,
+        "match": {"cgroup": format!("/docker/{id}")},
+        "config": {"guestsock.container": format!("docker:{id}"), "user.foo": "early"},
+    }));
+    host.docker.ok(&["start", &early]);
+    host.watcher().wait_log(
+        &format!("registered as instance {early}"),
+        1,
+        util::PATIENCE,
+    );
+    let first = host.docker.ok(&["exec", &early, "/bin/cat", "/tmp/first"]);
+    assert_eq!(first, "early");
+    assert_eq!(host.owned_by(&id), vec![early.clone()]);
+    host.docker.ok(&["stop", "--time", "0", &early]);
+    host.wait_removed(&early);
 }

@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 
 use super::{Container, LABEL_PREFIX, Runtime, RuntimeError, Start};
-use crate::client::encode_segment;
+use crate::client::{ClientError, encode_segment};
 use crate::limits::{
     DOCKER_CALL_TIMEOUT, DOCKER_EVENT_QUEUE, DOCKER_MAX_BODY_BYTES, DOCKER_MAX_CHUNK_LINE_BYTES,
     DOCKER_MAX_EVENT_BYTES, DOCKER_MAX_HEAD_BYTES, DOCKER_RECONNECT_FIRST, DOCKER_RECONNECT_MAX,
@@ -1176,8 +1176,8 @@ impl Watcher<'_> {
                 Ok(event) => event,
                 Err(e) => return (Lost::Engine(e), true),
             };
-            if let Err(e) = self.handle(&event) {
-                return (Lost::Engine(e), true);
+            if let Err(lost) = self.handle(&event) {
+                return (lost, true);
             }
         }
     }
@@ -1187,6 +1187,10 @@ impl Watcher<'_> {
     /// not running (or has been renamed) removed.
     fn reconcile(&self) -> Result<Tally, Lost> {
         let mut tally = Tally::default();
+        // First, so that while guestsock is down a retry costs one call,
+        // not an inspect of every container. Only this watcher registers
+        // Docker's instances, so nothing changes them meanwhile.
+        let owned = super::owned(self.admin, Runtime::Docker).map_err(Lost::Admin)?;
         let mut running: Vec<(Inspected, Option<String>)> = Vec::new();
         for id in self.engine.running()? {
             // It may have stopped since the list: then it is not running.
@@ -1215,7 +1219,7 @@ impl Watcher<'_> {
             .collect();
         // Removed first, so that a stale instance (a renamed container's
         // old name) never stands in the way of a registration.
-        for (instance, id) in super::owned(self.admin, Runtime::Docker).map_err(Lost::Admin)? {
+        for (instance, id) in owned {
             let stale = match wanted.get(id.as_str()) {
                 None => Some("is not running"),
                 Some(Some(name)) if *name != instance => Some("was renamed"),
@@ -1224,7 +1228,7 @@ impl Watcher<'_> {
                 Some(_) => None,
             };
             if let Some(why) = stale
-                && self.remove(&id, &instance, why)
+                && self.remove(&id, &instance, why)?
             {
                 tally.removed += 1;
             }
@@ -1233,7 +1237,7 @@ impl Watcher<'_> {
             if name.is_some() {
                 // Running already: a guest's Ready is kept, and an
                 // unchanged instance is not written again.
-                if self.register(container, Start::Running) {
+                if self.register(container, Start::Running)? {
                     tally.registered += 1;
                 } else {
                     tally.failed += 1;
@@ -1243,9 +1247,10 @@ impl Watcher<'_> {
         Ok(tally)
     }
 
-    /// Acts on one event. Only a failure to reach the engine is an error
-    /// (the session ends); a container that cannot be registered is logged.
-    fn handle(&self, event: &EngineEvent) -> Result<(), DockerError> {
+    /// Acts on one event. Only a failure to reach the engine or guestsock
+    /// is an error (the session ends, and the reconcile after it catches
+    /// up); a container that cannot be registered is logged.
+    fn handle(&self, event: &EngineEvent) -> Result<(), Lost> {
         match event.action {
             Action::Start => {
                 // The event is only a hint: inspect says whether it still
@@ -1253,7 +1258,7 @@ impl Watcher<'_> {
                 // the container may have died since).
                 match self.engine.inspect(&event.id)? {
                     Some(container) if container.running => {
-                        self.register(&container, Start::Fresh);
+                        self.register(&container, Start::Fresh)?;
                     }
                     _ => log::debug(format_args!(
                         "container {} ({}) started but no longer runs",
@@ -1276,12 +1281,12 @@ impl Watcher<'_> {
                         short(&event.id)
                     ));
                 } else if let Some(name) = self.event_instance(event, event.name.as_deref()) {
-                    self.remove(&event.id, &name, "stopped");
+                    self.remove(&event.id, &name, "stopped")?;
                 }
             }
             Action::Destroy => {
                 if let Some(name) = self.event_instance(event, event.name.as_deref()) {
-                    self.remove(&event.id, &name, "was removed");
+                    self.remove(&event.id, &name, "was removed")?;
                 }
             }
             Action::Rename => {
@@ -1289,12 +1294,12 @@ impl Watcher<'_> {
                 let new = self.event_instance(event, event.name.as_deref());
                 if old != new {
                     if let Some(old) = old {
-                        self.remove(&event.id, &old, "was renamed");
+                        self.remove(&event.id, &old, "was renamed")?;
                     }
                     if let Some(container) = self.engine.inspect(&event.id)?
                         && container.running
                     {
-                        self.register(&container, Start::Running);
+                        self.register(&container, Start::Running)?;
                     }
                 }
             }
@@ -1319,8 +1324,8 @@ impl Watcher<'_> {
     }
 
     /// Registers a running container; logs the outcome, one line. Whether
-    /// it was registered.
-    fn register(&self, container: &Inspected, start: Start) -> bool {
+    /// it was registered; an error only if guestsock could not be reached.
+    fn register(&self, container: &Inspected, start: Start) -> Result<bool, Lost> {
         match super::register(self.admin, &container.container(), start) {
             Ok(instance) => {
                 log::info(format_args!(
@@ -1329,11 +1334,12 @@ impl Watcher<'_> {
                     short(&container.id),
                     container.pid
                 ));
-                true
+                Ok(true)
             }
+            Err(e) if unreachable(&e) => Err(Lost::Admin(e)),
             Err(e) => {
                 self.not_registered(container, &e);
-                false
+                Ok(false)
             }
         }
     }
@@ -1349,26 +1355,45 @@ impl Watcher<'_> {
     }
 
     /// Removes container `id`'s instance `instance` if that container owns
-    /// it; logs what was done. Whether an instance was removed.
-    fn remove(&self, id: &str, instance: &str, why: &str) -> bool {
+    /// it; logs what was done. Whether an instance was removed; an error
+    /// only if guestsock could not be reached.
+    fn remove(&self, id: &str, instance: &str, why: &str) -> Result<bool, Lost> {
         match super::unregister(self.admin, Runtime::Docker, id, instance) {
             Ok(true) => {
                 log::info(format_args!(
                     "container {} {why}: removed instance {instance}",
                     short(id)
                 ));
-                true
+                Ok(true)
             }
-            Ok(false) => false,
+            Ok(false) => Ok(false),
+            Err(e) if unreachable(&e) => Err(Lost::Admin(e)),
             Err(e) => {
                 log::warn(format_args!(
                     "container {} {why}: cannot remove instance {instance}: {e}",
                     short(id)
                 ));
-                false
+                Ok(false)
             }
         }
     }
+}
+
+/// Whether a registration failed because guestsock could not be reached
+/// (stopped, restarting, or gone mid-answer), rather than because it refused
+/// this container: then no container can be registered, and the watcher
+/// waits for guestsock and reconciles instead of dropping this one.
+fn unreachable(error: &RuntimeError) -> bool {
+    matches!(
+        error,
+        RuntimeError::Server {
+            source: ClientError::Connect { .. }
+                | ClientError::Send(_)
+                | ClientError::Receive(_)
+                | ClientError::NotHttp,
+            ..
+        }
+    )
 }
 
 #[cfg(test)]
