@@ -439,10 +439,11 @@ impl Host {
     }
 
     /// `docker run -d` of a container named `name` that sleeps, with the
-    /// socket's directory at /dev/lxd, no network, `labels` and `extra`
+    /// socket's directory at /dev/lxd (read-only, as docs/mounting.md has
+    /// it), no network, `labels` and `extra`
     /// options; returns its full id.
     fn run(&self, name: &str, labels: &[(&str, &str)], extra: &[&str]) -> String {
-        let mount = format!("{}:/dev/lxd", self.socket_dir);
+        let mount = format!("{}:/dev/lxd:ro", self.socket_dir);
         let mut args = vec![
             "run",
             "-d",
@@ -834,7 +835,7 @@ fn a_renamed_container_is_registered_under_its_new_name() {
 fn an_instance_registered_before_start_as_the_container_is_taken_over() {
     let mut host = Host::start();
     let early = util::unique("early");
-    let mount = format!("{}:/dev/lxd", host.socket_dir);
+    let mount = format!("{}:/dev/lxd:ro", host.socket_dir);
     // Its first command reads the key once, with no retry: it must be there.
     let id = host.docker.ok(&[
         "create",
