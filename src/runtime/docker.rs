@@ -1058,7 +1058,8 @@ impl Drop for Subscription {
 enum Lost {
     /// The engine went away or answered something unusable.
     Engine(DockerError),
-    /// guestsock's admin socket could not list the instances to reconcile.
+    /// guestsock could not be reached (to list its instances, or to
+    /// register or remove one).
     Admin(RuntimeError),
 }
 
@@ -1097,14 +1098,15 @@ pub fn watch(admin: &Path, docker_socket: &Path) -> Result<(), String> {
         admin.display()
     ));
     let mut backoff = Backoff::new();
-    // Whether the watcher followed the engine until now: the first failure
-    // after that (or at start) is a warning, the retries that follow are
+    // Why the last attempt failed, while attempts fail: the first failure
+    // (and a new reason) is a warning, a retry failing the same way is
     // debug detail, and the next success says so at info.
-    let mut following = true;
+    let mut failing: Option<String> = None;
     loop {
         let (error, established) = watcher.session(&mut backoff);
         let wait = backoff.next_wait();
-        if following || established {
+        let reason = error.to_string();
+        if established || failing.as_deref() != Some(reason.as_str()) {
             log::warn(format_args!(
                 "cannot follow the Docker engine at {} ({error}); retrying in {} ms \
                  (backing off to {} s), then reconciling",
@@ -1118,7 +1120,7 @@ pub fn watch(admin: &Path, docker_socket: &Path) -> Result<(), String> {
                 wait.as_millis()
             ));
         }
-        following = false;
+        failing = Some(reason);
         thread::sleep(wait);
     }
 }
