@@ -14,12 +14,19 @@ fi
 # util-linux brings setpriv, unshare, nsenter and prlimit (the descriptor
 # exhaustion test); mount the doctor test's private mounts and the full-disk
 # test's tmpfs; procps pgrep for the handoff test; gcc builds the
-# connect-and-close flooder of the accept test.
+# connect-and-close flooder of the accept test; lxc runs the LXC runtime
+# test's containers (lxc-start, lxc-attach, lxc-stop, lxc-info).
 missing=()
 for need in curl:curl setpriv:util-linux unshare:util-linux nsenter:util-linux \
-    prlimit:util-linux mount:mount umount:mount pgrep:procps python3:python3 cc:gcc; do
+    prlimit:util-linux mount:mount umount:mount pgrep:procps python3:python3 cc:gcc \
+    lxc-start:lxc; do
     command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
 done
+# The real-runtime tests' root filesystem is busybox-static's /bin/busybox
+# (Debian's dynamic busybox installs the same path, so ask dpkg).
+if ! dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then
+    missing+=(busybox-static)
+fi
 # cloud-init's own LXD datasource, for Debian's Python, is a real client.
 if ! /usr/bin/python3 -c 'import cloudinit.sources.DataSourceLXD' 2>/dev/null; then
     missing+=(cloud-init)

@@ -135,6 +135,10 @@ const HANDOFF_ENV: &str = "GUESTSOCK_HANDOFF_FD";
 /// directory.
 const RELEASED: u8 = b'R';
 
+/// The byte the successor sends once it has read the state and is ready
+/// to take over: until then its predecessor goes on serving.
+pub const LOADED: u8 = b'L';
+
 /// The successor's end of a handoff: the predecessor sends the listening
 /// sockets over it, then says when the state directory is free.
 #[derive(Debug)]
@@ -211,6 +215,15 @@ impl Handoff {
         })
     }
 
+    /// Tells the predecessor that this process has read the state and is
+    /// ready to take over.
+    pub fn say_loaded(&mut self) -> Result<(), String> {
+        use std::io::Write;
+        self.channel
+            .write_all(&[LOADED])
+            .map_err(|e| format!("cannot tell the old process this one is ready: {e}"))
+    }
+
     /// Waits until the predecessor has released the state directory.
     pub fn wait_released(&mut self) -> Result<(), String> {
         use std::io::Read;
@@ -247,8 +260,7 @@ pub fn spawn_successor(
     // Only the successor's end crosses exec.
     fcntl(ours.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
         .map_err(|e| format!("cannot set close-on-exec: {e}"))?;
-    let exe =
-        std::env::current_exe().map_err(|e| format!("cannot find guestsock's binary: {e}"))?;
+    let exe = successor_binary()?;
     let child = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env(HANDOFF_ENV, theirs.as_raw_fd().to_string())
@@ -269,6 +281,20 @@ pub fn spawn_successor(
     )
     .map_err(|e| format!("cannot pass the sockets to the new guestsock: {e}"))?;
     Ok(std::os::unix::net::UnixStream::from(ours))
+}
+
+/// The binary a SIGHUP starts: this process's own, or, once a package
+/// upgrade has replaced that file (the kernel then names the running one
+/// "PATH (deleted)"), the new binary at the same path: that is what a
+/// handoff after an upgrade is for.
+fn successor_binary() -> Result<PathBuf, String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find guestsock's binary: {e}"))?;
+    let replaced = exe
+        .to_str()
+        .and_then(|path| path.strip_suffix(" (deleted)"))
+        .map(PathBuf::from);
+    Ok(replaced.unwrap_or(exe))
 }
 
 /// Tells the successor the state directory is free.

@@ -551,7 +551,7 @@ pub enum InstanceCall {
         /// The instance.
         name: String,
     },
-    /// Register an instance from a JSON file (docs/protocol.md section 4), `-` for standard input
+    /// Register an instance from a JSON file (docs/protocol.md section 4), `-` for standard input; a list or an instances file registers (or replaces) many at once, all or nothing
     Add {
         /// The file.
         #[arg(value_name = "FILE|-")]
@@ -830,7 +830,7 @@ fn hook(runtime: HookRuntime) -> Result<(), String> {
     match outcome {
         Ok(()) => Ok(()),
         Err(e) if args.optional => {
-            eprintln!("guestsock hook: {e} (--optional: the container starts unregistered)");
+            eprintln!("guestsock hook: {e} (--optional: going on)");
             Ok(())
         }
         Err(e) => Err(format!("hook: {e}")),
@@ -1373,7 +1373,31 @@ fn instance(admin: &AdminSocket, json: bool, call: InstanceCall) -> Result<(), S
             Ok(())
         }
         InstanceCall::Add { source, quiet } => {
-            let body = read_source(&source, "the instance")?;
+            let mut body = read_source(&source, "the instance")?;
+            // Many instances, as a list or as an instances file: one batch
+            // call, all or nothing.
+            if body.trim_ascii_start().starts_with(b"[") {
+                let mut wrapped = b"{\"instances\":".to_vec();
+                wrapped.extend_from_slice(&body);
+                wrapped.push(b'}');
+                body = wrapped;
+            }
+            let text = body.trim_ascii_start();
+            let batch = text
+                .strip_prefix(b"{")
+                .is_some_and(|rest| rest.trim_ascii_start().starts_with(b"\"instances\""));
+            if batch {
+                let result = admin.call("POST", "/1.0/instances", &body)?;
+                let count = |key: &str| result[key].as_u64().unwrap_or(0);
+                return Report::new(json, quiet).changed(&result, || {
+                    format!(
+                        "{} instances registered ({} new, {} replaced)",
+                        count("created") + count("replaced"),
+                        count("created"),
+                        count("replaced")
+                    )
+                });
+            }
             let instance = admin.call("POST", "/1.0/instances", &body)?;
             Report::new(json, quiet).changed(&instance, || {
                 format!(

@@ -12,7 +12,6 @@
 //! `403`). From a root shell without sudo it answers uid 65534 (`nobody`)
 //! instead, which no container's processes run as.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
@@ -119,12 +118,14 @@ pub fn instance(uid: u32) -> InstanceSpec {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-        devices: BTreeMap::from([(
+        devices: [(
             "eth0".to_string(),
             nic.iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        )]),
+        )]
+        .into_iter()
+        .collect(),
     }
 }
 

@@ -16,7 +16,7 @@ use crate::http::request::RequestError;
 use crate::http::response::Response;
 use crate::instance::{InvalidInstance, KeyRule};
 use crate::metrics::{IdentityFailure, Limit, Reason};
-use crate::registry::{Refusal, RegistryError};
+use crate::registry::{BatchError, Refusal, RegistryError};
 use crate::ws::handshake::HandshakeError;
 
 /// Why a request (or a connection) was not served. Each variant's doc says
@@ -80,6 +80,9 @@ pub enum NotServed {
     /// description, a name taken, or a match rule another instance holds.
     /// The host's fault.
     Registry(RegistryError),
+    /// The registry refused an entry of a batch registration, and so the
+    /// whole batch. The host's fault.
+    Batch(BatchError),
     /// The guest caller is no instance's: no rule claims it, rules disagree,
     /// or a fact a rule needs could not be proved. It is told only its own
     /// pid and uid. The caller's situation, not a server fault.
@@ -155,7 +158,7 @@ impl NotServed {
             | NotServed::NoSuchDevice(_) => 404,
             NotServed::MethodNotAllowed { .. } => 405,
             NotServed::DeviceExists(_) => 409,
-            NotServed::Registry(e) => match e {
+            NotServed::Registry(e) | NotServed::Batch(BatchError { error: e, .. }) => match e {
                 RegistryError::Invalid(_) => 400,
                 RegistryError::NameTaken(_) | RegistryError::Conflict { .. } => 409,
             },
@@ -241,6 +244,7 @@ impl fmt::Display for NotServed {
             NotServed::NoSuchDevice(dev) => write!(f, "device {dev:?} does not exist"),
             NotServed::DeviceExists(dev) => write!(f, "device {dev:?} already exists"),
             NotServed::Registry(e) => e.fmt(f),
+            NotServed::Batch(e) => write!(f, "nothing registered: {e}"),
             NotServed::Unidentified(refusal) => f.write_str(&refusal.guest_message()),
             // LXD's body exactly: clients compare it.
             NotServed::NotRoot => f.write_str("Access denied for non-root user"),
@@ -442,6 +446,20 @@ mod tests {
                 None,
             ),
             (
+                NotServed::Batch(BatchError {
+                    index: 3,
+                    name: "c4".into(),
+                    error: RegistryError::Conflict {
+                        other: "c2".into(),
+                        detail: "uid 7".into(),
+                    },
+                }),
+                409,
+                "nothing registered: instances[3] (\"c4\"): match rule conflicts with instance \"c2\": uid 7",
+                None,
+                None,
+            ),
+            (
                 NotServed::Unidentified(Refusal::NoInstance { pid: 7, uid: 8 }),
                 403,
                 "pid 7 (uid 8) is not part of any registered instance",
@@ -618,8 +636,9 @@ mod tests {
             NotServed::TooSlow => 23,
             NotServed::NotDurable(_) => 24,
             NotServed::WaitUnanswered => 25,
+            NotServed::Batch(_) => 26,
         };
-        let mut seen = [false; 26];
+        let mut seen = [false; 27];
         for (error, ..) in table() {
             seen[name(&error)] = true;
         }

@@ -5,12 +5,11 @@
 //! diffs that turn an instance's old and new description into events. Who
 //! is subscribed, and delivering, is `server`'s business.
 
-use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::instance::{InstanceSpec, guest_visible};
+use crate::instance::{Config, DeviceFields, Devices, InstanceSpec, guest_visible};
 
 /// One change, as its subscribers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +30,7 @@ pub enum Event {
         /// The device's name.
         name: String,
         /// Its fields (the old ones for `removed`).
-        config: BTreeMap<String, String>,
+        config: DeviceFields,
     },
     /// Admin stream only: the guest said it is ready.
     InstanceReady,
@@ -114,7 +113,7 @@ impl Event {
         #[derive(Serialize)]
         struct DeviceMeta<'a> {
             action: &'a str,
-            config: &'a BTreeMap<String, String>,
+            config: &'a DeviceFields,
             name: &'a str,
         }
         #[derive(Serialize)]
@@ -208,8 +207,8 @@ impl TypeFilter {
 /// config key whose value differs, one per device added, removed or
 /// changed; keys and devices in sorted order.
 pub fn diff(old: Option<&InstanceSpec>, new: Option<&InstanceSpec>) -> Vec<Event> {
-    let empty_config = BTreeMap::new();
-    let empty_devices = BTreeMap::new();
+    let empty_config = Config::new();
+    let empty_devices = Devices::new();
     let (old_config, old_devices) =
         old.map_or((&empty_config, &empty_devices), |s| (&s.config, &s.devices));
     let (new_config, new_devices) =
@@ -319,10 +318,12 @@ mod tests {
         let device = Event::Device {
             action: "added",
             name: "kvm".into(),
-            config: BTreeMap::from([
-                ("type".into(), "unix-char".into()),
-                ("path".into(), "/dev/kvm".into()),
-            ]),
+            config: [
+                ("type".to_string(), "unix-char".to_string()),
+                ("path".to_string(), "/dev/kvm".to_string()),
+            ]
+            .into_iter()
+            .collect(),
         };
         assert_eq!(
             String::from_utf8(device.to_json(ts, Some("c1"))).unwrap(),
@@ -365,7 +366,7 @@ mod tests {
                 .map(|(n, t)| {
                     (
                         n.to_string(),
-                        BTreeMap::from([("type".to_string(), t.to_string())]),
+                        [("type".to_string(), t.to_string())].into_iter().collect(),
                     )
                 })
                 .collect();

@@ -323,7 +323,7 @@ pub fn run_connection(side: crate::conn::Side, input: &[u8], step: usize) -> Vec
             );
             let mut progressed = false;
             // As the server does once the writer reports the change durable.
-            for change in changes.drain(..) {
+            fn settle(registry: &mut Registry, change: Change) {
                 match change {
                     Change::Put { staged, .. } => {
                         registry.commit(&staged);
@@ -331,7 +331,13 @@ pub fn run_connection(side: crate::conn::Side, input: &[u8], step: usize) -> Vec
                     Change::Remove { name } => {
                         registry.commit_remove(&name);
                     }
+                    Change::Batch(changes) => {
+                        changes.into_iter().for_each(|c| settle(registry, c));
+                    }
                 }
+            }
+            for change in changes.drain(..) {
+                settle(&mut registry, change);
                 seq += 1;
                 conn.assign_hold(seq);
                 conn.release_hold();

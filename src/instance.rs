@@ -4,14 +4,24 @@
 //! state directory, and its validation. It does not know about other
 //! instances: conflicts between match rules are `registry`'s business.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::compact_map::CompactMap;
+
 use crate::limits::{
     MAX_CGROUP_PATH_BYTES, MAX_INSTANCE_NAME_BYTES, MAX_KEY_BYTES, MAX_LABEL_BYTES, MAX_VALUE_BYTES,
 };
+
+/// An instance's config: key to value.
+pub type Config = CompactMap<String>;
+
+/// One device's fields: name to value.
+pub type DeviceFields = CompactMap<String>;
+
+/// An instance's devices: device name to its fields.
+pub type Devices = CompactMap<DeviceFields>;
 
 /// An instance as the host describes it (the section 4 JSON object).
 ///
@@ -43,10 +53,10 @@ pub struct InstanceSpec {
     pub guest_access: GuestAccess,
     /// Config keys; only `user.*` and `cloud-init.*` are ever shown to the guest.
     #[serde(default)]
-    pub config: BTreeMap<String, String>,
+    pub config: Config,
     /// Device name to its string fields.
     #[serde(default)]
-    pub devices: BTreeMap<String, BTreeMap<String, String>>,
+    pub devices: Devices,
 }
 
 /// What runs inside the instance, as `GET /1.0` reports it.
@@ -233,19 +243,21 @@ impl fmt::Display for KeyRule {
 
 /// Checks a config key and its value; `field` names it in the error.
 pub fn check_config_entry(key: &str, value: &str) -> Result<(), InvalidInstance> {
+    // The field names are only formatted for an error: validation runs for
+    // every instance a server loads at start.
     if !valid_key(key) {
         return Err(invalid(
             format!("config[{key:?}]"),
             format!("a key is {KeyRule}"),
         ));
     }
-    check_value(&format!("config[{key:?}]"), value)
+    check_value(|| format!("config[{key:?}]"), value)
 }
 
-fn check_value(field: &str, value: &str) -> Result<(), InvalidInstance> {
+fn check_value(field: impl FnOnce() -> String, value: &str) -> Result<(), InvalidInstance> {
     if value.len() > MAX_VALUE_BYTES {
         return Err(invalid(
-            field,
+            field(),
             format!(
                 "value is {} bytes, more than the limit of {MAX_VALUE_BYTES}",
                 value.len()
@@ -256,17 +268,22 @@ fn check_value(field: &str, value: &str) -> Result<(), InvalidInstance> {
 }
 
 /// Checks one device: its name and every field.
-pub fn check_device(name: &str, fields: &BTreeMap<String, String>) -> Result<(), InvalidInstance> {
-    let field = format!("devices[{name:?}]");
+pub fn check_device(name: &str, fields: &DeviceFields) -> Result<(), InvalidInstance> {
     if !valid_key(name) {
-        return Err(invalid(field, format!("a device name is {KeyRule}")));
+        return Err(invalid(
+            format!("devices[{name:?}]"),
+            format!("a device name is {KeyRule}"),
+        ));
     }
     for (key, value) in fields {
-        let field = format!("devices[{name:?}][{key:?}]");
+        let field = || format!("devices[{name:?}][{key:?}]");
         if !valid_key(key) {
-            return Err(invalid(field, format!("a device field name is {KeyRule}")));
+            return Err(invalid(
+                field(),
+                format!("a device field name is {KeyRule}"),
+            ));
         }
-        check_value(&field, value)?;
+        check_value(field, value)?;
     }
     Ok(())
 }
@@ -437,9 +454,9 @@ mod tests {
             reason(check_config_entry("a b", "")),
             format!("a key is {rule}")
         );
-        let fields = BTreeMap::from([("a b".to_owned(), String::new())]);
+        let fields: DeviceFields = [("a b".to_owned(), String::new())].into_iter().collect();
         assert_eq!(
-            reason(check_device("a b", &BTreeMap::new())),
+            reason(check_device("a b", &DeviceFields::new())),
             format!("a device name is {rule}")
         );
         assert_eq!(

@@ -14,6 +14,7 @@ pub mod activation;
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod compact_map;
 pub mod conn;
 pub mod demo;
 pub mod dispatch;

@@ -120,13 +120,22 @@ pub const ACCEPT_RETRY_MS: u64 = 100;
 /// as it can connect; the README promises one line a second at most.
 pub const LOG_THROTTLE: Duration = Duration::from_secs(1);
 
-/// Largest request body on the admin socket, in bytes: 8 MiB.
+/// Largest request body on the admin socket, in bytes: 64 MiB.
 ///
 /// Admin bodies are instance objects, whose config values may each be up to
-/// [`MAX_VALUE_BYTES`]; 8 MiB leaves room for several large values in one
-/// object while keeping what one admin request can make the server buffer
-/// bounded. A larger declared length is answered `413` before it is read.
-pub const MAX_ADMIN_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// [`MAX_VALUE_BYTES`], or a batch of up to [`MAX_BATCH_INSTANCES`] of them
+/// (a host's boot registration: 65,536 instances with a few small keys
+/// are about 12 MiB). Only root (or an `--admin-uid`) can send one, and
+/// what one admin request can make the server buffer stays bounded. A
+/// larger declared length is answered `413` before it is read.
+pub const MAX_ADMIN_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Most instances in one batch registration (`POST /1.0/instances` with
+/// `{"instances": [...]}`): 65,536, a dense host's whole boot.
+///
+/// A batch is checked and staged in one turn of the event loop; the bound
+/// keeps that turn's length (measured in BENCHMARKS.md) bounded too.
+pub const MAX_BATCH_INSTANCES: usize = 65_536;
 
 /// Largest data message a websocket client may send, in bytes: 64 KiB.
 ///
@@ -197,6 +206,15 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// plenty of room, and a predecessor that hangs makes the successor fail
 /// with an error instead of waiting for ever.
 pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a server that got SIGHUP goes on serving while its successor
+/// reads the state, before it hands over without hearing that the
+/// successor is ready: 10 s.
+///
+/// Reading 65,536 instances takes a fraction of a second; a successor from
+/// a release before this one never says it is ready, and is handed the
+/// sockets after this long rather than never.
+pub const HANDOFF_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a command-line client waits for the server, each way, before
 /// giving up: 60 s.
@@ -444,3 +462,13 @@ pub const STATE_CHECKPOINT_PAGES: i64 = 256;
 /// It lives in the writer thread and speeds up the index updates of large
 /// batches; the instances themselves are in the registry.
 pub const STATE_CACHE_KIB: i64 = 2048;
+
+/// Most threads that decode the state at start: 4.
+///
+/// Decoding 65,536 instance documents is most of a cold start; it splits
+/// evenly, and more threads than cores gain nothing.
+pub const MAX_DECODE_THREADS: usize = 4;
+
+/// Fewest rows worth decoding on more than one thread: 1024 (below that a
+/// thread costs more than it saves).
+pub const DECODE_CHUNK_MIN: usize = 1024;

@@ -469,6 +469,18 @@ impl Registry {
         rule: &MatchRule,
         except: Option<&str>,
     ) -> Result<Option<u64>, RegistryError> {
+        self.check_rule_against(rule, except, true)
+    }
+
+    /// [`Registry::check_rule`], against the registered versions only when
+    /// `in_flight` is false (a batch checks the versions in flight itself,
+    /// once for all its entries).
+    fn check_rule_against(
+        &self,
+        rule: &MatchRule,
+        except: Option<&str>,
+        in_flight: bool,
+    ) -> Result<Option<u64>, RegistryError> {
         let pidns = match rule {
             MatchRule::Pid(pid) => Some(self.pid_rule_namespace(*pid)?),
             _ => None,
@@ -514,6 +526,9 @@ impl Registry {
                     durable(id)?;
                 }
             }
+        }
+        if !in_flight {
+            return Ok(pidns);
         }
         // Versions in flight.
         for (name, pending) in &self.pending {
@@ -634,6 +649,75 @@ impl Registry {
             state: old.state,
             pidns,
         }))
+    }
+
+    /// Accepts many registrations and replacements as changes in flight,
+    /// all or none: each entry registers a new instance or replaces the one
+    /// of its name (keeping its guest state). Returns each entry's version
+    /// before (`None` for a new one) and staged version, in order.
+    ///
+    /// Every entry is validated and checked before any is staged: against
+    /// the registered rules (as [`Registry::stage_insert`] does), and against
+    /// the versions in flight and the other entries through one index built
+    /// for the whole batch, so that a batch of n entries costs O(n log n),
+    /// not n checks against a growing list of changes in flight.
+    pub fn stage_batch(&mut self, specs: Vec<InstanceSpec>) -> Result<Vec<BatchEntry>, BatchError> {
+        let fail = |index: usize, name: &str, error: RegistryError| BatchError {
+            index,
+            name: name.to_owned(),
+            error,
+        };
+        let mut names = HashMap::with_capacity(specs.len());
+        let mut checked = Vec::with_capacity(specs.len());
+        for (index, spec) in specs.into_iter().enumerate() {
+            let name = spec.name.clone();
+            let spec = spec
+                .validate(&self.host_name)
+                .map_err(|e| fail(index, &name, RegistryError::Invalid(e)))?;
+            if names.insert(name.clone(), index).is_some() {
+                return Err(fail(
+                    index,
+                    &name,
+                    RegistryError::Invalid(InvalidInstance {
+                        field: "name".into(),
+                        reason: "appears more than once in the batch".into(),
+                    }),
+                ));
+            }
+            let before = self.latest(&name);
+            // An unchanged pid rule keeps its namespace, as in a replacement.
+            let pidns = match &before {
+                Some(old) if old.spec.rule == spec.rule => old.pidns,
+                _ => self
+                    .check_rule_against(&spec.rule, Some(&name), false)
+                    .map_err(|e| fail(index, &name, e))?,
+            };
+            checked.push((before, spec, pidns));
+        }
+        // The versions in flight and the batch, checked against each other
+        // (versions in flight were checked against each other already).
+        let mut held: Vec<(&str, &MatchRule, Option<u64>, Option<usize>)> = Vec::new();
+        for (name, pending) in &self.pending {
+            if let Some(staged) = pending.latest.as_deref()
+                && !names.contains_key(name)
+            {
+                held.push((name, &staged.spec.rule, staged.pidns, None));
+            }
+        }
+        for (index, (_, spec, pidns)) in checked.iter().enumerate() {
+            held.push((&spec.name, &spec.rule, *pidns, Some(index)));
+        }
+        if let Some((index, name, error)) = first_conflict(&held) {
+            return Err(fail(index, &name, error));
+        }
+        Ok(checked
+            .into_iter()
+            .map(|(before, spec, pidns)| {
+                let state = before.as_ref().map_or(GuestState::Started, |b| b.state);
+                let staged = self.stage(Staged { spec, state, pidns });
+                (before, staged)
+            })
+            .collect())
     }
 
     /// Accepts a version of an existing instance whose rule is unchanged
@@ -801,6 +885,110 @@ impl Registry {
 /// What two rules (each with the namespace a `pid` rule stands for) could
 /// both claim, if anything. Rules of different kinds never conflict here:
 /// a caller they both claim is refused when it connects (section 4).
+/// The first conflict among `held` rules (name, rule, pid namespace, and
+/// the batch index of entries that are the batch's), blamed on a batch
+/// entry: equal cgroup paths, overlapping uid ranges or equal pid
+/// namespaces, found by sorting, not by comparing every pair.
+fn first_conflict(
+    held: &[(&str, &MatchRule, Option<u64>, Option<usize>)],
+) -> Option<(usize, String, RegistryError)> {
+    let blame = |a: usize, b: usize| -> Option<(usize, String, RegistryError)> {
+        let (x, y) = (&held[a], &held[b]);
+        // The later batch entry is blamed; a version in flight never is.
+        let (culprit, other) = match (x.3, y.3) {
+            (Some(i), Some(j)) if i > j => (x, y),
+            (Some(_), Some(_)) | (None, Some(_)) => (y, x),
+            (Some(_), None) => (x, y),
+            (None, None) => return None,
+        };
+        let detail = rules_conflict((culprit.1, culprit.2), (other.1, other.2))?;
+        Some((
+            culprit.3?,
+            culprit.0.to_owned(),
+            RegistryError::Conflict {
+                other: other.0.to_owned(),
+                detail,
+            },
+        ))
+    };
+    let mut cgroups: HashMap<&str, usize> = HashMap::new();
+    let mut namespaces: HashMap<u64, usize> = HashMap::new();
+    let mut ranges: Vec<(u64, u64, usize)> = Vec::new();
+    let mut found: Option<(usize, String, RegistryError)> = None;
+    let mut keep = |candidate: Option<(usize, String, RegistryError)>| {
+        if let Some(c) = candidate
+            && found.as_ref().is_none_or(|f| c.0 < f.0)
+        {
+            found = Some(c);
+        }
+    };
+    for (at, (_, rule, pidns, _)) in held.iter().enumerate() {
+        match rule {
+            MatchRule::Cgroup(path) => {
+                if let Some(&other) = cgroups.get(path.as_str()) {
+                    keep(blame(other, at));
+                } else {
+                    cgroups.insert(path, at);
+                }
+            }
+            MatchRule::UidRange(first, count) => {
+                ranges.push((u64::from(*first), u64::from(*first) + u64::from(*count), at));
+            }
+            MatchRule::Pid(_) => {
+                if let Some(ns) = pidns {
+                    if let Some(&other) = namespaces.get(ns) {
+                        keep(blame(other, at));
+                    } else {
+                        namespaces.insert(*ns, at);
+                    }
+                }
+            }
+        }
+    }
+    ranges.sort_unstable();
+    // Sorted by start, a range overlaps an earlier one exactly when it
+    // starts before the furthest end seen so far.
+    let mut furthest: Option<(u64, usize)> = None;
+    for &(start, end, at) in &ranges {
+        if let Some((reach, holder)) = furthest {
+            if start < reach {
+                keep(blame(holder, at));
+            }
+            if end > reach {
+                furthest = Some((end, at));
+            }
+        } else {
+            furthest = Some((end, at));
+        }
+    }
+    found
+}
+
+/// An entry of a staged batch: the instance's version before it (`None`
+/// for a new instance) and its staged version.
+pub type BatchEntry = (Option<Staged>, Rc<Staged>);
+
+/// Why a batch was refused: the first entry that cannot be registered.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BatchError {
+    /// Its position in the batch.
+    pub index: usize,
+    /// Its name.
+    pub name: String,
+    /// Why.
+    pub error: RegistryError,
+}
+
+impl fmt::Display for BatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "instances[{}] ({:?}): {}",
+            self.index, self.name, self.error
+        )
+    }
+}
+
 fn rules_conflict(a: (&MatchRule, Option<u64>), b: (&MatchRule, Option<u64>)) -> Option<String> {
     match (a.0, b.0) {
         (MatchRule::Cgroup(x), MatchRule::Cgroup(y)) if x == y => {
@@ -851,6 +1039,45 @@ mod tests {
 
     fn name_of(r: &Registry, result: Result<InstanceId, Refusal>) -> Result<String, Refusal> {
         result.map(|id| r.get(id).unwrap().spec.name.clone())
+    }
+
+    #[test]
+    fn a_batch_is_checked_against_itself_and_changes_in_flight() {
+        let uid = |name: &str, first: u32, count: u32| {
+            spec(name, &format!(r#"{{"uid_range":[{first},{count}]}}"#))
+        };
+        let mut r = registry(&[("held", r#"{"uid_range":[500,10]}"#)]);
+        // In flight, not yet durable: a batch must not overlap it either.
+        r.stage_insert(uid("flying", 600, 10)).unwrap();
+        for (batch, culprit, other) in [
+            // A long range holds a later one that its neighbour does not.
+            (
+                vec![uid("a", 0, 100), uid("b", 10, 10), uid("c", 50, 10)],
+                1,
+                "a",
+            ),
+            (
+                vec![uid("a", 0, 10), uid("b", 100, 10), uid("c", 95, 10)],
+                2,
+                "b",
+            ),
+            (vec![uid("a", 0, 10), uid("b", 605, 1)], 1, "flying"),
+            (vec![uid("a", 0, 10), uid("b", 509, 5)], 1, "held"),
+        ] {
+            let err = r.stage_batch(batch).unwrap_err();
+            assert_eq!(err.index, culprit, "{err}");
+            assert!(
+                matches!(&err.error, RegistryError::Conflict { other: o, .. } if o == other),
+                "{err}"
+            );
+            assert_eq!(r.pending.len(), 1, "a refused batch stages nothing");
+        }
+        let staged = r
+            .stage_batch(vec![uid("a", 0, 10), uid("held", 500, 5), uid("b", 10, 10)])
+            .unwrap();
+        assert_eq!(staged.len(), 3);
+        assert!(staged[1].0.is_some(), "held is replaced");
+        assert_eq!(r.pending.len(), 4);
     }
 
     #[test]

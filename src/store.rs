@@ -48,7 +48,9 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use crate::instance::{GuestState, InstanceSpec, valid_instance_name};
-use crate::limits::{STATE_CACHE_KIB, STATE_CHECKPOINT_PAGES};
+use crate::limits::{
+    DECODE_CHUNK_MIN, MAX_DECODE_THREADS, STATE_CACHE_KIB, STATE_CHECKPOINT_PAGES,
+};
 use crate::log;
 
 /// The version of the instance document format written by this build.
@@ -117,20 +119,23 @@ impl StoredInstance {
         .unwrap_or_default()
     }
 
-    /// Decodes a stored document, checking its format version; `shown`
-    /// names where it came from in the error.
-    fn decode(bytes: &[u8], shown: &str) -> Result<StoredInstance, String> {
+    /// Decodes a stored document, checking its format version; the error
+    /// says what is wrong, for the caller to say where.
+    fn decode(bytes: &[u8]) -> Result<StoredInstance, String> {
         if bytes.is_empty() {
-            return Err(format!(
-                "{shown}: empty (corrupt state; restore it from a backup or remove it to drop the instance)"
-            ));
+            return Err(
+                "empty (corrupt state; restore it from a backup or remove it to drop the instance)"
+                    .into(),
+            );
         }
         let stored: StoredInstance = serde_json::from_slice(bytes).map_err(|e| {
-            format!("{shown}: corrupt state ({e}); restore it from a backup or remove it to drop the instance")
+            format!(
+                "corrupt state ({e}); restore it from a backup or remove it to drop the instance"
+            )
         })?;
         if stored.version != FORMAT_VERSION {
             return Err(format!(
-                "{shown}: format version {} is not {FORMAT_VERSION}, which this guestsock reads",
+                "format version {} is not {FORMAT_VERSION}, which this guestsock reads",
                 stored.version
             ));
         }
@@ -145,6 +150,23 @@ pub enum Job {
     Write { name: String, bytes: Vec<u8> },
     /// Remove instance `name`.
     Remove { name: String },
+    /// All of these in one transaction, whatever else is batched with them.
+    Batch(Vec<Job>),
+}
+
+impl Job {
+    /// Adds the job's changes to a batch: the newest change to a name wins.
+    fn add_to(self, batch: &mut BTreeMap<String, Option<Vec<u8>>>) {
+        match self {
+            Job::Write { name, bytes } => {
+                batch.insert(name, Some(bytes));
+            }
+            Job::Remove { name } => {
+                batch.insert(name, None);
+            }
+            Job::Batch(jobs) => jobs.into_iter().for_each(|job| job.add_to(batch)),
+        }
+    }
 }
 
 /// What the writer thread reports for a batch: every job with a sequence
@@ -345,32 +367,69 @@ fn read_all(db: &Connection, shown: &str) -> Result<Loaded, String> {
     let mut query = db
         .prepare("SELECT name, body FROM instances")
         .map_err(damaged)?;
-    let mut rows = query.query([]).map_err(damaged)?;
-    let mut instances = Vec::new();
-    while let Some(row) = rows.next().map_err(damaged)? {
-        instances.push(decode_row(row, shown)?);
-    }
+    let rows = read_rows(query.query([]).map_err(damaged)?, shown)?;
     Ok(Loaded {
-        instances,
+        instances: decode_rows(rows, shown)?,
         removed: Vec::new(),
         version,
     })
 }
 
-/// One `(name, body)` row, its name checked against its document.
-fn decode_row(row: &rusqlite::Row<'_>, shown: &str) -> Result<StoredInstance, String> {
-    let damaged = |e: rusqlite::Error| format!("{shown}: {e} (damaged state)");
-    let name: String = row.get(0).map_err(damaged)?;
-    let body: Vec<u8> = row.get(1).map_err(damaged)?;
-    let where_ = format!("{shown}: instance {name:?}");
-    let stored = StoredInstance::decode(&body, &where_)?;
-    if !valid_instance_name(&name) || stored.instance.name != name {
-        return Err(format!(
-            "{where_}: holds instance {:?}, which does not match its row",
-            stored.instance.name
-        ));
+/// The `(name, body)` rows of a query, undecoded.
+fn read_rows(mut rows: rusqlite::Rows<'_>, shown: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let damaged = |e: rusqlite::Error| {
+        format!("{shown}: {e} (damaged state; restore the state directory from a backup)")
+    };
+    let mut read = Vec::new();
+    while let Some(row) = rows.next().map_err(damaged)? {
+        let name: String = row.get(0).map_err(damaged)?;
+        // Text or blob alike: what matters is whether it decodes.
+        let body = row
+            .get_ref(1)
+            .and_then(|value| value.as_bytes().map_err(rusqlite::Error::from))
+            .map_err(damaged)?
+            .to_vec();
+        read.push((name, body));
     }
-    Ok(stored)
+    Ok(read)
+}
+
+/// Decodes rows, each name checked against its document, on up to
+/// [`MAX_DECODE_THREADS`] threads: decoding is most of a cold start's work
+/// (65,536 instances), and it parallelizes perfectly.
+fn decode_rows(rows: Vec<(String, Vec<u8>)>, shown: &str) -> Result<Vec<StoredInstance>, String> {
+    let decode = |(name, body): &(String, Vec<u8>)| -> Result<StoredInstance, String> {
+        let stored = StoredInstance::decode(body)
+            .map_err(|problem| format!("{shown}: instance {name:?}: {problem}"))?;
+        if !valid_instance_name(name) || stored.instance.name != *name {
+            return Err(format!(
+                "{shown}: instance {name:?}: holds instance {:?}, which does not match its row",
+                stored.instance.name
+            ));
+        }
+        Ok(stored)
+    };
+    let threads = thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_DECODE_THREADS);
+    if threads == 1 || rows.len() < DECODE_CHUNK_MIN {
+        return rows.iter().map(decode).collect();
+    }
+    let chunk = rows.len().div_ceil(threads);
+    thread::scope(|scope| {
+        let parts: Vec<_> = rows
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(decode).collect::<Result<Vec<_>, _>>()))
+            .collect();
+        let mut decoded = Vec::with_capacity(rows.len());
+        for part in parts {
+            decoded.extend(
+                part.join()
+                    .map_err(|_| format!("{shown}: decoding panicked"))??,
+            );
+        }
+        Ok(decoded)
+    })
 }
 
 /// Reads the previous release's `instances/<name>.json` files; with
@@ -403,7 +462,8 @@ fn read_legacy(dir: &Path, clean: bool) -> Result<Vec<StoredInstance>, String> {
             ));
         };
         let bytes = fs::read(&path).map_err(|e| format!("{shown}: {e}"))?;
-        let stored = StoredInstance::decode(&bytes, &shown)?;
+        let stored =
+            StoredInstance::decode(&bytes).map_err(|problem| format!("{shown}: {problem}"))?;
         if !valid_instance_name(name) || stored.instance.name != name {
             return Err(format!(
                 "{shown}: holds instance {:?}, which does not match its file name",
@@ -487,11 +547,8 @@ impl StateDir {
             .db
             .prepare("SELECT name, body FROM instances WHERE version > ?1")
             .map_err(damaged)?;
-        let mut rows = query.query(params![since]).map_err(damaged)?;
-        let mut instances = Vec::new();
-        while let Some(row) = rows.next().map_err(damaged)? {
-            instances.push(decode_row(row, &shown)?);
-        }
+        let rows = read_rows(query.query(params![since]).map_err(damaged)?, &shown)?;
+        let instances = decode_rows(rows, &shown)?;
         let mut query = self
             .db
             .prepare("SELECT name FROM removed WHERE version > ?1")
@@ -554,10 +611,7 @@ impl StateDir {
                     continue;
                 }
                 (seq, epoch) = (Some(job_seq), job_epoch);
-                match job {
-                    Job::Write { name, bytes } => batch.insert(name, Some(bytes)),
-                    Job::Remove { name } => batch.insert(name, None),
-                };
+                job.add_to(&mut batch);
             }
             let mut reports = Vec::new();
             if let Some((seq, epoch)) = abandoned {

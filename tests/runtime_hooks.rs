@@ -295,14 +295,13 @@ fn a_name_owned_by_another_container_or_the_operator_is_never_taken() {
     ));
     assert!(err.contains("registered by hand"), "{err}");
     // Its poststop leaves the other container's instance alone.
-    let err = failed(&hook(
+    ok(&hook(
         admin,
         &["oci"],
         &json!({"id": "two", "status": "stopped", "annotations": {"io.guestsock.name": "web"}})
             .to_string(),
         &[],
     ));
-    assert!(err.contains("belongs to container oci:one"), "{err}");
     assert_eq!(
         one.cgroup.curl(None, &server.socket, "/1.0").0,
         200,
@@ -463,7 +462,7 @@ fn an_lxc_container_is_registered_at_start_host_and_removed_at_post_stop() {
     );
     assert_eq!(
         instances(&server)[0]["config"]["guestsock.container"],
-        "lxc:c1"
+        format!("lxc:{}", dir.path.display()).as_str()
     );
     // post-stop: LXC gives the type as the third argument too.
     ok(&hook(
@@ -480,4 +479,71 @@ fn an_lxc_container_is_registered_at_start_host_and_removed_at_post_stop() {
         &[("LXC_NAME", "c1")],
     ));
     assert!(err.contains("LXC_PID"), "{err}");
+}
+
+#[test]
+fn an_lxc_instance_is_found_by_its_owner_and_two_lxcpaths_never_share_one() {
+    require_root!();
+    let server = util::Server::start(json!([]));
+    let admin = &server.admin_socket;
+    let (one, two) = (Init::start(), Init::start());
+    let (lxcpath_a, lxcpath_b) = (util::TempDir::new(), util::TempDir::new());
+    let start = |lxcpath: &util::TempDir, init: &Init, extra: &[&str]| {
+        let config = lxcpath.join("same/config").display().to_string();
+        let pid = init.pid().to_string();
+        let mut args = vec!["lxc"];
+        args.extend_from_slice(extra);
+        args.extend(["same", "lxc", "start-host"]);
+        hook(
+            admin,
+            &args,
+            "",
+            &[
+                ("LXC_NAME", "same"),
+                ("LXC_PID", &pid),
+                ("LXC_CONFIG_FILE", &config),
+            ],
+        )
+    };
+    let stop = |lxcpath: &util::TempDir| {
+        let config = lxcpath.join("same/config").display().to_string();
+        hook(
+            admin,
+            &["lxc", "same", "lxc", "post-stop"],
+            "",
+            &[("LXC_NAME", "same"), ("LXC_CONFIG_FILE", &config)],
+        )
+    };
+    // Named on the start-host line only: post-stop, which has no label,
+    // still finds it by its owner.
+    ok(&start(
+        &lxcpath_a,
+        &one,
+        &["--label", "io.guestsock.name=custom"],
+    ));
+    assert_eq!(instances(&server)[0]["name"], "custom");
+    ok(&stop(&lxcpath_a));
+    assert!(
+        instances(&server).is_empty(),
+        "left registered after its stop"
+    );
+    // Two containers of one name in two lxcpaths are two containers: the
+    // second does not take the first one's instance.
+    ok(&start(&lxcpath_a, &one, &[]));
+    let err = failed(&start(&lxcpath_b, &two, &[]));
+    assert!(err.contains("belongs to container lxc:"), "{err}");
+    assert_eq!(
+        one.cgroup.curl(None, &server.socket, "/1.0").0,
+        200,
+        "the first container lost its instance"
+    );
+    // The second's stop leaves the first's instance alone.
+    ok(&stop(&lxcpath_b));
+    assert_eq!(instances(&server).len(), 1);
+    ok(&start(
+        &lxcpath_b,
+        &two,
+        &["--label", "io.guestsock.name=same-b"],
+    ));
+    assert_eq!(instances(&server).len(), 2);
 }

@@ -222,3 +222,59 @@ fn a_damaged_state_stops_the_start_and_names_it() {
         "{err}"
     );
 }
+
+#[test]
+fn a_state_directory_of_the_previous_release_is_moved_in_whole() {
+    // The previous release kept one pretty-printed file per instance,
+    // exactly like this (guest state included).
+    let dir = util::TempDir::new();
+    let legacy = dir.join("state/instances");
+    fs::create_dir_all(&legacy).unwrap();
+    let me = util::my_uid();
+    let files = [
+        (
+            "me",
+            json!({"version": 1, "instance": {"name": "me", "type": "container", "location": "old-host",
+                   "cloud_init_id": "me", "match": {"uid_range": [me, 1]}, "root_uid": me,
+                   "guest_access": "root", "config": {"user.a": "1"}, "devices": {}},
+                   "state": "Ready"}),
+        ),
+        (
+            "c2",
+            json!({"version": 1, "instance": {"name": "c2", "type": "container", "location": "old-host",
+                   "cloud_init_id": "c2", "match": {"cgroup": "/x/y"}, "root_uid": 0,
+                   "guest_access": "root", "config": {},
+                   "devices": {"eth0": {"type": "nic"}}}, "state": "Started"}),
+        ),
+    ];
+    for (name, doc) in &files {
+        let mut text = serde_json::to_vec_pretty(doc).unwrap();
+        text.push(b'\n');
+        fs::write(legacy.join(format!("{name}.json")), text).unwrap();
+    }
+    // An unfinished write of that release: never acknowledged, dropped.
+    fs::write(legacy.join("c3.json.tmp"), "{\"version\":1,").unwrap();
+    let server = util::Server::start_in(dir, &[]);
+    assert!(
+        server.stderr().contains("moved 2 instance(s)"),
+        "{}",
+        server.stderr()
+    );
+    assert!(!server.state_dir.join("instances").exists());
+    let guest = server.get("/1.0").json();
+    assert_eq!(
+        (guest["state"].as_str(), guest["location"].as_str()),
+        (Some("Ready"), Some("old-host"))
+    );
+    assert_eq!(server.get("/1.0/config/user.a").text(), "1");
+    let dumped = util::dump(&server.state_dir);
+    assert_eq!(dumped["guest_states"], json!({"me": "Ready"}));
+    for (name, doc) in &files {
+        let stored = util::dumped(&server.state_dir, name).expect("moved");
+        assert_eq!(&stored, &doc["instance"], "{name}");
+    }
+    // And it stays moved across a restart.
+    let dir = server.stop_keep();
+    let server = util::Server::start_in(dir, &[]);
+    assert_eq!(server.get("/1.0").json()["state"], "Ready");
+}

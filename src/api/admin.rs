@@ -11,15 +11,18 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::api::Change;
 use crate::error::NotServed;
 use crate::events::{self, Event};
 use crate::http::request::{Request, percent_decode};
 use crate::http::response::Response;
-use crate::instance::{GuestState, InstanceSpec, check_config_entry, check_device, valid_key};
+use crate::instance::{
+    DeviceFields, GuestState, InstanceSpec, check_config_entry, check_device, valid_key,
+};
+use crate::limits::MAX_BATCH_INSTANCES;
 use crate::registry::{Instance, Registry, Staged};
 
 /// What `GET /1.0` reports about the server.
@@ -365,7 +368,70 @@ fn change(
     saved(registry.stage(staged))
 }
 
+/// Whether a `POST /1.0/instances` body is a batch, `{"instances": [...]}`:
+/// an instance object has no `instances` field (unknown fields are refused),
+/// so the first key tells, without parsing the body twice.
+fn is_batch(body: &[u8]) -> bool {
+    let text = body.trim_ascii_start();
+    text.strip_prefix(b"{")
+        .is_some_and(|rest| rest.trim_ascii_start().starts_with(b"\"instances\""))
+}
+
+/// A batch registration: `{"instances": [...]}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    instances: Vec<InstanceSpec>,
+}
+
+/// `POST /1.0/instances` with `{"instances": [...]}`: registers new
+/// instances and replaces existing ones, all or nothing, made durable in
+/// one transaction. Answers how many of each.
+fn register_batch(registry: &mut Registry, body: &[u8]) -> (Response, Option<Change>) {
+    let batch: Batch = match parse_body(body, "batch") {
+        Ok(batch) => batch,
+        Err(error) => return (error.response(), None),
+    };
+    if batch.instances.len() > MAX_BATCH_INSTANCES {
+        return (
+            NotServed::BadBody(format!(
+                "a batch holds at most {MAX_BATCH_INSTANCES} instances, not {}",
+                batch.instances.len()
+            ))
+            .response(),
+            None,
+        );
+    }
+    let staged = match registry.stage_batch(batch.instances) {
+        Ok(staged) => staged,
+        Err(e) => return (NotServed::Batch(e).response(), None),
+    };
+    let created = staged.iter().filter(|(before, _)| before.is_none()).count();
+    let replaced = staged.len() - created;
+    let changes = staged
+        .into_iter()
+        .map(|(before, staged)| {
+            let events = match before {
+                None => vec![Event::InstanceCreated],
+                Some(before) => {
+                    let mut events = vec![Event::InstanceUpdated];
+                    events.extend(events::diff(Some(&before.spec), Some(&staged.spec)));
+                    events
+                }
+            };
+            Change::Put { staged, events }
+        })
+        .collect();
+    (
+        Response::json(&serde_json::json!({"created": created, "replaced": replaced})),
+        Some(Change::Batch(changes)),
+    )
+}
+
 fn create_instance(registry: &mut Registry, body: &[u8]) -> (Response, Option<Change>) {
+    if is_batch(body) {
+        return register_batch(registry, body);
+    }
     let spec: InstanceSpec = match parse_body(body, "instance") {
         Ok(spec) => spec,
         Err(error) => return (error.response(), None),
@@ -470,7 +536,7 @@ fn add_device(registry: &mut Registry, name: &str, body: &[u8]) -> (Response, Op
     #[serde(deny_unknown_fields)]
     struct NewDevice {
         name: String,
-        fields: BTreeMap<String, String>,
+        fields: DeviceFields,
     }
     match parse_body::<NewDevice>(body, "device") {
         Ok(device) => store_device(registry, name, device.name, device.fields, false),
@@ -484,7 +550,7 @@ fn store_device(
     registry: &mut Registry,
     name: &str,
     dev: String,
-    fields: BTreeMap<String, String>,
+    fields: DeviceFields,
     replace: bool,
 ) -> (Response, Option<Change>) {
     if let Err(e) = check_device(&dev, &fields) {

@@ -28,6 +28,9 @@ pub enum Change {
         /// What changed, for subscribers.
         events: Vec<Event>,
     },
+    /// Many instances registered or replaced at once (a batch call): made
+    /// durable together, all or nothing, then served in order.
+    Batch(Vec<Change>),
     /// The host unregistered the instance; once that is durable its guest
     /// connections end.
     Remove {

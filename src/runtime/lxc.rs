@@ -87,30 +87,38 @@ pub fn hook(
             "LXC_NAME is not set and no container name was given: run this as an LXC hook".into(),
         ));
     };
+    // The container's directory (its lxcpath and name) tells apart two
+    // containers of one name in different lxcpaths; its name names the
+    // instance.
+    let id = invocation
+        .config_file
+        .as_deref()
+        .and_then(Path::parent)
+        .map_or_else(|| name.clone(), |dir| dir.display().to_string());
     match invocation.hook_type.as_deref() {
         Some("start-host") => {
-            let pid = invocation
-                .pid
-                .as_deref()
-                .and_then(|pid| pid.parse().ok())
-                .ok_or_else(|| {
-                    RuntimeError::Input(format!(
-                        "LXC_PID is {:?}: LXC sets it for lxc.hook.start-host",
-                        invocation.pid
-                    ))
-                })?;
+            let pid = match invocation.pid.as_deref() {
+                None => {
+                    return Err(RuntimeError::Input(
+                        "LXC_PID is not set: LXC sets it for lxc.hook.start-host".into(),
+                    ));
+                }
+                Some(pid) => pid.parse().map_err(|_| {
+                    RuntimeError::Input(format!("LXC_PID {pid:?} is not a process id"))
+                })?,
+            };
             let container = Container {
                 runtime: Runtime::Lxc,
-                id: name,
-                name_hint: None,
+                id,
+                name_hint: Some(name),
                 pid,
                 labels,
             };
             register(admin, &container, Start::Fresh).map(drop)
         }
         Some("post-stop" | "stop") => {
-            let instance = instance_name(&name, None, &labels)?;
-            unregister(admin, Runtime::Lxc, &name, &instance).map(drop)
+            let instance = instance_name(&id, Some(&name), &labels)?;
+            unregister(admin, Runtime::Lxc, &id, &instance).map(drop)
         }
         other => Err(RuntimeError::Input(format!(
             "hook type {other:?}: guestsock hook lxc is for lxc.hook.start-host and lxc.hook.post-stop"

@@ -272,8 +272,8 @@ pub fn describe(container: &Container) -> Result<InstanceSpec, RuntimeError> {
         rule,
         root_uid: Some(root_uid),
         guest_access: GuestAccess::Root,
-        config: BTreeMap::new(),
-        devices: BTreeMap::new(),
+        config: Default::default(),
+        devices: Default::default(),
     };
     apply_labels(&mut spec, &container.labels)?;
     spec.config
@@ -350,8 +350,7 @@ fn apply_labels(
                 return Err(wrong("must be io.guestsock.device.<device>.<field>"));
             };
             spec.devices
-                .entry(device.into())
-                .or_default()
+                .get_or_insert_default(device)
                 .insert(field.into(), value.clone());
         } else {
             match rest {
@@ -476,20 +475,23 @@ pub fn register(admin: &Path, container: &Container, start: Start) -> Result<Str
     )))
 }
 
-/// Removes the instance named `name` if the container `id` of `runtime`
-/// owns it. `Ok(false)`: there was none (already removed, or never
-/// registered). An instance of that name owned by someone else is left
-/// alone and reported.
+/// Removes the instance the container `id` of `runtime` registered:
+/// `name`'s if this container owns it (the usual case, one lookup), else
+/// whichever instance carries this container's owner key (the name was
+/// given differently at registration). `Ok(false)`: it has none (already
+/// removed, or its registration failed). An instance another container or
+/// the operator owns is never touched.
 pub fn unregister(
     admin: &Path,
     runtime: Runtime,
     id: &str,
     name: &str,
 ) -> Result<bool, RuntimeError> {
+    let owner = runtime.owner(id);
     let path = format!("/1.0/instances/{}", encode_segment(name));
-    let existing = match client::admin(admin, "GET", &path, b"") {
-        Ok(existing) => existing,
-        Err(ClientError::Refused { status: 404, .. }) => return Ok(false),
+    let mine = match client::admin(admin, "GET", &path, b"") {
+        Ok(existing) => owner_of(&existing).as_deref() == Some(owner.as_str()),
+        Err(ClientError::Refused { status: 404, .. }) => false,
         Err(source) => {
             return Err(RuntimeError::Server {
                 doing: format!("look up instance {name:?}"),
@@ -497,21 +499,30 @@ pub fn unregister(
             });
         }
     };
-    let theirs = owner_of(&existing);
-    if theirs.as_deref() != Some(runtime.owner(id).as_str()) {
-        return Err(RuntimeError::Taken {
-            name: name.into(),
-            owner: theirs,
-        });
+    let names = if mine {
+        vec![name.to_owned()]
+    } else {
+        owned(admin, runtime)?
+            .into_iter()
+            .filter(|(_, owner_id)| owner_id == id)
+            .map(|(instance, _)| instance)
+            .collect()
+    };
+    let mut removed = false;
+    for name in names {
+        let path = format!("/1.0/instances/{}", encode_segment(&name));
+        match client::admin(admin, "DELETE", &path, b"") {
+            Ok(_) => removed = true,
+            Err(ClientError::Refused { status: 404, .. }) => {}
+            Err(source) => {
+                return Err(RuntimeError::Server {
+                    doing: format!("remove instance {name:?}"),
+                    source,
+                });
+            }
+        }
     }
-    match client::admin(admin, "DELETE", &path, b"") {
-        Ok(_) => Ok(true),
-        Err(ClientError::Refused { status: 404, .. }) => Ok(false),
-        Err(source) => Err(RuntimeError::Server {
-            doing: format!("remove instance {name:?}"),
-            source,
-        }),
-    }
+    Ok(removed)
 }
 
 /// Every instance that `runtime` registered, as (instance name, container
@@ -667,8 +678,8 @@ mod tests {
             rule: MatchRule::Pid(1),
             root_uid: None,
             guest_access: GuestAccess::Root,
-            config: BTreeMap::new(),
-            devices: BTreeMap::new(),
+            config: Default::default(),
+            devices: Default::default(),
         };
         apply_labels(
             &mut spec,

@@ -9,14 +9,18 @@ impl Server {
     /// write. Nothing of it is served or announced until that is durable
     /// ([`Server::commit`]).
     pub(super) fn apply(&mut self, change: Change) -> u64 {
-        let job = match &change {
-            Change::Put { staged, .. } => Job::Write {
-                name: staged.spec.name.clone(),
-                bytes: StoredInstance::encode(&staged.spec, staged.state, staged.pidns),
-            },
-            Change::Remove { name } => Job::Remove { name: name.clone() },
-        };
-        let seq = self.writer.submit(job);
+        fn job(change: &Change) -> Job {
+            match change {
+                Change::Put { staged, .. } => Job::Write {
+                    name: staged.spec.name.clone(),
+                    bytes: StoredInstance::encode(&staged.spec, staged.state, staged.pidns),
+                },
+                Change::Remove { name } => Job::Remove { name: name.clone() },
+                // One job, so that the writer makes it one transaction.
+                Change::Batch(changes) => Job::Batch(changes.iter().map(job).collect()),
+            }
+        }
+        let seq = self.writer.submit(job(&change));
         self.in_flight.push_back((seq, change));
         seq
     }
@@ -24,6 +28,11 @@ impl Server {
     /// A change is durable: serve it, announce it, and close what it ends.
     pub(super) fn commit(&mut self, change: Change) {
         match change {
+            Change::Batch(changes) => {
+                for change in changes {
+                    self.commit(change);
+                }
+            }
             Change::Put { staged, events } => {
                 let id = self.registry.commit(&staged);
                 self.publish(id, &staged.spec.name, &events);

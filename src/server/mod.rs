@@ -54,8 +54,9 @@ use crate::events::{self, Event};
 use crate::identity;
 use crate::instance::{InstanceSpec, RuleKinds};
 use crate::limits::{
-    ACCEPT_RETRY_MS, ACCEPTS_PER_TURN, EVENTS_PER_POLL, FALLBACK_FD_LIMIT, LOG_THROTTLE,
-    MAX_ADMIN_CONNECTIONS, READ_CHUNK_BYTES, RESERVED_FDS, SHUTDOWN_GRACE, SILENT_PINGS, Tunables,
+    ACCEPT_RETRY_MS, ACCEPTS_PER_TURN, EVENTS_PER_POLL, FALLBACK_FD_LIMIT, HANDOFF_LOAD_TIMEOUT,
+    LOG_THROTTLE, MAX_ADMIN_CONNECTIONS, READ_CHUNK_BYTES, RESERVED_FDS, SHUTDOWN_GRACE,
+    SILENT_PINGS, Tunables,
 };
 use crate::log;
 use crate::metrics::{Limit, Metrics};
@@ -75,6 +76,9 @@ const ADMIN_LISTENER: Token = Token(usize::MAX - 3);
 
 /// The state writer thread's wake-up: a batch was committed.
 const WRITER: Token = Token(usize::MAX - 4);
+
+/// The handoff channel to a successor (SIGHUP), while it loads the state.
+const SUCCESSOR: Token = Token(usize::MAX - 5);
 
 /// Which listening sockets may have connections waiting in their backlog
 /// (`Waiting`, not `Backlog`: nix names the listen(2) argument that):
@@ -150,8 +154,21 @@ struct Server {
     subscriber_count: usize,
     /// Set once a stop signal arrived: the time by which to be gone.
     stopping: Option<Instant>,
-    /// After SIGHUP: the channel to the new guestsock.
-    successor: Option<std::os::unix::net::UnixStream>,
+    /// After SIGHUP: the new guestsock.
+    successor: Option<Successor>,
+}
+
+/// A SIGHUP handoff in progress: the new guestsock has the listening
+/// sockets and reads the state while this one goes on serving; it says when
+/// it is ready to take over.
+#[derive(Debug)]
+pub(super) struct Successor {
+    /// The handoff channel (non-blocking while registered with epoll).
+    pub(super) channel: std::os::unix::net::UnixStream,
+    /// Until when this process waits for it to say it is ready.
+    ready_by: Instant,
+    /// It said so: this process stops and then releases the state.
+    pub(super) ready: bool,
 }
 
 /// Logs `message` unless a line was logged through `last` less than a
@@ -183,6 +200,10 @@ impl Server {
                 self.timers.first().map(|&(at, _)| at),
                 Some(self.next_ping),
                 self.stopping,
+                self.successor
+                    .as_ref()
+                    .filter(|s| !s.ready)
+                    .map(|s| s.ready_by),
             ]
             .into_iter()
             .flatten()
@@ -212,6 +233,7 @@ impl Server {
                     GUEST_LISTENER => self.backlog.guest = true,
                     ADMIN_LISTENER => self.backlog.admin = true,
                     WRITER => self.take_commits(),
+                    SUCCESSOR => self.hear_successor(now),
                     SIGNALS => match self.take_signal() {
                         Some(Signal::SIGHUP) => self.hand_over(now),
                         Some(signal) => self.begin_shutdown(signal, now),
@@ -236,6 +258,17 @@ impl Server {
             self.sweep();
             self.accept_turn();
             self.fire_timers(now);
+            if self
+                .successor
+                .as_ref()
+                .is_some_and(|s| !s.ready && s.ready_by <= now)
+            {
+                log::warn(format_args!(
+                    "SIGHUP: the new guestsock did not say it was ready within {:?} (a release older than this one says nothing); handing over anyway",
+                    HANDOFF_LOAD_TIMEOUT
+                ));
+                self.successor_ready(now);
+            }
             if self.next_ping <= now {
                 self.ping_subscribers(now);
             }
@@ -268,28 +301,92 @@ impl Server {
         }
     }
 
-    /// SIGHUP: start a new guestsock, hand it the listening sockets, and
-    /// stop like on SIGTERM; the state directory is released to it once
+    /// SIGHUP: start a new guestsock and hand it the listening sockets, and
+    /// go on serving while it reads the state; once it says it is ready,
+    /// stop like on SIGTERM, and release the state directory to it once
     /// this process has written everything (in `serve`). Connections made
-    /// meanwhile wait in the backlog: no connection attempt fails and the
-    /// sockets' inodes, which containers have mounted, never change.
+    /// meanwhile are served here, or wait in the backlog for the successor:
+    /// no connection attempt fails, the sockets' inodes, which containers
+    /// have mounted, never change, and nobody waits for a state load.
     pub(super) fn hand_over(&mut self, now: Instant) {
-        if self.stopping.is_some() {
+        if self.stopping.is_some() || self.successor.is_some() {
+            log::info(format_args!("SIGHUP: a handoff is already under way"));
             return;
         }
         use std::os::fd::AsFd;
         let spawned =
-            activation::spawn_successor(self.guest.socket.as_fd(), self.admin.socket.as_fd());
+            activation::spawn_successor(self.guest.socket.as_fd(), self.admin.socket.as_fd())
+                .and_then(|channel| {
+                    channel
+                        .set_nonblocking(true)
+                        .map_err(|e| format!("cannot set up the handoff channel: {e}"))?;
+                    self.poll
+                        .registry()
+                        .register(
+                            &mut SourceFd(&channel.as_raw_fd()),
+                            SUCCESSOR,
+                            Interest::READABLE,
+                        )
+                        .map_err(|e| format!("cannot register the handoff channel: {e}"))?;
+                    Ok(channel)
+                });
         match spawned {
             Ok(channel) => {
-                self.successor = Some(channel);
-                // The files belong to the successor now.
-                self.guest.activated = true;
-                self.admin.activated = true;
-                self.begin_shutdown(Signal::SIGHUP, now);
+                self.successor = Some(Successor {
+                    channel,
+                    ready_by: now + HANDOFF_LOAD_TIMEOUT,
+                    ready: false,
+                });
             }
             Err(e) => log::error(format_args!("SIGHUP: {e}; going on serving")),
         }
+    }
+
+    /// The successor said something, or went away.
+    fn hear_successor(&mut self, now: Instant) {
+        use std::io::Read;
+        let Some(successor) = self.successor.as_mut().filter(|s| !s.ready) else {
+            return;
+        };
+        let mut byte = [0u8; 1];
+        match successor.channel.read(&mut byte) {
+            Ok(1) if byte[0] == activation::LOADED => self.successor_ready(now),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&successor.channel.as_raw_fd()));
+                self.successor = None;
+                let why = match other {
+                    Ok(0) => "it exited".to_string(),
+                    Ok(_) => "it said something unexpected".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                log::error(format_args!(
+                    "SIGHUP: the new guestsock failed before it was ready ({why}; its own log says why); going on serving"
+                ));
+            }
+        }
+    }
+
+    /// The successor has the state loaded: stop serving, so that it can
+    /// take over.
+    fn successor_ready(&mut self, now: Instant) {
+        let Some(successor) = self.successor.as_mut() else {
+            return;
+        };
+        successor.ready = true;
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&successor.channel.as_raw_fd()));
+        let _ = successor.channel.set_nonblocking(false);
+        // The files belong to the successor now.
+        self.guest.activated = true;
+        self.admin.activated = true;
+        self.begin_shutdown(Signal::SIGHUP, now);
     }
 
     /// SIGTERM or SIGINT: stop accepting, end event streams (websockets

@@ -125,36 +125,48 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("cannot create a signalfd: {e}"))?;
 
-    // A successor started by SIGHUP gets the listening sockets first, then
-    // waits for its predecessor to release the state directory; meanwhile
-    // new connections wait in the listen backlog.
-    let (activated, handed_over) = match activation::take_handoff()? {
+    // A successor started by SIGHUP gets the listening sockets first and
+    // reads the state while its predecessor goes on serving; it says when it
+    // is ready, waits for the predecessor to stop and release the state
+    // directory, then catches up on the changes made meanwhile. New
+    // connections wait in the listen backlog only for that last step.
+    let mut registry = Registry::new(config.host_name);
+    let db = config.state_dir.join(store::DB_FILE);
+    let (activated, handed_over, since) = match activation::take_handoff()? {
         Some(mut handoff) => {
             let sockets = handoff.receive_sockets()?;
+            let since = match store::snapshot(&config.state_dir)? {
+                Some(loaded) => {
+                    restore_all(&mut registry, loaded.instances, &db)?;
+                    Some(loaded.version)
+                }
+                // The previous release's layout: only read once released.
+                None => None,
+            };
+            handoff.say_loaded()?;
             handoff.wait_released()?;
             log::info(format_args!(
                 "took over the sockets from the previous guestsock"
             ));
-            (sockets, true)
+            (sockets, true, since)
         }
-        None => (activation::listen_fds()?, false),
+        None => (activation::listen_fds()?, false, None),
     };
-    let (state, loaded) = store::open(&config.state_dir, None)?;
-    let mut registry = Registry::new(config.host_name);
-    for stored in loaded.instances {
-        let name = stored.instance.name.clone();
-        let (_, warning) = registry
-            .restore(stored.instance, stored.state, stored.pidns)
-            .map_err(|e| {
-                format!(
-                    "{}: instance {name:?} cannot be restored: {e}",
-                    config.state_dir.join(store::DB_FILE).display()
-                )
-            })?;
-        if let Some(warning) = warning {
-            log::warn(format_args!("{warning}"));
+    let (state, loaded) = store::open(&config.state_dir, since)?;
+    if since.is_some() {
+        let changed = loaded.instances.len() + loaded.removed.len();
+        for name in loaded
+            .removed
+            .iter()
+            .chain(loaded.instances.iter().map(|s| &s.instance.name))
+        {
+            registry.remove(name);
         }
+        log::info(format_args!(
+            "caught up on {changed} change(s) made while this process read the state"
+        ));
     }
+    restore_all(&mut registry, loaded.instances, &db)?;
     let restored: std::collections::HashSet<String> =
         registry.iter().map(|(_, i)| i.spec.name.clone()).collect();
     let mut seeded = Vec::new();
@@ -271,12 +283,39 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     server.writer.finish();
     match server.successor.as_mut() {
         // The successor writes its own pid once released.
-        Some(channel) => activation::release(channel),
+        Some(successor) if successor.ready => activation::release(&mut successor.channel),
+        // Stopped (SIGTERM) before the successor was ready: it is told
+        // nothing and gives up; the files are still this process's.
+        Some(_) => pid_file.remove(),
         None => pid_file.remove(),
     }
     server.guest.remove();
     server.admin.remove();
     result
+}
+
+/// Registers instances read from the state directory (`db`, named in
+/// errors).
+fn restore_all(
+    registry: &mut Registry,
+    stored: Vec<store::StoredInstance>,
+    db: &Path,
+) -> Result<(), String> {
+    for stored in stored {
+        let name = stored.instance.name.clone();
+        let (_, warning) = registry
+            .restore(stored.instance, stored.state, stored.pidns)
+            .map_err(|e| {
+                format!(
+                    "{}: instance {name:?} cannot be restored: {e}",
+                    db.display()
+                )
+            })?;
+        if let Some(warning) = warning {
+            log::warn(format_args!("{warning}"));
+        }
+    }
+    Ok(())
 }
 
 /// The connection cap: the operator's, but never above the open-file limit

@@ -60,7 +60,7 @@ macro_rules! require_root {
 }
 
 /// The Debian package that brings each program the tests run.
-const TOOLS: [(&str, &str); 10] = [
+const TOOLS: [(&str, &str); 14] = [
     ("curl", "curl"),
     ("setpriv", "util-linux"),
     ("unshare", "util-linux"),
@@ -71,6 +71,10 @@ const TOOLS: [(&str, &str); 10] = [
     ("cc", "gcc"),
     ("pgrep", "procps"),
     ("python3", "python3"),
+    ("lxc-start", "lxc"),
+    ("lxc-stop", "lxc"),
+    ("lxc-attach", "lxc"),
+    ("lxc-info", "lxc"),
 ];
 
 /// `program`, after checking that it is on `PATH`: a missing one fails the
