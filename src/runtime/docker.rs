@@ -16,7 +16,7 @@
 //! there is no async runtime: one thread reads the event stream, the other
 //! inspects and registers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -1091,7 +1091,11 @@ pub fn watch(admin: &Path, docker_socket: &Path) -> Result<(), String> {
         _ => docker_socket.to_path_buf(),
     };
     let engine = Engine::new(&socket);
-    let watcher = Watcher { admin, engine };
+    let mut watcher = Watcher {
+        admin,
+        engine,
+        registered: HashSet::new(),
+    };
     log::info(format_args!(
         "watching the Docker engine at {}, registering its containers through {}",
         socket.display(),
@@ -1125,12 +1129,22 @@ pub fn watch(admin: &Path, docker_socket: &Path) -> Result<(), String> {
     }
 }
 
-/// The watcher's two ends: guestsock's admin socket and the engine.
+/// The watcher's two ends, guestsock's admin socket and the engine, and
+/// what it registered.
 struct Watcher<'a> {
     /// guestsock's admin socket.
     admin: &'a Path,
     /// The engine.
     engine: Engine,
+    /// The containers that may have an instance of this watcher's: those
+    /// it found at the last reconcile plus those it tried to register
+    /// since (a failed replacement leaves the old instance), less those it
+    /// removed. Only their deaths need a call to guestsock: a container
+    /// the watcher never got to (it exited before it could be inspected)
+    /// has nothing to remove, and asking would cost a look through every
+    /// instance. One id per running container at most; rebuilt from
+    /// guestsock's own list at every reconcile.
+    registered: HashSet<String>,
 }
 
 /// How a reconcile went, for its log line.
@@ -1150,7 +1164,7 @@ impl Watcher<'_> {
     /// One connection to the engine: subscribe, reconcile, then follow the
     /// events until the engine is lost. Returns why it ended, and whether it
     /// got as far as following.
-    fn session(&self, backoff: &mut Backoff) -> (Lost, bool) {
+    fn session(&mut self, backoff: &mut Backoff) -> (Lost, bool) {
         // Subscribe before listing: whatever happens after the list was
         // taken is in the stream (see REPLAY_MARGIN for why `since`).
         let since = SystemTime::now()
@@ -1187,8 +1201,9 @@ impl Watcher<'_> {
     /// Brings guestsock's Docker instances in line with the running
     /// containers: every one registered, every instance whose container is
     /// not running (or has been renamed) removed.
-    fn reconcile(&self) -> Result<Tally, Lost> {
+    fn reconcile(&mut self) -> Result<Tally, Lost> {
         let mut tally = Tally::default();
+        self.registered.clear();
         // First, so that while guestsock is down a retry costs one call,
         // not an inspect of every container. Only this watcher registers
         // Docker's instances, so nothing changes them meanwhile.
@@ -1229,17 +1244,24 @@ impl Watcher<'_> {
                 // had: it is not gone.
                 Some(_) => None,
             };
-            if let Some(why) = stale
-                && self.remove(&id, &instance, why)?
-            {
-                tally.removed += 1;
+            match stale {
+                Some(why) => {
+                    if self.remove(&id, &instance, why)? {
+                        tally.removed += 1;
+                    }
+                }
+                None => {
+                    self.registered.insert(id);
+                }
             }
         }
         for (container, name) in &running {
             if name.is_some() {
                 // Running already: a guest's Ready is kept, and an
                 // unchanged instance is not written again.
-                if self.register(container, Start::Running)? {
+                let registered = self.register(container, Start::Running)?;
+                self.registered.insert(container.id.clone());
+                if registered {
                     tally.registered += 1;
                 } else {
                     tally.failed += 1;
@@ -1252,7 +1274,7 @@ impl Watcher<'_> {
     /// Acts on one event. Only a failure to reach the engine or guestsock
     /// is an error (the session ends, and the reconcile after it catches
     /// up); a container that cannot be registered is logged.
-    fn handle(&self, event: &EngineEvent) -> Result<(), Lost> {
+    fn handle(&mut self, event: &EngineEvent) -> Result<(), Lost> {
         match event.action {
             Action::Start => {
                 // The event is only a hint: inspect says whether it still
@@ -1261,6 +1283,7 @@ impl Watcher<'_> {
                 match self.engine.inspect(&event.id)? {
                     Some(container) if container.running => {
                         self.register(&container, Start::Fresh)?;
+                        self.registered.insert(container.id);
                     }
                     _ => log::debug(format_args!(
                         "container {} ({}) started but no longer runs",
@@ -1269,7 +1292,7 @@ impl Watcher<'_> {
                     )),
                 }
             }
-            Action::Die => {
+            Action::Die if self.registered.contains(&event.id) => {
                 // A death may be old news: replayed at a reconnection, or
                 // the container restarted since (a restart policy, `docker
                 // restart`). One that runs again keeps its instance, which
@@ -1282,29 +1305,41 @@ impl Watcher<'_> {
                         container.name,
                         short(&event.id)
                     ));
-                } else if let Some(name) = self.event_instance(event, event.name.as_deref()) {
-                    self.remove(&event.id, &name, "stopped")?;
+                } else {
+                    self.forget(event, event.name.as_deref(), "stopped")?;
                 }
             }
-            Action::Destroy => {
-                if let Some(name) = self.event_instance(event, event.name.as_deref()) {
-                    self.remove(&event.id, &name, "was removed")?;
-                }
+            // Its death was handled (a container dies before it is
+            // removed); this only catches one whose death was not.
+            Action::Destroy if self.registered.contains(&event.id) => {
+                self.forget(event, event.name.as_deref(), "was removed")?;
             }
             Action::Rename => {
                 let old = self.event_instance(event, event.old_name.as_deref());
                 let new = self.event_instance(event, event.name.as_deref());
                 if old != new {
-                    if let Some(old) = old {
-                        self.remove(&event.id, &old, "was renamed")?;
+                    if self.registered.contains(&event.id) {
+                        self.forget(event, event.old_name.as_deref(), "was renamed")?;
                     }
                     if let Some(container) = self.engine.inspect(&event.id)?
                         && container.running
                     {
                         self.register(&container, Start::Running)?;
+                        self.registered.insert(container.id);
                     }
                 }
             }
+            Action::Die | Action::Destroy => {}
+        }
+        Ok(())
+    }
+
+    /// Removes the instance of the event's container, named as it is under
+    /// `name`, and forgets that it had one.
+    fn forget(&mut self, event: &EngineEvent, name: Option<&str>, why: &str) -> Result<(), Lost> {
+        self.registered.remove(&event.id);
+        if let Some(instance) = self.event_instance(event, name) {
+            self.remove(&event.id, &instance, why)?;
         }
         Ok(())
     }
