@@ -36,11 +36,6 @@ fi
 if ! command -v dockerd >/dev/null || [ ! -x /usr/bin/docker ]; then
     missing+=(docker.io)
 fi
-# busybox-static: the root filesystem of the real-runtime tests' containers
-# (tests/util/rootfs.rs), which must be static (ldd fails on it).
-if [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
-    missing+=(busybox-static)
-fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
