@@ -189,9 +189,9 @@ pub fn engine_socket(flag: Option<&Path>) -> Result<PathBuf, DockerError> {
     }
 }
 
-/// The socket path of a `DOCKER_HOST` value, which must be `unix://PATH`
-/// (a `tcp://` or `ssh://` engine has no socket guestsock could share the
-/// host's `/proc` with).
+/// The socket path of a `DOCKER_HOST` value, which must be `unix://PATH`:
+/// an engine reached over `tcp://` or `ssh://` may run on another host,
+/// whose pids and cgroups mean nothing in this one's `/proc`.
 pub fn socket_from_docker_host(host: &str) -> Result<PathBuf, DockerError> {
     match host.strip_prefix("unix://") {
         Some(path) if path.starts_with('/') => Ok(PathBuf::from(path)),
