@@ -108,6 +108,17 @@ pub enum MatchRule {
     Pid(i32),
 }
 
+impl MatchRule {
+    /// The `root_uid` this rule implies when none is given: the first uid
+    /// of a `uid_range`, else 0.
+    pub fn default_root_uid(&self) -> u32 {
+        match self {
+            MatchRule::UidRange(first, _) => *first,
+            _ => 0,
+        }
+    }
+}
+
 /// The kinds of match rule, as a small bit set: which facts about a caller
 /// are worth gathering depends on which kinds some instance uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -382,12 +393,7 @@ impl InstanceSpec {
         }
         self.location.get_or_insert_with(|| host_name.to_owned());
         self.cloud_init_id.get_or_insert_with(|| self.name.clone());
-        if self.root_uid.is_none() {
-            self.root_uid = Some(match self.rule {
-                MatchRule::UidRange(first, _) => first,
-                _ => 0,
-            });
-        }
+        self.root_uid.get_or_insert(self.rule.default_root_uid());
         Ok(self)
     }
 

@@ -469,6 +469,7 @@ pub const STATE_CACHE_KIB: i64 = 2048;
 /// evenly, and more threads than cores gain nothing.
 pub const MAX_DECODE_THREADS: usize = 4;
 
-/// Fewest rows worth decoding on more than one thread: 1024 (below that a
-/// thread costs more than it saves).
-pub const DECODE_CHUNK_MIN: usize = 1024;
+/// Rows handed to a decoding thread at a time at start: 256 (large enough
+/// that handing them over costs nothing beside decoding them, small enough
+/// that registering starts at once).
+pub const DECODE_CHUNK: usize = 256;

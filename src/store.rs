@@ -47,10 +47,11 @@ use std::thread::{self, JoinHandle};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-use crate::instance::{GuestState, InstanceSpec, valid_instance_name};
-use crate::limits::{
-    DECODE_CHUNK_MIN, MAX_DECODE_THREADS, STATE_CACHE_KIB, STATE_CHECKPOINT_PAGES,
+use crate::instance::{
+    Config, Devices, GuestAccess, GuestState, InstanceSpec, InstanceType, MatchRule,
+    valid_instance_name,
 };
+use crate::limits::{DECODE_CHUNK, MAX_DECODE_THREADS, STATE_CACHE_KIB, STATE_CHECKPOINT_PAGES};
 use crate::log;
 
 /// The version of the instance document format written by this build.
@@ -100,19 +101,67 @@ pub struct StoredInstance {
 }
 
 impl StoredInstance {
-    /// The bytes of an instance's stored document.
+    /// The bytes of an instance's stored document: compact JSON that leaves
+    /// out what is the default (a `container`, guest access `root`, no
+    /// config or devices, `cloud_init_id` equal to the name, `root_uid`
+    /// as the rule implies), so that loading 65,536 instances parses as
+    /// little as it can. [`StoredInstance::decode`] fills them back in;
+    /// `location` is always written, since its default (the host name) can
+    /// change.
     pub fn encode(instance: &InstanceSpec, state: GuestState, pidns: Option<u64>) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Spec<'a> {
+            name: &'a str,
+            #[serde(rename = "type", skip_serializing_if = "is_container")]
+            kind: InstanceType,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            location: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            cloud_init_id: Option<&'a str>,
+            #[serde(rename = "match")]
+            rule: &'a MatchRule,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            root_uid: Option<u32>,
+            #[serde(skip_serializing_if = "is_root")]
+            guest_access: GuestAccess,
+            #[serde(skip_serializing_if = "Config::is_empty")]
+            config: &'a Config,
+            #[serde(skip_serializing_if = "Devices::is_empty")]
+            devices: &'a Devices,
+        }
+        fn is_container(kind: &InstanceType) -> bool {
+            *kind == InstanceType::Container
+        }
+        fn is_root(access: &GuestAccess) -> bool {
+            *access == GuestAccess::Root
+        }
         #[derive(Serialize)]
         struct Borrowed<'a> {
             version: u32,
-            instance: &'a InstanceSpec,
+            instance: Spec<'a>,
             state: GuestState,
             #[serde(skip_serializing_if = "Option::is_none")]
             pidns: Option<u64>,
         }
+        let spec = Spec {
+            name: &instance.name,
+            kind: instance.kind,
+            location: instance.location.as_deref(),
+            cloud_init_id: instance
+                .cloud_init_id
+                .as_deref()
+                .filter(|id| *id != instance.name),
+            rule: &instance.rule,
+            root_uid: instance
+                .root_uid
+                .filter(|uid| *uid != instance.rule.default_root_uid()),
+            guest_access: instance.guest_access,
+            config: &instance.config,
+            devices: &instance.devices,
+        };
         serde_json::to_vec(&Borrowed {
             version: FORMAT_VERSION,
-            instance,
+            instance: spec,
             state,
             pidns,
         })
@@ -139,6 +188,10 @@ impl StoredInstance {
                 stored.version
             ));
         }
+        let mut stored = stored;
+        let spec = &mut stored.instance;
+        spec.cloud_init_id.get_or_insert_with(|| spec.name.clone());
+        spec.root_uid.get_or_insert(spec.rule.default_root_uid());
         Ok(stored)
     }
 }
@@ -185,11 +238,13 @@ pub struct Committed {
 /// A job with its sequence number and the epoch it was submitted in.
 type Queued = (u64, u64, Job);
 
-/// What was read from the state directory.
+/// Where read instances go, one by one, as they are decoded: the caller
+/// registers each while the rest are still being read and decoded.
+pub type Sink<'a> = &'a mut dyn FnMut(StoredInstance) -> Result<(), String>;
+
+/// What was read from the state directory besides the instances.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// Every instance (or, after a snapshot, every instance changed since).
-    pub instances: Vec<StoredInstance>,
     /// Instances removed since the snapshot (empty for a full read).
     pub removed: Vec<String>,
     /// The state's version as read: a later read catches up from it.
@@ -219,9 +274,9 @@ impl std::fmt::Debug for StateDir {
 /// lock, moves a per-instance directory of the previous release into the
 /// database, and reads the instances: all of them, or with `since` (the
 /// version of a [`snapshot`] taken earlier) only the changes made after it,
-/// with the removals. Fails, naming the file, the instance and the problem,
-/// on anything it cannot read with certainty.
-pub fn open(dir: &Path, since: Option<u64>) -> Result<(StateDir, Loaded), String> {
+/// with the removals; each instance goes to `sink`. Fails, naming the file,
+/// the instance and the problem, on anything it cannot read with certainty.
+pub fn open(dir: &Path, since: Option<u64>, sink: Sink<'_>) -> Result<(StateDir, Loaded), String> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -277,8 +332,8 @@ pub fn open(dir: &Path, since: Option<u64>) -> Result<(StateDir, Loaded), String
     };
     state.import_legacy(dir)?;
     let loaded = match since {
-        None => read_all(&state.db, &shown)?,
-        Some(since) => state.changes_since(since)?,
+        None => read_all(&state.db, &shown, sink)?,
+        Some(since) => state.changes_since(since, sink)?,
     };
     // Removals are kept only for a successor that read before them: the
     // next one reads after this point.
@@ -294,7 +349,7 @@ pub fn open(dir: &Path, since: Option<u64>) -> Result<(StateDir, Loaded), String
 /// version, which [`open`] with `since` later brings up to date. `Ok(None)`
 /// when there is nothing to read this way (no database yet, or the previous
 /// release's layout, which only [`open`] converts).
-pub fn snapshot(dir: &Path) -> Result<Option<Loaded>, String> {
+pub fn snapshot(dir: &Path, sink: Sink<'_>) -> Result<Option<Loaded>, String> {
     let path = dir.join(DB_FILE);
     if dir.join(LEGACY_DIR).exists() || !path.exists() {
         return Ok(None);
@@ -310,7 +365,7 @@ pub fn snapshot(dir: &Path) -> Result<Option<Loaded>, String> {
     .map_err(damaged)?;
     // One read transaction: the rows and the version agree.
     let tx = db.transaction().map_err(damaged)?;
-    let loaded = read_all(&tx, &shown)?;
+    let loaded = read_all(&tx, &shown, sink)?;
     tx.finish().map_err(damaged)?;
     Ok(Some(loaded))
 }
@@ -329,7 +384,11 @@ pub fn dump(dir: &Path) -> Result<Vec<StoredInstance>, String> {
             dir.display()
         ));
     }
-    let mut loaded = snapshot(dir)?.unwrap_or_default().instances;
+    let mut loaded = Vec::new();
+    snapshot(dir, &mut |stored| {
+        loaded.push(stored);
+        Ok(())
+    })?;
     loaded.sort_by(|a, b| a.instance.name.cmp(&b.instance.name));
     Ok(loaded)
 }
@@ -358,8 +417,9 @@ fn read_version(db: &Connection) -> rusqlite::Result<u64> {
     .map(|v| v.max(0) as u64)
 }
 
-/// Every instance row, decoded, and the version they are as of.
-fn read_all(db: &Connection, shown: &str) -> Result<Loaded, String> {
+/// Every instance row, decoded, to `sink`; returns the version they are as
+/// of.
+fn read_all(db: &Connection, shown: &str, sink: Sink<'_>) -> Result<Loaded, String> {
     let damaged = |e: rusqlite::Error| {
         format!("{shown}: {e} (damaged state; restore the state directory from a backup)")
     };
@@ -367,38 +427,28 @@ fn read_all(db: &Connection, shown: &str) -> Result<Loaded, String> {
     let mut query = db
         .prepare("SELECT name, body FROM instances")
         .map_err(damaged)?;
-    let rows = read_rows(query.query([]).map_err(damaged)?, shown)?;
+    stream_rows(query.query([]).map_err(damaged)?, shown, sink)?;
     Ok(Loaded {
-        instances: decode_rows(rows, shown)?,
         removed: Vec::new(),
         version,
     })
 }
 
-/// The `(name, body)` rows of a query, undecoded.
-fn read_rows(mut rows: rusqlite::Rows<'_>, shown: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+/// A `(name, body)` row, undecoded.
+type Row = (String, Vec<u8>);
+
+/// Reads the `(name, body)` rows of a query and hands each, decoded and
+/// its name checked against its document, to `sink`.
+///
+/// Decoding is most of a cold start's work (65,536 instances), so it runs
+/// on up to [`MAX_DECODE_THREADS`] threads while this one goes on reading
+/// rows and hands the decoded ones to `sink` (which registers them) as
+/// they come: reading, decoding and registering overlap.
+fn stream_rows(mut rows: rusqlite::Rows<'_>, shown: &str, sink: Sink<'_>) -> Result<(), String> {
     let damaged = |e: rusqlite::Error| {
         format!("{shown}: {e} (damaged state; restore the state directory from a backup)")
     };
-    let mut read = Vec::new();
-    while let Some(row) = rows.next().map_err(damaged)? {
-        let name: String = row.get(0).map_err(damaged)?;
-        // Text or blob alike: what matters is whether it decodes.
-        let body = row
-            .get_ref(1)
-            .and_then(|value| value.as_bytes().map_err(rusqlite::Error::from))
-            .map_err(damaged)?
-            .to_vec();
-        read.push((name, body));
-    }
-    Ok(read)
-}
-
-/// Decodes rows, each name checked against its document, on up to
-/// [`MAX_DECODE_THREADS`] threads: decoding is most of a cold start's work
-/// (65,536 instances), and it parallelizes perfectly.
-fn decode_rows(rows: Vec<(String, Vec<u8>)>, shown: &str) -> Result<Vec<StoredInstance>, String> {
-    let decode = |(name, body): &(String, Vec<u8>)| -> Result<StoredInstance, String> {
+    let decode = |(name, body): &Row| -> Result<StoredInstance, String> {
         let stored = StoredInstance::decode(body)
             .map_err(|problem| format!("{shown}: instance {name:?}: {problem}"))?;
         if !valid_instance_name(name) || stored.instance.name != *name {
@@ -412,23 +462,65 @@ fn decode_rows(rows: Vec<(String, Vec<u8>)>, shown: &str) -> Result<Vec<StoredIn
     let threads = thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(MAX_DECODE_THREADS);
-    if threads == 1 || rows.len() < DECODE_CHUNK_MIN {
-        return rows.iter().map(decode).collect();
-    }
-    let chunk = rows.len().div_ceil(threads);
+    let (raw_tx, raw_rx) = mpsc::sync_channel::<Vec<Row>>(threads * 2);
+    let raw_rx = std::sync::Mutex::new(raw_rx);
+    let (decoded_tx, decoded_rx) = mpsc::channel::<Result<Vec<StoredInstance>, String>>();
     thread::scope(|scope| {
-        let parts: Vec<_> = rows
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(decode).collect::<Result<Vec<_>, _>>()))
-            .collect();
-        let mut decoded = Vec::with_capacity(rows.len());
-        for part in parts {
-            decoded.extend(
-                part.join()
-                    .map_err(|_| format!("{shown}: decoding panicked"))??,
-            );
+        for _ in 0..threads {
+            let (raw_rx, decoded_tx) = (&raw_rx, decoded_tx.clone());
+            scope.spawn(move || {
+                loop {
+                    let chunk = match raw_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(chunk) = chunk else { return };
+                    let decoded = chunk.iter().map(decode).collect();
+                    if decoded_tx.send(decoded).is_err() {
+                        return;
+                    }
+                }
+            });
         }
-        Ok(decoded)
+        drop(decoded_tx);
+        let mut deliver = |decoded: Result<Vec<StoredInstance>, String>| -> Result<(), String> {
+            decoded?.into_iter().try_for_each(&mut *sink)
+        };
+        let mut chunk = Vec::with_capacity(DECODE_CHUNK);
+        let read = (|| -> Result<(), String> {
+            while let Some(row) = rows.next().map_err(damaged)? {
+                let name: String = row.get(0).map_err(damaged)?;
+                // Text or blob alike: what matters is whether it decodes.
+                let body = row
+                    .get_ref(1)
+                    .and_then(|value| value.as_bytes().map_err(rusqlite::Error::from))
+                    .map_err(damaged)?
+                    .to_vec();
+                chunk.push((name, body));
+                if chunk.len() == DECODE_CHUNK {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(DECODE_CHUNK));
+                    raw_tx
+                        .send(full)
+                        .map_err(|_| format!("{shown}: the decoding threads stopped"))?;
+                    while let Ok(decoded) = decoded_rx.try_recv() {
+                        deliver(decoded)?;
+                    }
+                }
+            }
+            if !chunk.is_empty() {
+                raw_tx
+                    .send(chunk)
+                    .map_err(|_| format!("{shown}: the decoding threads stopped"))?;
+            }
+            Ok(())
+        })();
+        // No more rows: the decoders finish what they have, then stop.
+        drop(raw_tx);
+        read?;
+        for decoded in decoded_rx {
+            deliver(decoded)?;
+        }
+        Ok(())
     })
 }
 
@@ -536,8 +628,8 @@ impl StateDir {
         Ok(())
     }
 
-    /// The instances written and removed after version `since`.
-    fn changes_since(&self, since: u64) -> Result<Loaded, String> {
+    /// The instances written (to `sink`) and removed after version `since`.
+    fn changes_since(&self, since: u64, sink: Sink<'_>) -> Result<Loaded, String> {
         let shown = self.path.display().to_string();
         let damaged = |e: rusqlite::Error| {
             format!("{shown}: {e} (damaged state; restore the state directory from a backup)")
@@ -547,8 +639,7 @@ impl StateDir {
             .db
             .prepare("SELECT name, body FROM instances WHERE version > ?1")
             .map_err(damaged)?;
-        let rows = read_rows(query.query(params![since]).map_err(damaged)?, &shown)?;
-        let instances = decode_rows(rows, &shown)?;
+        stream_rows(query.query(params![since]).map_err(damaged)?, &shown, sink)?;
         let mut query = self
             .db
             .prepare("SELECT name FROM removed WHERE version > ?1")
@@ -558,7 +649,6 @@ impl StateDir {
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<String>>>())
             .map_err(damaged)?;
         Ok(Loaded {
-            instances,
             removed,
             version: self.version,
         })
@@ -760,6 +850,21 @@ mod tests {
         .unwrap()
     }
 
+    /// [`open`], with the instances collected.
+    fn load(dir: &Path, since: Option<u64>) -> (StateDir, Vec<StoredInstance>, Loaded) {
+        let mut instances = Vec::new();
+        let (state, loaded) = open(dir, since, &mut |stored| {
+            instances.push(stored);
+            Ok(())
+        })
+        .unwrap();
+        (state, instances, loaded)
+    }
+
+    fn try_open(dir: &Path) -> Result<StateDir, String> {
+        open(dir, None, &mut |_| Ok(())).map(|(state, _)| state)
+    }
+
     /// Submits `jobs` and waits until they are all committed.
     fn write_all(state: StateDir, jobs: Vec<Job>) {
         let (tx, rx) = mpsc::channel();
@@ -790,10 +895,34 @@ mod tests {
     }
 
     #[test]
+    fn documents_leave_out_defaults_and_decode_to_the_same_instance() {
+        for json in [
+            r#"{"name":"a","match":{"uid_range":[1000,10]}}"#,
+            r#"{"name":"b","type":"virtual-machine","location":"l","cloud_init_id":"x",
+                "match":{"cgroup":"/c"},"root_uid":7,"guest_access":"any",
+                "config":{"user.a":"1"},"devices":{"eth0":{"type":"nic"}}}"#,
+        ] {
+            let spec: InstanceSpec = serde_json::from_str(json).unwrap();
+            let spec = spec.validate("host1").unwrap();
+            let bytes = StoredInstance::encode(&spec, GuestState::Ready, Some(9));
+            let back = StoredInstance::decode(&bytes).unwrap();
+            assert_eq!(back.instance, spec, "{}", String::from_utf8_lossy(&bytes));
+            assert_eq!((back.state, back.pidns), (GuestState::Ready, Some(9)));
+        }
+        let spec: InstanceSpec =
+            serde_json::from_str(r#"{"name":"a","match":{"uid_range":[1000,10]}}"#).unwrap();
+        let bytes = StoredInstance::encode(&spec.validate("h").unwrap(), GuestState::Started, None);
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            r#"{"version":1,"instance":{"name":"a","location":"h","match":{"uid_range":[1000,10]}},"state":"Started"}"#
+        );
+    }
+
+    #[test]
     fn writes_coalesces_removes_and_reloads() {
         let dir = temp_dir();
-        let (state, loaded) = open(&dir, None).unwrap();
-        assert!(loaded.instances.is_empty());
+        let (state, loaded, _) = load(&dir, None);
+        assert!(loaded.is_empty());
         write_all(
             state,
             vec![
@@ -802,9 +931,9 @@ mod tests {
                 Job::Remove { name: "b".into() },
             ],
         );
-        let (_state, loaded) = open(&dir, None).unwrap();
-        assert_eq!(loaded.instances.len(), 1);
-        let a = &loaded.instances[0];
+        let (_state, loaded, _) = load(&dir, None);
+        assert_eq!(loaded.len(), 1);
+        let a = &loaded[0];
         assert_eq!(a.instance.name, "a");
         assert_eq!(a.state, GuestState::Ready);
         assert_eq!(a.instance.rule, MatchRule::UidRange(1000, 1));
@@ -814,15 +943,21 @@ mod tests {
     #[test]
     fn a_snapshot_catches_up_on_the_changes_made_after_it() {
         let dir = temp_dir();
-        let (state, _) = open(&dir, None).unwrap();
+        let (state, _, _) = load(&dir, None);
         write_all(
             state,
             vec![put("a", GuestState::Started), put("b", GuestState::Started)],
         );
         // A successor reads while its predecessor still holds the lock...
-        let (state, _) = open(&dir, None).unwrap();
-        let snap = snapshot(&dir).unwrap().expect("a snapshot");
-        assert_eq!(snap.instances.len(), 2);
+        let (state, _, _) = load(&dir, None);
+        let mut read = 0;
+        let snap = snapshot(&dir, &mut |_| {
+            read += 1;
+            Ok(())
+        })
+        .unwrap()
+        .expect("a snapshot");
+        assert_eq!(read, 2);
         // ... which goes on writing ...
         write_all(
             state,
@@ -833,12 +968,8 @@ mod tests {
             ],
         );
         // ... then lets go: the successor reads exactly what changed.
-        let (_state, caught) = open(&dir, Some(snap.version)).unwrap();
-        let mut names: Vec<&str> = caught
-            .instances
-            .iter()
-            .map(|s| s.instance.name.as_str())
-            .collect();
+        let (_state, changed, caught) = load(&dir, Some(snap.version));
+        let mut names: Vec<&str> = changed.iter().map(|s| s.instance.name.as_str()).collect();
         names.sort();
         assert_eq!(names, ["a", "c"]);
         assert_eq!(caught.removed, ["b"]);
@@ -866,19 +997,17 @@ mod tests {
         }
         fs::write(legacy.join("c.json.tmp"), "half").unwrap();
         assert_eq!(dump(&dir).unwrap().len(), 2, "dump reads the old layout");
-        assert!(snapshot(&dir).unwrap().is_none(), "only open converts");
-        let (state, loaded) = open(&dir, None).unwrap();
-        assert_eq!(loaded.instances.len(), 2);
         assert!(
-            loaded
-                .instances
-                .iter()
-                .all(|s| s.state == GuestState::Ready)
+            snapshot(&dir, &mut |_| Ok(())).unwrap().is_none(),
+            "only open converts"
         );
+        let (state, loaded, _) = load(&dir, None);
+        assert_eq!(loaded.len(), 2);
+        assert!(loaded.iter().all(|s| s.state == GuestState::Ready));
         assert!(!legacy.exists());
         drop(state);
-        let (_state, loaded) = open(&dir, None).unwrap();
-        assert_eq!(loaded.instances.len(), 2);
+        let (_state, loaded, _) = load(&dir, None);
+        assert_eq!(loaded.len(), 2);
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -900,14 +1029,14 @@ mod tests {
             ("notes.txt", "hi", "unexpected file"),
         ] {
             fs::write(legacy.join(file), text).unwrap();
-            let err = open(&dir, None).unwrap_err();
+            let err = try_open(&dir).unwrap_err();
             assert!(err.contains(file) && err.contains(needle), "{err}");
             fs::remove_file(legacy.join(file)).unwrap();
         }
         fs::remove_dir(&legacy).unwrap();
 
         // A row that does not decode names the database and the instance.
-        let (state, _) = open(&dir, None).unwrap();
+        let (state, _, _) = load(&dir, None);
         write_all(
             state,
             vec![Job::Write {
@@ -915,7 +1044,7 @@ mod tests {
                 bytes: b"{\"version\":1".to_vec(),
             }],
         );
-        let err = open(&dir, None).unwrap_err();
+        let err = try_open(&dir).unwrap_err();
         assert!(
             err.contains(DB_FILE)
                 && err.contains("instance \"bad\"")
@@ -926,7 +1055,7 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join(DB_FILE), vec![0x5a; 8192]).unwrap();
-        let err = open(&dir, None).unwrap_err();
+        let err = try_open(&dir).unwrap_err();
         assert!(
             err.contains(DB_FILE) && err.contains("damaged state"),
             "{err}"
@@ -937,8 +1066,8 @@ mod tests {
     #[test]
     fn a_second_server_on_the_same_directory_is_refused() {
         let dir = temp_dir();
-        let first = open(&dir, None).unwrap();
-        let err = open(&dir, None).unwrap_err();
+        let first = try_open(&dir).unwrap();
+        let err = try_open(&dir).unwrap_err();
         assert!(err.contains("in use by another guestsock"), "{err}");
         drop(first);
         fs::remove_dir_all(&dir).unwrap();

@@ -135,14 +135,11 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     let (activated, handed_over, since) = match activation::take_handoff()? {
         Some(mut handoff) => {
             let sockets = handoff.receive_sockets()?;
-            let since = match store::snapshot(&config.state_dir)? {
-                Some(loaded) => {
-                    restore_all(&mut registry, loaded.instances, &db)?;
-                    Some(loaded.version)
-                }
-                // The previous release's layout: only read once released.
-                None => None,
-            };
+            let since = store::snapshot(&config.state_dir, &mut |stored| {
+                restore(&mut registry, stored, &db)
+            })?
+            // The previous release's layout: only read once released.
+            .map(|loaded| loaded.version);
             handoff.say_loaded()?;
             handoff.wait_released()?;
             log::info(format_args!(
@@ -152,21 +149,24 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         }
         None => (activation::listen_fds()?, false, None),
     };
-    let (state, loaded) = store::open(&config.state_dir, since)?;
+    let mut changed = 0;
+    let (state, loaded) = store::open(&config.state_dir, since, &mut |stored| {
+        // After a snapshot, a changed instance replaces the version read.
+        if since.is_some() {
+            registry.remove(&stored.instance.name);
+            changed += 1;
+        }
+        restore(&mut registry, stored, &db)
+    })?;
     if since.is_some() {
-        let changed = loaded.instances.len() + loaded.removed.len();
-        for name in loaded
-            .removed
-            .iter()
-            .chain(loaded.instances.iter().map(|s| &s.instance.name))
-        {
+        for name in &loaded.removed {
             registry.remove(name);
         }
         log::info(format_args!(
-            "caught up on {changed} change(s) made while this process read the state"
+            "caught up on {} change(s) made while this process read the state",
+            changed + loaded.removed.len()
         ));
     }
-    restore_all(&mut registry, loaded.instances, &db)?;
     let restored: std::collections::HashSet<String> =
         registry.iter().map(|(_, i)| i.spec.name.clone()).collect();
     let mut seeded = Vec::new();
@@ -294,26 +294,24 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     result
 }
 
-/// Registers instances read from the state directory (`db`, named in
+/// Registers an instance read from the state directory (`db`, named in
 /// errors).
-fn restore_all(
+fn restore(
     registry: &mut Registry,
-    stored: Vec<store::StoredInstance>,
+    stored: store::StoredInstance,
     db: &Path,
 ) -> Result<(), String> {
-    for stored in stored {
-        let name = stored.instance.name.clone();
-        let (_, warning) = registry
-            .restore(stored.instance, stored.state, stored.pidns)
-            .map_err(|e| {
-                format!(
-                    "{}: instance {name:?} cannot be restored: {e}",
-                    db.display()
-                )
-            })?;
-        if let Some(warning) = warning {
-            log::warn(format_args!("{warning}"));
-        }
+    let name = stored.instance.name.clone();
+    let (_, warning) = registry
+        .restore(stored.instance, stored.state, stored.pidns)
+        .map_err(|e| {
+            format!(
+                "{}: instance {name:?} cannot be restored: {e}",
+                db.display()
+            )
+        })?;
+    if let Some(warning) = warning {
+        log::warn(format_args!("{warning}"));
     }
     Ok(())
 }
