@@ -33,6 +33,11 @@ fi
 if ! /usr/bin/python3 -c 'import cloudinit.sources.DataSourceLXD' 2>/dev/null; then
     missing+=(cloud-init)
 fi
+# Debian's docker.io (dockerd and its own 20.10 client, /usr/bin/docker) for
+# the Docker watcher's test, which starts a dockerd of its own.
+if ! command -v dockerd >/dev/null || [ ! -x /usr/bin/docker ]; then
+    missing+=(docker.io)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -174,6 +174,13 @@ pub enum Command {
         #[command(subcommand)]
         runtime: HookRuntime,
     },
+    /// Follow a container engine that has no hooks, registering its containers as they start
+    #[command(subcommand_required = true)]
+    Watch {
+        /// Which engine.
+        #[command(subcommand)]
+        engine: WatchEngine,
+    },
     /// The server's counters, for a person (GET /1.0/metrics on the admin socket for Prometheus)
     #[command(alias = "top")]
     Stats {
@@ -479,6 +486,35 @@ pub enum HookRuntime {
     },
 }
 
+/// `guestsock watch ...`: one command per engine followed.
+#[derive(Debug, PartialEq, Subcommand)]
+pub enum WatchEngine {
+    /// Follow the Docker engine: register each container as it starts, remove it when it stops
+    #[command(
+        long_about = "Follow the Docker engine: register each container as it starts, remove \
+        it when it stops.\n\nFollows the engine's events on its unix socket: registers each \
+        container as it starts (matched by its cgroup, or its pid namespace where it has no \
+        cgroup of its own; its config from the labels io.guestsock.config.<key>, its devices \
+        from io.guestsock.device.<device>.<field>, its name from io.guestsock.name or the \
+        container's name), removes it when it dies or is removed, and reconciles with the running \
+        containers at start and after losing the engine. Runs until stopped; meant to run as a \
+        service (dist/guestsock-docker-watch.service). Docker has no hook stage, so a \
+        container's first command may run before it is registered: see docs/mounting.md."
+    )]
+    Docker {
+        /// `--docker-socket`.
+        #[arg(
+            long,
+            value_name = "PATH",
+            help = "The Docker engine's socket [default: DOCKER_HOST's unix:// path, else /var/run/docker.sock]"
+        )]
+        docker_socket: Option<PathBuf>,
+        /// The admin socket.
+        #[command(flatten)]
+        admin: AdminArg,
+    },
+}
+
 /// The flags every hook takes.
 #[derive(Debug, PartialEq, Args)]
 pub struct HookArgs {
@@ -727,6 +763,18 @@ pub fn run(invocation: Invocation) -> Result<(), String> {
             Report::new(client.json, quiet),
         ),
         Command::Hook { runtime } => hook(runtime),
+        Command::Watch {
+            engine:
+                WatchEngine::Docker {
+                    docker_socket,
+                    admin,
+                },
+        } => {
+            use crate::runtime::docker;
+            let socket = docker::engine_socket(docker_socket.as_deref())
+                .map_err(|e| format!("watch docker: {e}"))?;
+            docker::watch(&admin.admin, &socket)
+        }
         Command::Dump { state_dir } => dump(&state_dir),
         Command::Completions { shell } => {
             // Into memory first: clap_complete panics on a failed write.

@@ -383,6 +383,71 @@ pub const MAX_HOOK_INPUT_BYTES: u64 = 1024 * 1024;
 /// bytes: 16 MiB (only when the runtime's state leaves them out).
 pub const MAX_OCI_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Largest response head `guestsock watch docker` reads from the Docker
+/// engine, in bytes: 16 KiB.
+///
+/// The engine's heads are a status line and fewer than ten short headers
+/// (about 300 bytes); a head past this is not the engine's and the call
+/// fails instead of buffering it.
+pub const DOCKER_MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Largest answer body the Docker watcher reads from the engine, in bytes:
+/// 64 MiB.
+///
+/// The largest answer is `GET /containers/json` on a dense host: about
+/// 2 KiB per running container (its labels, ports and mounts), so 10,000
+/// containers fit three times over; a container's own `inspect` is a few
+/// KiB. A larger answer fails the call rather than growing without end.
+pub const DOCKER_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Largest single event on the engine's event stream, and so the largest
+/// chunk of that stream, in bytes: 1 MiB.
+///
+/// An event is one JSON line carrying the container's labels (a few hundred
+/// bytes usually); Docker writes each as one chunk. A longer line or chunk
+/// ends the stream, and the watcher reconnects and reconciles, so nothing
+/// is missed because of it.
+pub const DOCKER_MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// Longest chunk-size line (with its extensions) or trailer section of a
+/// chunked answer from the engine, in bytes: 4 KiB.
+///
+/// Docker sends a bare hexadecimal size and no trailers; the bound keeps a
+/// line that never ends from being buffered.
+pub const DOCKER_MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
+
+/// Engine events read but not yet handled by the Docker watcher: 16,384.
+///
+/// A reader thread drains the stream while the watcher inspects and
+/// registers (a reconcile of thousands of containers takes seconds), since
+/// the engine drops events for a subscriber that stops reading for 100 ms
+/// with 1,024 queued. Past this queue the watcher drops the stream, then
+/// reconnects and reconciles, so a burst costs a reconcile, never an event.
+pub const DOCKER_EVENT_QUEUE: usize = 16 * 1024;
+
+/// How long the Docker watcher waits for the engine to answer one call
+/// (`inspect`, the container list): 30 s.
+///
+/// The engine answers in milliseconds; an engine that hangs is treated as
+/// lost (reconnect and reconcile) rather than stalling every container's
+/// registration behind it.
+pub const DOCKER_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// First wait before the Docker watcher reconnects to a lost engine: 100 ms.
+///
+/// A restarting engine (`systemctl restart docker`) is back within a
+/// second or two; the wait doubles from here up to
+/// [`DOCKER_RECONNECT_MAX`].
+pub const DOCKER_RECONNECT_FIRST: Duration = Duration::from_millis(100);
+
+/// Longest wait between two attempts to reach the engine (or the admin
+/// socket) again: 5 s.
+///
+/// Containers started while the engine is unreachable are registered by
+/// the reconcile that follows the reconnection, so this bounds how long
+/// they may wait for it after the engine is back.
+pub const DOCKER_RECONNECT_MAX: Duration = Duration::from_secs(5);
+
 /// Pages (4 KiB each) the state database's write-ahead log may hold before
 /// it is copied back into the database: 256, 1 MiB.
 ///

@@ -309,6 +309,7 @@ fn every_command_and_subcommand_answers_help() {
         "stats",
         "hook oci",
         "hook lxc",
+        "watch docker",
         "completions",
         "man",
     ] {

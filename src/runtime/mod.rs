@@ -12,6 +12,7 @@
 //! registered. Each runtime's own input (the OCI state, LXC's environment,
 //! Docker's API) is its submodule's business.
 
+pub mod docker;
 pub mod lxc;
 pub mod oci;
 

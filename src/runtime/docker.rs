@@ -1,0 +1,1790 @@
+//! `guestsock watch docker`: Docker has no hook stage, so this follows the
+//! Docker engine's event stream on its unix socket and registers each
+//! container when it starts, removes it when it dies or is destroyed, and
+//! reconciles with the containers that are running whenever it (re)connects,
+//! so that nothing is missed or left behind.
+//!
+//! Owns the small HTTP/1.1 client that speaks the Docker Engine API (three
+//! `GET`s: `/events`, `/containers/json`, `/containers/{id}/json`), its pure
+//! parsers (response head, chunked transfer coding, event lines, inspect
+//! answers) and the watcher loop. It does not own what an instance is made
+//! of (cgroup or pid-namespace rule, `root_uid`, labels to config): that is
+//! [`super::describe`]'s, through [`super::register`], exactly as for the
+//! OCI and LXC hooks.
+//!
+//! Every size the engine sends is bounded (`DOCKER_*` in [`crate::limits`]);
+//! there is no async runtime: one thread reads the event stream, the other
+//! inspects and registers.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+use super::{Container, LABEL_PREFIX, Runtime, RuntimeError, Start};
+use crate::client::{ClientError, encode_segment};
+use crate::limits::{
+    DOCKER_CALL_TIMEOUT, DOCKER_EVENT_QUEUE, DOCKER_MAX_BODY_BYTES, DOCKER_MAX_CHUNK_LINE_BYTES,
+    DOCKER_MAX_EVENT_BYTES, DOCKER_MAX_HEAD_BYTES, DOCKER_RECONNECT_FIRST, DOCKER_RECONNECT_MAX,
+    MAX_REPLY_HEADERS, READ_CHUNK_BYTES,
+};
+use crate::log;
+
+/// The engine's socket when neither `--docker-socket` nor `DOCKER_HOST`
+/// names one: where every Docker package puts it.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// The variable the Docker client reads the engine's address from; the
+/// watcher honours its `unix://` form.
+pub const DOCKER_HOST_ENV: &str = "DOCKER_HOST";
+
+/// How far before the subscription the watcher asks the engine to replay
+/// events from (`since`): 1 s.
+///
+/// The engine sends the answer's head *before* it subscribes the caller
+/// (moby's `getEvents` flushes, then calls `SubscribeToEvents`), so a head
+/// alone does not prove that what happens next is seen. Events since a
+/// time are replayed from the engine's buffer atomically with the
+/// subscription, so asking for those since just before connecting closes
+/// that gap; the margin covers a clock read a little late. Replayed events
+/// are handled again, which is harmless: registering is a replace and
+/// events come in order.
+const REPLAY_MARGIN: Duration = Duration::from_secs(1);
+
+/// The events the watcher subscribes to, as the engine's `filters`
+/// parameter: container starts, deaths, removals and renames.
+const EVENT_FILTERS: &str = r#"{"type":["container"],"event":["start","die","destroy","rename"]}"#;
+
+/// Why a call to the Docker engine failed. Each variant says whose fault it
+/// is; the watcher treats every one of them as "the engine is lost":
+/// reconnect, then reconcile.
+#[derive(Debug)]
+pub enum DockerError {
+    /// Nothing could be connected to at the engine's socket: the engine is
+    /// not running, or the path is wrong (the operator's to fix).
+    Connect {
+        /// The socket's path.
+        socket: PathBuf,
+        /// What `connect` said.
+        source: io::Error,
+    },
+    /// Sending to or reading from the engine failed, or timed out after
+    /// [`DOCKER_CALL_TIMEOUT`] (the engine went away or hangs).
+    Io(io::Error),
+    /// The engine closed the connection before the answer was complete, or
+    /// ended the event stream (it is stopping).
+    Closed,
+    /// The answer is not HTTP as the engine writes it; says what is wrong.
+    /// Something other than the engine answers on the socket.
+    NotHttp(&'static str),
+    /// The answer's head is longer than [`DOCKER_MAX_HEAD_BYTES`].
+    HeadTooLarge {
+        /// The bound.
+        limit: usize,
+    },
+    /// The answer's body is longer than [`DOCKER_MAX_BODY_BYTES`].
+    BodyTooLarge {
+        /// The bound.
+        limit: usize,
+    },
+    /// A chunked body that breaks RFC 9112 section 7.1; says what is wrong.
+    BadChunk(&'static str),
+    /// A chunk, or a chunk-size line, longer than the caller's bound.
+    ChunkTooLarge {
+        /// The bound.
+        limit: usize,
+    },
+    /// An event line longer than [`DOCKER_MAX_EVENT_BYTES`].
+    EventTooLarge {
+        /// The bound.
+        limit: usize,
+    },
+    /// The engine answered with an error status and this message.
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The engine's `message`, or its body.
+        message: String,
+    },
+    /// An answer or event whose JSON is not the documented shape.
+    BadJson {
+        /// Which answer.
+        what: &'static str,
+        /// What serde said.
+        reason: String,
+    },
+    /// The watcher fell [`DOCKER_EVENT_QUEUE`] events behind the stream;
+    /// it reconnects and reconciles rather than lose any.
+    QueueFull {
+        /// The bound.
+        limit: usize,
+    },
+    /// `DOCKER_HOST` names an engine that is not on a unix socket (the
+    /// operator's to fix: give `--docker-socket`).
+    NotUnix(String),
+}
+
+impl fmt::Display for DockerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DockerError::Connect { socket, source } => {
+                write!(f, "cannot connect to {}: {source}", socket.display())
+            }
+            DockerError::Io(e) => write!(f, "talking to the engine failed: {e}"),
+            DockerError::Closed => f.write_str("the engine closed the connection"),
+            DockerError::NotHttp(why) => write!(f, "the engine's answer is not HTTP: {why}"),
+            DockerError::HeadTooLarge { limit } => {
+                write!(f, "the engine's answer head is longer than {limit} bytes")
+            }
+            DockerError::BodyTooLarge { limit } => {
+                write!(f, "the engine's answer is longer than {limit} bytes")
+            }
+            DockerError::BadChunk(why) => write!(f, "bad chunked encoding from the engine: {why}"),
+            DockerError::ChunkTooLarge { limit } => {
+                write!(f, "a chunk from the engine is longer than {limit} bytes")
+            }
+            DockerError::EventTooLarge { limit } => {
+                write!(f, "an event from the engine is longer than {limit} bytes")
+            }
+            DockerError::Refused { status, message } => {
+                write!(f, "the engine answered {status}: {message}")
+            }
+            DockerError::BadJson { what, reason } => {
+                write!(
+                    f,
+                    "the engine's {what} is not what its API documents: {reason}"
+                )
+            }
+            DockerError::QueueFull { limit } => write!(
+                f,
+                "{limit} engine events are waiting to be handled; catching up by reconciling"
+            ),
+            DockerError::NotUnix(host) => write!(
+                f,
+                "{DOCKER_HOST_ENV}={host} is not a unix socket (unix:///path): \
+                 give the engine's socket with --docker-socket"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DockerError {}
+
+/// The engine's socket: `--docker-socket` if given, else `DOCKER_HOST`'s
+/// `unix://` path, else [`DEFAULT_DOCKER_SOCKET`].
+pub fn engine_socket(flag: Option<&Path>) -> Result<PathBuf, DockerError> {
+    if let Some(path) = flag {
+        return Ok(path.to_path_buf());
+    }
+    match std::env::var(DOCKER_HOST_ENV) {
+        Ok(host) if !host.is_empty() => socket_from_docker_host(&host),
+        _ => Ok(PathBuf::from(DEFAULT_DOCKER_SOCKET)),
+    }
+}
+
+/// The socket path of a `DOCKER_HOST` value, which must be `unix://PATH`:
+/// an engine reached over `tcp://` or `ssh://` may run on another host,
+/// whose pids and cgroups mean nothing in this one's `/proc`.
+pub fn socket_from_docker_host(host: &str) -> Result<PathBuf, DockerError> {
+    match host.strip_prefix("unix://") {
+        Some(path) if path.starts_with('/') => Ok(PathBuf::from(path)),
+        _ => Err(DockerError::NotUnix(host.to_owned())),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pure parsers: bytes in, "complete (with bytes used)", "need more" or an
+// error out; no I/O.
+
+/// How an answer's body ends (RFC 9112 section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Transfer-Encoding: chunked`: chunks up to the last one.
+    Chunked,
+    /// `Content-Length`: exactly this many bytes.
+    Length(usize),
+    /// Neither: the body lasts until the engine closes.
+    UntilClose,
+}
+
+/// An answer's head, as far as the watcher needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The status code.
+    pub status: u16,
+    /// How the body ends.
+    pub framing: Framing,
+}
+
+/// Parses an answer head at the start of `buf`: `Ok(Some((used, head)))`
+/// once complete, `Ok(None)` if more bytes are needed.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, DockerError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_REPLY_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let used = match response.parse(buf) {
+        Ok(httparse::Status::Complete(used)) => used,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > DOCKER_MAX_HEAD_BYTES {
+                return Err(DockerError::HeadTooLarge {
+                    limit: DOCKER_MAX_HEAD_BYTES,
+                });
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(DockerError::NotHttp("too many header fields"));
+        }
+        Err(_) => return Err(DockerError::NotHttp("malformed head")),
+    };
+    if used > DOCKER_MAX_HEAD_BYTES {
+        return Err(DockerError::HeadTooLarge {
+            limit: DOCKER_MAX_HEAD_BYTES,
+        });
+    }
+    let status = response.code.ok_or(DockerError::NotHttp("no status"))?;
+    let mut chunked = None;
+    let mut length: Option<usize> = None;
+    for header in response.headers.iter() {
+        if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            // RFC 9112 6.3: chunked is the final coding, or the body lasts
+            // until the connection closes.
+            let last = header
+                .value
+                .split(|&b| b == b',')
+                .next_back()
+                .map(|coding| coding.trim_ascii());
+            chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+        } else if header.name.eq_ignore_ascii_case("content-length") {
+            let value = std::str::from_utf8(header.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or(DockerError::NotHttp("bad Content-Length"))?;
+            // RFC 9112 6.3: differing lengths make the message invalid.
+            if length.is_some_and(|l| l != value) {
+                return Err(DockerError::NotHttp("conflicting Content-Length"));
+            }
+            length = Some(value);
+        }
+    }
+    // RFC 9112 6.3: Transfer-Encoding overrides Content-Length.
+    let framing = match (chunked, length) {
+        (Some(true), _) => Framing::Chunked,
+        (Some(false), _) => Framing::UntilClose,
+        (None, Some(length)) => Framing::Length(length),
+        (None, None) => Framing::UntilClose,
+    };
+    Ok(Some((used, Head { status, framing })))
+}
+
+/// One step of a chunked body (RFC 9112 section 7.1), found at the start
+/// of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// A chunk whose data is `buf[start..end]`; the chunk with its size
+    /// line and final CRLF takes `used` bytes.
+    Data {
+        /// Where the data starts.
+        start: usize,
+        /// Where it ends.
+        end: usize,
+        /// The whole chunk's length.
+        used: usize,
+    },
+    /// The last chunk (size 0) with its trailer section and the blank line
+    /// that ends the body: `used` bytes.
+    Last {
+        /// Its length.
+        used: usize,
+    },
+}
+
+/// The line at the start of `buf` (without its CRLF, a bare LF accepted as
+/// RFC 9112 2.2 allows) and the bytes it takes with its terminator, or
+/// `None` if it is not complete; a line longer than `limit` is an error.
+fn line(buf: &[u8], limit: usize) -> Result<Option<(&[u8], usize)>, DockerError> {
+    match buf.iter().take(limit + 2).position(|&b| b == b'\n') {
+        Some(lf) => {
+            let text = &buf[..lf];
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            if text.len() > limit {
+                return Err(DockerError::ChunkTooLarge { limit });
+            }
+            Ok(Some((text, lf + 1)))
+        }
+        None if buf.len() > limit + 1 => Err(DockerError::ChunkTooLarge { limit }),
+        None => Ok(None),
+    }
+}
+
+/// Parses one chunk at the start of `buf`, whose data may be at most
+/// `max_size` bytes: `Ok(None)` if more bytes are needed.
+pub fn parse_chunk(buf: &[u8], max_size: usize) -> Result<Option<Chunk>, DockerError> {
+    let Some((size_line, size_used)) = line(buf, DOCKER_MAX_CHUNK_LINE_BYTES)? else {
+        return Ok(None);
+    };
+    // chunk-size = 1*HEXDIG, then optional BWS ";" extensions, ignored.
+    let digits = size_line
+        .iter()
+        .take_while(|b| b.is_ascii_hexdigit())
+        .count();
+    if digits == 0 {
+        return Err(DockerError::BadChunk("chunk size is not hexadecimal"));
+    }
+    let rest = size_line[digits..].trim_ascii_start();
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(DockerError::BadChunk("junk after the chunk size"));
+    }
+    let mut size: usize = 0;
+    for &digit in &size_line[..digits] {
+        let value = char::from(digit).to_digit(16).unwrap_or(0) as usize;
+        size = size
+            .checked_mul(16)
+            .and_then(|s| s.checked_add(value))
+            .filter(|&s| s <= max_size)
+            .ok_or(DockerError::ChunkTooLarge { limit: max_size })?;
+    }
+    if size == 0 {
+        // last-chunk, then trailer fields up to an empty line.
+        let mut used = size_used;
+        loop {
+            let budget = DOCKER_MAX_CHUNK_LINE_BYTES.saturating_sub(used - size_used);
+            let Some((field, field_used)) = line(&buf[used..], budget)? else {
+                return Ok(None);
+            };
+            used += field_used;
+            if field.is_empty() {
+                return Ok(Some(Chunk::Last { used }));
+            }
+        }
+    }
+    let start = size_used;
+    let end = start + size;
+    if buf.len() < end + 2 {
+        if buf.len() > end && buf[end] != b'\r' {
+            return Err(DockerError::BadChunk("chunk data not followed by CRLF"));
+        }
+        return Ok(None);
+    }
+    if &buf[end..end + 2] != b"\r\n" {
+        return Err(DockerError::BadChunk("chunk data not followed by CRLF"));
+    }
+    Ok(Some(Chunk::Data {
+        start,
+        end,
+        used: end + 2,
+    }))
+}
+
+/// Decodes a chunked body fed in pieces as they are read; holds at most one
+/// chunk of undecoded bytes.
+#[derive(Debug)]
+pub struct Dechunker {
+    /// Bytes read but not yet decoded (part of one chunk).
+    pending: Vec<u8>,
+    /// The largest chunk accepted.
+    max_chunk: usize,
+    /// Whether the last chunk has been seen.
+    done: bool,
+}
+
+impl Dechunker {
+    /// A decoder taking chunks of at most `max_chunk` bytes.
+    pub fn new(max_chunk: usize) -> Dechunker {
+        Dechunker {
+            pending: Vec::new(),
+            max_chunk,
+            done: false,
+        }
+    }
+
+    /// Feeds `input`, appending the data of every complete chunk to `out`.
+    /// Bytes after the last chunk are an error (one answer per connection).
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), DockerError> {
+        if self.done {
+            if input.is_empty() {
+                return Ok(());
+            }
+            return Err(DockerError::BadChunk("bytes after the last chunk"));
+        }
+        self.pending.extend_from_slice(input);
+        let mut offset = 0;
+        loop {
+            match parse_chunk(&self.pending[offset..], self.max_chunk)? {
+                Some(Chunk::Data { start, end, used }) => {
+                    out.extend_from_slice(&self.pending[offset + start..offset + end]);
+                    offset += used;
+                }
+                Some(Chunk::Last { used }) => {
+                    offset += used;
+                    self.done = true;
+                    if offset != self.pending.len() {
+                        return Err(DockerError::BadChunk("bytes after the last chunk"));
+                    }
+                    break;
+                }
+                None => break,
+            }
+        }
+        self.pending.drain(..offset);
+        Ok(())
+    }
+
+    /// Whether the body is complete (the last chunk was decoded).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+/// Splits a byte stream into `\n`-terminated lines (the engine writes one
+/// JSON event per line), holding at most one line of `max` bytes.
+#[derive(Debug)]
+pub struct Lines {
+    /// Bytes after the last complete line.
+    partial: Vec<u8>,
+    /// The longest line accepted, without its newline.
+    max: usize,
+}
+
+impl Lines {
+    /// A splitter for lines of at most `max` bytes.
+    pub fn new(max: usize) -> Lines {
+        Lines {
+            partial: Vec::new(),
+            max,
+        }
+    }
+
+    /// Feeds `data`; returns every line it completes, without newlines,
+    /// empty ones dropped.
+    pub fn push(&mut self, data: &[u8]) -> Result<Vec<Vec<u8>>, DockerError> {
+        let mut lines = Vec::new();
+        let mut rest = data;
+        while let Some(lf) = rest.iter().position(|&b| b == b'\n') {
+            if self.partial.len() + lf > self.max {
+                return Err(DockerError::EventTooLarge { limit: self.max });
+            }
+            self.partial.extend_from_slice(&rest[..lf]);
+            let line = std::mem::take(&mut self.partial);
+            if !line.trim_ascii().is_empty() {
+                lines.push(line);
+            }
+            rest = &rest[lf + 1..];
+        }
+        if self.partial.len() + rest.len() > self.max {
+            return Err(DockerError::EventTooLarge { limit: self.max });
+        }
+        self.partial.extend_from_slice(rest);
+        Ok(lines)
+    }
+}
+
+/// What happened to a container, of the engine's events the watcher acts
+/// on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// It started (or restarted): register it.
+    Start,
+    /// Its init exited: remove its instance.
+    Die,
+    /// It was removed: remove its instance (if its `die` was missed).
+    Destroy,
+    /// It was renamed: its instance's name may change.
+    Rename,
+}
+
+/// One container event from the engine's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineEvent {
+    /// What happened.
+    pub action: Action,
+    /// The container's full id.
+    pub id: String,
+    /// Its name (without the leading `/`), from the event's attributes.
+    pub name: Option<String>,
+    /// On `rename`, the name it had before (without the leading `/`).
+    pub old_name: Option<String>,
+    /// Its `io.guestsock.*` labels, which the engine copies into every
+    /// event's attributes.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An event as the engine encodes it (`events.Message`); only the fields
+/// the watcher reads, the others ignored.
+#[derive(Deserialize)]
+struct WireEvent {
+    #[serde(rename = "Type", default)]
+    kind: String,
+    #[serde(rename = "Action", default)]
+    action: String,
+    #[serde(rename = "Actor", default)]
+    actor: WireActor,
+}
+
+/// The `Actor` of an event: the container and its attributes.
+#[derive(Deserialize, Default)]
+struct WireActor {
+    #[serde(rename = "ID", default)]
+    id: String,
+    #[serde(rename = "Attributes", default)]
+    attributes: Option<HashMap<String, String>>,
+}
+
+/// A name as the engine writes it, without the leading `/` it sometimes
+/// carries (`oldName` on `rename`, `Name` in inspect).
+fn bare_name(name: &str) -> String {
+    name.strip_prefix('/').unwrap_or(name).to_owned()
+}
+
+/// The `io.guestsock.*` entries of a label map.
+fn guestsock_labels<'a>(
+    labels: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> BTreeMap<String, String> {
+    labels
+        .into_iter()
+        .filter(|(key, _)| key.starts_with(LABEL_PREFIX))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
+/// Parses one event line: `Ok(None)` for events the watcher does not act
+/// on (another type or action), an error for a line that is not an event.
+pub fn parse_event(line: &[u8]) -> Result<Option<EngineEvent>, DockerError> {
+    let wire: WireEvent = serde_json::from_slice(line).map_err(|e| DockerError::BadJson {
+        what: "event",
+        reason: e.to_string(),
+    })?;
+    if wire.kind != "container" {
+        return Ok(None);
+    }
+    let action = match wire.action.as_str() {
+        "start" => Action::Start,
+        "die" => Action::Die,
+        "destroy" => Action::Destroy,
+        "rename" => Action::Rename,
+        _ => return Ok(None),
+    };
+    if wire.actor.id.is_empty() {
+        return Err(DockerError::BadJson {
+            what: "event",
+            reason: "a container event without Actor.ID".into(),
+        });
+    }
+    let attributes = wire.actor.attributes.unwrap_or_default();
+    Ok(Some(EngineEvent {
+        action,
+        id: wire.actor.id,
+        name: attributes.get("name").map(|n| bare_name(n)),
+        old_name: attributes.get("oldName").map(|n| bare_name(n)),
+        labels: guestsock_labels(&attributes),
+    }))
+}
+
+/// A container as `GET /containers/{id}/json` describes it, as far as the
+/// watcher needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspected {
+    /// Its full id.
+    pub id: String,
+    /// Its name, without the leading `/`.
+    pub name: String,
+    /// Whether it runs (and is not restarting).
+    pub running: bool,
+    /// Its init's host pid (0 when it does not run).
+    pub pid: i32,
+    /// Its `io.guestsock.*` labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Inspected {
+    /// The container as the runtime core registers it.
+    pub fn container(&self) -> Container {
+        Container {
+            runtime: Runtime::Docker,
+            id: self.id.clone(),
+            name_hint: Some(self.name.clone()),
+            pid: self.pid,
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+/// `GET /containers/{id}/json`, the fields the watcher reads.
+#[derive(Deserialize)]
+struct WireInspect {
+    #[serde(rename = "Id")]
+    id: String,
+    #[serde(rename = "Name", default)]
+    name: String,
+    #[serde(rename = "State")]
+    state: WireState,
+    #[serde(rename = "Config", default)]
+    config: Option<WireConfig>,
+}
+
+/// An inspected container's `State`.
+#[derive(Deserialize)]
+struct WireState {
+    #[serde(rename = "Running", default)]
+    running: bool,
+    #[serde(rename = "Restarting", default)]
+    restarting: bool,
+    #[serde(rename = "Pid", default)]
+    pid: i64,
+}
+
+/// An inspected container's `Config`.
+#[derive(Deserialize, Default)]
+struct WireConfig {
+    #[serde(rename = "Labels", default)]
+    labels: Option<HashMap<String, String>>,
+}
+
+/// Parses an inspect answer.
+pub fn parse_inspect(body: &[u8]) -> Result<Inspected, DockerError> {
+    let wire: WireInspect = serde_json::from_slice(body).map_err(|e| DockerError::BadJson {
+        what: "container inspect answer",
+        reason: e.to_string(),
+    })?;
+    let pid = i32::try_from(wire.state.pid).map_err(|_| DockerError::BadJson {
+        what: "container inspect answer",
+        reason: format!("State.Pid {} is not a pid", wire.state.pid),
+    })?;
+    let labels = wire
+        .config
+        .and_then(|c| c.labels)
+        .map(|labels| guestsock_labels(&labels))
+        .unwrap_or_default();
+    Ok(Inspected {
+        id: wire.id,
+        name: bare_name(&wire.name),
+        running: wire.state.running && !wire.state.restarting && pid > 0,
+        pid,
+        labels,
+    })
+}
+
+/// One entry of `GET /containers/json`.
+#[derive(Deserialize)]
+struct WireListed {
+    #[serde(rename = "Id")]
+    id: String,
+}
+
+/// Parses the container list: the full ids.
+pub fn parse_list(body: &[u8]) -> Result<Vec<String>, DockerError> {
+    let listed: Vec<WireListed> =
+        serde_json::from_slice(body).map_err(|e| DockerError::BadJson {
+            what: "container list",
+            reason: e.to_string(),
+        })?;
+    Ok(listed.into_iter().map(|c| c.id).collect())
+}
+
+/// The engine's `since` parameter for `time`: seconds and nanoseconds since
+/// the epoch, as `docker events --since` sends it.
+pub fn since_param(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:09}", since.as_secs(), since.subsec_nanos())
+}
+
+/// The first 12 characters of a container id, as `docker ps` shows it.
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// Waits between attempts to reach the engine: doubling from
+/// [`DOCKER_RECONNECT_FIRST`] to [`DOCKER_RECONNECT_MAX`].
+#[derive(Debug)]
+pub struct Backoff {
+    /// The next wait.
+    next: Duration,
+}
+
+impl Backoff {
+    /// A backoff at its first wait.
+    pub fn new() -> Backoff {
+        Backoff {
+            next: DOCKER_RECONNECT_FIRST,
+        }
+    }
+
+    /// The wait to make now; the following one is twice as long, up to the
+    /// bound.
+    pub fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(DOCKER_RECONNECT_MAX);
+        wait
+    }
+
+    /// Back to the first wait, after a success.
+    pub fn reset(&mut self) {
+        self.next = DOCKER_RECONNECT_FIRST;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff::new()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The engine client: one request per connection, like `docker` itself for
+// these calls.
+
+/// The Docker engine on its unix socket.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    /// The engine's socket.
+    socket: PathBuf,
+}
+
+/// A connection whose answer head has been read: the stream, the body
+/// bytes read with the head, and the head.
+struct Answer {
+    /// The connection.
+    stream: UnixStream,
+    /// Bytes already read past the head.
+    rest: Vec<u8>,
+    /// The head.
+    head: Head,
+}
+
+impl Engine {
+    /// The engine listening on `socket`.
+    pub fn new(socket: &Path) -> Engine {
+        Engine {
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    /// The engine's socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sends `GET path` on a new connection and reads the answer's head.
+    fn get(&self, path: &str, timeout: Option<Duration>) -> Result<Answer, DockerError> {
+        let mut stream =
+            UnixStream::connect(&self.socket).map_err(|source| DockerError::Connect {
+                socket: self.socket.clone(),
+                source,
+            })?;
+        stream
+            .set_read_timeout(timeout)
+            .and_then(|()| stream.set_write_timeout(Some(DOCKER_CALL_TIMEOUT)))
+            .map_err(DockerError::Io)?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: guestsock/{}\r\n\
+             Connection: close\r\n\r\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        stream
+            .write_all(request.as_bytes())
+            .map_err(DockerError::Io)?;
+        let mut buf = Vec::new();
+        loop {
+            if let Some((used, head)) = parse_head(&buf)? {
+                buf.drain(..used);
+                return Ok(Answer {
+                    stream,
+                    rest: buf,
+                    head,
+                });
+            }
+            if read_some(&mut stream, &mut buf)? == 0 {
+                return Err(DockerError::Closed);
+            }
+        }
+    }
+
+    /// `GET path`, the whole body of a `200` answer; a `404` is
+    /// `Ok(None)`, any other status an error with the engine's message.
+    fn call(&self, path: &str) -> Result<Option<Vec<u8>>, DockerError> {
+        let Answer {
+            mut stream,
+            rest,
+            head,
+        } = self.get(path, Some(DOCKER_CALL_TIMEOUT))?;
+        let body = read_body(&mut stream, rest, head.framing)?;
+        match head.status {
+            200 => Ok(Some(body)),
+            404 => Ok(None),
+            status => Err(DockerError::Refused {
+                status,
+                message: engine_message(&body),
+            }),
+        }
+    }
+
+    /// The full ids of the running containers (`GET /containers/json`).
+    pub fn running(&self) -> Result<Vec<String>, DockerError> {
+        let body = self.call("/containers/json")?.ok_or(DockerError::Refused {
+            status: 404,
+            message: "no /containers/json: is this a Docker engine?".into(),
+        })?;
+        parse_list(&body)
+    }
+
+    /// The container `id` as inspect describes it, or `None` if the engine
+    /// has no such container (any more).
+    pub fn inspect(&self, id: &str) -> Result<Option<Inspected>, DockerError> {
+        let path = format!("/containers/{}/json", encode_segment(id));
+        self.call(&path)?
+            .map(|body| parse_inspect(&body))
+            .transpose()
+    }
+
+    /// Subscribes to container events from `since` on (replayed from the
+    /// engine's buffer, then live), and starts a thread that reads them into
+    /// a queue of at most [`DOCKER_EVENT_QUEUE`].
+    pub fn subscribe(&self, since: SystemTime) -> Result<Subscription, DockerError> {
+        let path = format!(
+            "/events?since={}&filters={}",
+            since_param(since),
+            encode_segment(EVENT_FILTERS)
+        );
+        let Answer { stream, rest, head } = self.get(&path, None)?;
+        if head.status != 200 {
+            let mut stream = stream;
+            let _ = stream.set_read_timeout(Some(DOCKER_CALL_TIMEOUT));
+            let body = read_body(&mut stream, rest, head.framing).unwrap_or_default();
+            return Err(DockerError::Refused {
+                status: head.status,
+                message: engine_message(&body),
+            });
+        }
+        let control = stream.try_clone().map_err(DockerError::Io)?;
+        let (sender, events) = mpsc::sync_channel(DOCKER_EVENT_QUEUE);
+        let reader = thread::Builder::new()
+            .name("docker-events".into())
+            .spawn(move || read_events(stream, rest, head.framing, sender))
+            .map_err(DockerError::Io)?;
+        Ok(Subscription {
+            events: Some(events),
+            control,
+            reader: Some(reader),
+        })
+    }
+}
+
+/// Reads what the stream has into `buf` (at most [`READ_CHUNK_BYTES`]);
+/// `Interrupted` is retried.
+fn read_some(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<usize, DockerError> {
+    let mut chunk = [0u8; READ_CHUNK_BYTES];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(DockerError::Io(e)),
+        }
+    }
+}
+
+/// Reads a whole body framed by `framing`, starting with the bytes `rest`
+/// read with the head, up to [`DOCKER_MAX_BODY_BYTES`].
+fn read_body(
+    stream: &mut UnixStream,
+    rest: Vec<u8>,
+    framing: Framing,
+) -> Result<Vec<u8>, DockerError> {
+    let too_large = DockerError::BodyTooLarge {
+        limit: DOCKER_MAX_BODY_BYTES,
+    };
+    match framing {
+        Framing::Length(length) => {
+            // Checked before reading a byte more of it.
+            if length > DOCKER_MAX_BODY_BYTES {
+                return Err(too_large);
+            }
+            let mut body = rest;
+            while body.len() < length {
+                if read_some(stream, &mut body)? == 0 {
+                    return Err(DockerError::Closed);
+                }
+            }
+            body.truncate(length);
+            Ok(body)
+        }
+        Framing::UntilClose => {
+            let mut body = rest;
+            while read_some(stream, &mut body)? > 0 {
+                if body.len() > DOCKER_MAX_BODY_BYTES {
+                    return Err(too_large);
+                }
+            }
+            Ok(body)
+        }
+        Framing::Chunked => {
+            let mut dechunker = Dechunker::new(DOCKER_MAX_BODY_BYTES);
+            let mut body = Vec::new();
+            let mut input = rest;
+            loop {
+                dechunker.push(&input, &mut body)?;
+                if body.len() > DOCKER_MAX_BODY_BYTES {
+                    return Err(too_large);
+                }
+                if dechunker.is_done() {
+                    return Ok(body);
+                }
+                input.clear();
+                if read_some(stream, &mut input)? == 0 {
+                    return Err(DockerError::Closed);
+                }
+            }
+        }
+    }
+}
+
+/// The engine's error message: the `message` of its JSON error body, else
+/// the body as text.
+fn engine_message(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct WireError {
+        message: String,
+    }
+    match serde_json::from_slice::<WireError>(body) {
+        Ok(error) => error.message,
+        Err(_) => String::from_utf8_lossy(body).trim().to_owned(),
+    }
+}
+
+/// The event stream's reader thread: decodes chunks into lines and lines
+/// into events, and queues them. Ends with one error in the queue (the
+/// stream ended, broke, or the queue was full), or silently when the
+/// watcher dropped the queue.
+fn read_events(
+    mut stream: UnixStream,
+    rest: Vec<u8>,
+    framing: Framing,
+    sender: SyncSender<Result<EngineEvent, DockerError>>,
+) {
+    let run = || -> Result<(), DockerError> {
+        let mut dechunker = (framing == Framing::Chunked)
+            .then(|| Dechunker::new(DOCKER_MAX_EVENT_BYTES + DOCKER_MAX_CHUNK_LINE_BYTES));
+        let mut lines = Lines::new(DOCKER_MAX_EVENT_BYTES);
+        let mut input = rest;
+        let mut decoded = Vec::new();
+        loop {
+            let data = match &mut dechunker {
+                Some(dechunker) => {
+                    decoded.clear();
+                    dechunker.push(&input, &mut decoded)?;
+                    &decoded
+                }
+                None => &input,
+            };
+            for line in lines.push(data)? {
+                let Some(event) = parse_event(&line)? else {
+                    continue;
+                };
+                match sender.try_send(Ok(event)) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        return Err(DockerError::QueueFull {
+                            limit: DOCKER_EVENT_QUEUE,
+                        });
+                    }
+                    // The watcher stopped listening: nothing to report.
+                    Err(TrySendError::Disconnected(_)) => return Ok(()),
+                }
+            }
+            if dechunker.as_ref().is_some_and(Dechunker::is_done) {
+                return Err(DockerError::Closed);
+            }
+            input.clear();
+            if read_some(&mut stream, &mut input)? == 0 {
+                return Err(DockerError::Closed);
+            }
+        }
+    };
+    if let Err(error) = run() {
+        // Blocks until the watcher takes the events before it (or is gone).
+        let _ = sender.send(Err(error));
+    }
+}
+
+/// A live subscription to the engine's container events. Dropping it
+/// closes the connection and ends the reader thread.
+pub struct Subscription {
+    /// The queue the reader thread fills; its last item is the error that
+    /// ended the stream. Taken only on drop.
+    events: Option<Receiver<Result<EngineEvent, DockerError>>>,
+    /// The same connection, to shut it down from this side.
+    control: UnixStream,
+    /// The reader thread.
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Subscription {
+    /// The next event, waiting for it; the error that ended the stream
+    /// once it ended.
+    pub fn next(&self) -> Result<EngineEvent, DockerError> {
+        self.events
+            .as_ref()
+            .and_then(|events| events.recv().ok())
+            .unwrap_or(Err(DockerError::Closed))
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // Wakes the reader from its read, and fails any send it makes
+        // after, so that it ends whatever it was doing.
+        let _ = self.control.shutdown(Shutdown::Both);
+        drop(self.events.take());
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The watcher.
+
+/// Why a session with the engine ended: the watcher reconnects after
+/// either.
+#[derive(Debug)]
+enum Lost {
+    /// The engine went away or answered something unusable.
+    Engine(DockerError),
+    /// guestsock could not be reached (to list its instances, or to
+    /// register or remove one).
+    Admin(RuntimeError),
+}
+
+impl fmt::Display for Lost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Lost::Engine(e) => write!(f, "Docker engine: {e}"),
+            Lost::Admin(e) => write!(f, "guestsock: {e}"),
+        }
+    }
+}
+
+impl From<DockerError> for Lost {
+    fn from(e: DockerError) -> Lost {
+        Lost::Engine(e)
+    }
+}
+
+/// `guestsock watch docker`: follows the engine at `docker_socket` and
+/// keeps guestsock's instances (through the admin socket `admin`) in step
+/// with its running containers, for ever. A `unix://` prefix on the
+/// socket's path (a `DOCKER_HOST` value) is accepted.
+pub fn watch(admin: &Path, docker_socket: &Path) -> Result<(), String> {
+    crate::log::init(None);
+    let socket = match docker_socket.to_str() {
+        Some(host) if host.contains("://") => {
+            socket_from_docker_host(host).map_err(|e| format!("watch docker: {e}"))?
+        }
+        _ => docker_socket.to_path_buf(),
+    };
+    let engine = Engine::new(&socket);
+    let mut watcher = Watcher {
+        admin,
+        engine,
+        registered: HashSet::new(),
+    };
+    log::info(format_args!(
+        "watching the Docker engine at {}, registering its containers through {}",
+        socket.display(),
+        admin.display()
+    ));
+    let mut backoff = Backoff::new();
+    // Why the last attempt failed, while attempts fail: the first failure
+    // (and a new reason) is a warning, a retry failing the same way is
+    // debug detail, and the next success says so at info.
+    let mut failing: Option<String> = None;
+    loop {
+        let (error, established) = watcher.session(&mut backoff);
+        let wait = backoff.next_wait();
+        let reason = error.to_string();
+        if established || failing.as_deref() != Some(reason.as_str()) {
+            log::warn(format_args!(
+                "cannot follow the Docker engine at {} ({error}); retrying in {} ms \
+                 (backing off to {} s), then reconciling",
+                socket.display(),
+                wait.as_millis(),
+                DOCKER_RECONNECT_MAX.as_secs()
+            ));
+        } else {
+            log::debug(format_args!(
+                "still cannot follow the Docker engine ({error}); next attempt in {} ms",
+                wait.as_millis()
+            ));
+        }
+        failing = Some(reason);
+        thread::sleep(wait);
+    }
+}
+
+/// The watcher's two ends, guestsock's admin socket and the engine, and
+/// what it registered.
+struct Watcher<'a> {
+    /// guestsock's admin socket.
+    admin: &'a Path,
+    /// The engine.
+    engine: Engine,
+    /// The containers that may have an instance of this watcher's: those
+    /// it found at the last reconcile plus those it tried to register
+    /// since (a failed replacement leaves the old instance), less those it
+    /// removed. Only their deaths need a call to guestsock: a container
+    /// the watcher never got to (it exited before it could be inspected)
+    /// has nothing to remove, and asking would cost a look through every
+    /// instance. One id per running container at most; rebuilt from
+    /// guestsock's own list at every reconcile.
+    registered: HashSet<String>,
+}
+
+/// How a reconcile went, for its log line.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Running containers found.
+    running: usize,
+    /// Of those, registered.
+    registered: usize,
+    /// Instances removed (their container is not running, or renamed).
+    removed: usize,
+    /// Running containers that could not be registered.
+    failed: usize,
+}
+
+impl Watcher<'_> {
+    /// One connection to the engine: subscribe, reconcile, then follow the
+    /// events until the engine is lost. Returns why it ended, and whether it
+    /// got as far as following.
+    fn session(&mut self, backoff: &mut Backoff) -> (Lost, bool) {
+        // Subscribe before listing: whatever happens after the list was
+        // taken is in the stream (see REPLAY_MARGIN for why `since`).
+        let since = SystemTime::now()
+            .checked_sub(REPLAY_MARGIN)
+            .unwrap_or(UNIX_EPOCH);
+        let subscription = match self.engine.subscribe(since) {
+            Ok(subscription) => subscription,
+            Err(e) => return (Lost::Engine(e), false),
+        };
+        match self.reconcile() {
+            Ok(tally) => log::info(format_args!(
+                "connected to the Docker engine at {}: {} running containers, {} registered, \
+                 {} not registered, {} stale instances removed",
+                self.engine.socket().display(),
+                tally.running,
+                tally.registered,
+                tally.failed,
+                tally.removed
+            )),
+            Err(lost) => return (lost, false),
+        }
+        backoff.reset();
+        loop {
+            let event = match subscription.next() {
+                Ok(event) => event,
+                Err(e) => return (Lost::Engine(e), true),
+            };
+            if let Err(lost) = self.handle(&event) {
+                return (lost, true);
+            }
+        }
+    }
+
+    /// Brings guestsock's Docker instances in line with the running
+    /// containers: every one registered, every instance whose container is
+    /// not running (or has been renamed) removed.
+    fn reconcile(&mut self) -> Result<Tally, Lost> {
+        let mut tally = Tally::default();
+        self.registered.clear();
+        // First, so that while guestsock is down a retry costs one call,
+        // not an inspect of every container. Only this watcher registers
+        // Docker's instances, so nothing changes them meanwhile.
+        let owned = super::owned(self.admin, Runtime::Docker).map_err(Lost::Admin)?;
+        let mut running: Vec<(Inspected, Option<String>)> = Vec::new();
+        for id in self.engine.running()? {
+            // It may have stopped since the list: then it is not running.
+            let Some(container) = self.engine.inspect(&id)? else {
+                continue;
+            };
+            if !container.running {
+                continue;
+            }
+            let name =
+                match super::instance_name(&container.id, Some(&container.name), &container.labels)
+                {
+                    Ok(name) => Some(name),
+                    Err(e) => {
+                        self.not_registered(&container, &e);
+                        tally.failed += 1;
+                        None
+                    }
+                };
+            running.push((container, name));
+        }
+        tally.running = running.len();
+        let wanted: HashMap<&str, Option<&str>> = running
+            .iter()
+            .map(|(c, name)| (c.id.as_str(), name.as_deref()))
+            .collect();
+        // Removed first, so that a stale instance (a renamed container's
+        // old name) never stands in the way of a registration.
+        for (instance, id) in owned {
+            let stale = match wanted.get(id.as_str()) {
+                None => Some("is not running"),
+                Some(Some(name)) if *name != instance => Some("was renamed"),
+                // A running container whose name is unusable keeps what it
+                // had: it is not gone.
+                Some(_) => None,
+            };
+            match stale {
+                Some(why) => {
+                    if self.remove(&id, &instance, why)? {
+                        tally.removed += 1;
+                    }
+                }
+                None => {
+                    self.registered.insert(id);
+                }
+            }
+        }
+        for (container, name) in &running {
+            if name.is_some() {
+                // Running already: a guest's Ready is kept, and an
+                // unchanged instance is not written again.
+                let registered = self.register(container, Start::Running)?;
+                self.registered.insert(container.id.clone());
+                if registered {
+                    tally.registered += 1;
+                } else {
+                    tally.failed += 1;
+                }
+            }
+        }
+        Ok(tally)
+    }
+
+    /// Acts on one event. Only a failure to reach the engine or guestsock
+    /// is an error (the session ends, and the reconcile after it catches
+    /// up); a container that cannot be registered is logged.
+    fn handle(&mut self, event: &EngineEvent) -> Result<(), Lost> {
+        match event.action {
+            Action::Start => {
+                // The event is only a hint: inspect says whether it still
+                // runs and with which pid (the event may be a replay, or
+                // the container may have died since).
+                match self.engine.inspect(&event.id)? {
+                    Some(container) if container.running => {
+                        self.register(&container, Start::Fresh)?;
+                        self.registered.insert(container.id);
+                    }
+                    _ => log::debug(format_args!(
+                        "container {} ({}) started but no longer runs",
+                        event.name.as_deref().unwrap_or("?"),
+                        short(&event.id)
+                    )),
+                }
+            }
+            Action::Die if self.registered.contains(&event.id) => {
+                // A death may be old news: replayed at a reconnection, or
+                // the container restarted since (a restart policy, `docker
+                // restart`). One that runs again keeps its instance, which
+                // its own start event (later in the stream) replaces.
+                if let Some(container) = self.engine.inspect(&event.id)?
+                    && container.running
+                {
+                    log::debug(format_args!(
+                        "container {} ({}) died but runs again",
+                        container.name,
+                        short(&event.id)
+                    ));
+                } else {
+                    self.forget(event, event.name.as_deref(), "stopped")?;
+                }
+            }
+            // Its death was handled (a container dies before it is
+            // removed); this only catches one whose death was not.
+            Action::Destroy if self.registered.contains(&event.id) => {
+                self.forget(event, event.name.as_deref(), "was removed")?;
+            }
+            Action::Rename => {
+                let old = self.event_instance(event, event.old_name.as_deref());
+                let new = self.event_instance(event, event.name.as_deref());
+                if old != new {
+                    if self.registered.contains(&event.id) {
+                        self.forget(event, event.old_name.as_deref(), "was renamed")?;
+                    }
+                    if let Some(container) = self.engine.inspect(&event.id)?
+                        && container.running
+                    {
+                        self.register(&container, Start::Running)?;
+                        self.registered.insert(container.id);
+                    }
+                }
+            }
+            Action::Die | Action::Destroy => {}
+        }
+        Ok(())
+    }
+
+    /// Removes the instance of the event's container, named as it is under
+    /// `name`, and forgets that it had one.
+    fn forget(&mut self, event: &EngineEvent, name: Option<&str>, why: &str) -> Result<(), Lost> {
+        self.registered.remove(&event.id);
+        if let Some(instance) = self.event_instance(event, name) {
+            self.remove(&event.id, &instance, why)?;
+        }
+        Ok(())
+    }
+
+    /// The instance name a container of this event has under `name`, or
+    /// `None` (logged) if it cannot have one.
+    fn event_instance(&self, event: &EngineEvent, name: Option<&str>) -> Option<String> {
+        match super::instance_name(&event.id, name, &event.labels) {
+            Ok(instance) => Some(instance),
+            Err(e) => {
+                log::debug(format_args!(
+                    "container {} ({}): no instance name: {e}",
+                    name.unwrap_or("?"),
+                    short(&event.id)
+                ));
+                None
+            }
+        }
+    }
+
+    /// Registers a running container; logs the outcome, one line. Whether
+    /// it was registered; an error only if guestsock could not be reached.
+    fn register(&self, container: &Inspected, start: Start) -> Result<bool, Lost> {
+        match super::register(self.admin, &container.container(), start) {
+            Ok(instance) => {
+                log::info(format_args!(
+                    "container {} ({}, pid {}): registered as instance {instance}",
+                    container.name,
+                    short(&container.id),
+                    container.pid
+                ));
+                Ok(true)
+            }
+            Err(e) if unreachable(&e) => Err(Lost::Admin(e)),
+            Err(e) => {
+                self.not_registered(container, &e);
+                Ok(false)
+            }
+        }
+    }
+
+    /// The one line for a container that cannot be registered.
+    fn not_registered(&self, container: &Inspected, error: &RuntimeError) {
+        log::warn(format_args!(
+            "container {} ({}, pid {}): not registered: {error}",
+            container.name,
+            short(&container.id),
+            container.pid
+        ));
+    }
+
+    /// Removes container `id`'s instance `instance` if that container owns
+    /// it; logs what was done. Whether an instance was removed; an error
+    /// only if guestsock could not be reached.
+    fn remove(&self, id: &str, instance: &str, why: &str) -> Result<bool, Lost> {
+        match super::unregister(self.admin, Runtime::Docker, id, instance) {
+            Ok(true) => {
+                log::info(format_args!(
+                    "container {} {why}: removed instance {instance}",
+                    short(id)
+                ));
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) if unreachable(&e) => Err(Lost::Admin(e)),
+            Err(e) => {
+                log::warn(format_args!(
+                    "container {} {why}: cannot remove instance {instance}: {e}",
+                    short(id)
+                ));
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// Whether a registration failed because guestsock could not be reached
+/// (stopped, restarting, or gone mid-answer), rather than because it refused
+/// this container: then no container can be registered, and the watcher
+/// waits for guestsock and reconciles instead of dropping this one.
+fn unreachable(error: &RuntimeError) -> bool {
+    matches!(
+        error,
+        RuntimeError::Server {
+            source: ClientError::Connect { .. }
+                | ClientError::Send(_)
+                | ClientError::Receive(_)
+                | ClientError::NotHttp,
+            ..
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` to a fresh decoder in pieces of `step` bytes.
+    fn dechunk(input: &[u8], step: usize, max: usize) -> Result<(Vec<u8>, bool), DockerError> {
+        let mut dechunker = Dechunker::new(max);
+        let mut out = Vec::new();
+        for piece in input.chunks(step.max(1)) {
+            dechunker.push(piece, &mut out)?;
+        }
+        Ok((out, dechunker.is_done()))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_boundaries() {
+        // (input, decoded, complete)
+        let table: &[(&[u8], &[u8], bool)] = &[
+            // RFC 9112 7.1's shape: chunks, last chunk, empty trailer.
+            (b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n", b"Wikipedia", true),
+            // Upper- and lower-case hex, leading zeros.
+            (
+                b"0A\r\n0123456789\r\na\r\nabcdefghij\r\n00\r\n\r\n",
+                b"0123456789abcdefghij",
+                true,
+            ),
+            // Extensions are ignored, with or without whitespace.
+            (
+                b"3;name=value\r\nabc\r\n3 ; x\r\ndef\r\n0;end\r\n\r\n",
+                b"abcdef",
+                true,
+            ),
+            // Trailer fields are skipped.
+            (
+                b"2\r\nhi\r\n0\r\nExpires: never\r\nX: y\r\n\r\n",
+                b"hi",
+                true,
+            ),
+            // A bare LF ends a size line (RFC 9112 2.2).
+            (b"2\nhi\r\n0\n\n", b"hi", true),
+            // Not yet complete.
+            (b"4\r\nWiki\r\n5\r\npedi", b"Wiki", false),
+            (b"4\r\nWiki\r\n0\r\n", b"Wiki", false),
+            (b"", b"", false),
+            // Docker's event stream: one JSON line per chunk.
+            (b"a\r\n{\"a\":\"b\"}\n\r\n", b"{\"a\":\"b\"}\n", false),
+        ];
+        for &(input, decoded, complete) in table {
+            for step in [1, 2, 3, 7, input.len()] {
+                let (out, done) = dechunk(input, step, 1024)
+                    .unwrap_or_else(|e| panic!("{:?} in steps of {step}: {e}", input));
+                assert_eq!(out, decoded, "{:?} in steps of {step}", input);
+                assert_eq!(done, complete, "{:?} in steps of {step}", input);
+            }
+        }
+    }
+
+    #[test]
+    fn broken_chunked_bodies_are_refused() {
+        let table: &[(&[u8], &str)] = &[
+            (b"x\r\nabc\r\n", "chunk size is not hexadecimal"),
+            (b"\r\nabc\r\n", "chunk size is not hexadecimal"),
+            (b"3x\r\nabc\r\n", "junk after the chunk size"),
+            (b"3\r\nabcd\r\n", "chunk data not followed by CRLF"),
+            (b"3\r\nabc\n0\r\n\r\n", "chunk data not followed by CRLF"),
+            (b"0\r\n\r\nextra", "bytes after the last chunk"),
+            (b"-1\r\nabc\r\n", "chunk size is not hexadecimal"),
+        ];
+        for &(input, why) in table {
+            match dechunk(input, input.len(), 1024) {
+                Err(DockerError::BadChunk(reason)) => assert_eq!(reason, why, "{input:?}"),
+                other => panic!("{input:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_past_their_bounds_are_refused_before_they_are_buffered() {
+        // Over the caller's bound.
+        assert!(matches!(
+            parse_chunk(b"401\r\n", 1024),
+            Err(DockerError::ChunkTooLarge { limit: 1024 })
+        ));
+        assert!(matches!(parse_chunk(b"400\r\n", 1024), Ok(None)));
+        // A size that would overflow usize.
+        assert!(matches!(
+            parse_chunk(b"fffffffffffffffffffffffff\r\n", usize::MAX),
+            Err(DockerError::ChunkTooLarge { .. })
+        ));
+        // A size line that never ends.
+        let endless = vec![b'1'; DOCKER_MAX_CHUNK_LINE_BYTES + 2];
+        assert!(matches!(
+            parse_chunk(&endless, usize::MAX),
+            Err(DockerError::ChunkTooLarge { .. })
+        ));
+        let mut long_ext = b"1;".to_vec();
+        long_ext.extend(vec![b'x'; DOCKER_MAX_CHUNK_LINE_BYTES]);
+        long_ext.extend_from_slice(b"\r\n");
+        assert!(matches!(
+            parse_chunk(&long_ext, 1024),
+            Err(DockerError::ChunkTooLarge { .. })
+        ));
+        // An endless trailer section.
+        let mut trailers = b"0\r\n".to_vec();
+        for _ in 0..DOCKER_MAX_CHUNK_LINE_BYTES / 8 + 1 {
+            trailers.extend_from_slice(b"X: 1234\r\n");
+        }
+        assert!(matches!(
+            parse_chunk(&trailers, 1024),
+            Err(DockerError::ChunkTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn heads_say_how_their_body_ends() {
+        let table: &[(&[u8], u16, Framing)] = &[
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+                200,
+                Framing::Chunked,
+            ),
+            (b"HTTP/1.1 404 Not Found\r\nContent-Length: 42\r\n\r\n", 404, Framing::Length(42)),
+            (b"HTTP/1.0 200 OK\r\n\r\n", 200, Framing::UntilClose),
+            // Transfer-Encoding wins over Content-Length (RFC 9112 6.3).
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\ntransfer-encoding: gzip, Chunked\r\n\r\n",
+                200,
+                Framing::Chunked,
+            ),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", 200, Framing::UntilClose),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+                200,
+                Framing::Length(5),
+            ),
+        ];
+        for &(input, status, framing) in table {
+            let mut with_body = input.to_vec();
+            with_body.extend_from_slice(b"body");
+            let (used, head) = parse_head(&with_body).unwrap().unwrap();
+            assert_eq!(used, input.len());
+            assert_eq!(head, Head { status, framing });
+            // Every shorter prefix needs more.
+            for cut in 0..input.len() {
+                assert_eq!(parse_head(&input[..cut]).unwrap(), None, "{cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn heads_that_are_not_the_engines_are_refused() {
+        for input in [
+            &b"SSH-2.0-OpenSSH_9.2\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_head(input), Err(DockerError::NotHttp(_))),
+                "{input:?}"
+            );
+        }
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_REPLY_HEADERS {
+            many.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(matches!(parse_head(&many), Err(DockerError::NotHttp(_))));
+        let mut endless = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        endless.extend(vec![b'y'; DOCKER_MAX_HEAD_BYTES]);
+        assert!(matches!(
+            parse_head(&endless),
+            Err(DockerError::HeadTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn lines_are_split_across_pieces_and_bounded() {
+        let mut lines = Lines::new(10);
+        assert_eq!(lines.push(b"abc").unwrap(), Vec::<Vec<u8>>::new());
+        assert_eq!(
+            lines.push(b"de\nfg\n\nh").unwrap(),
+            vec![b"abcde".to_vec(), b"fg".to_vec()]
+        );
+        assert_eq!(lines.push(b"\n").unwrap(), vec![b"h".to_vec()]);
+        // Exactly the bound is accepted, one byte more is not.
+        assert_eq!(
+            lines.push(b"0123456789\n").unwrap(),
+            vec![b"0123456789".to_vec()]
+        );
+        assert!(matches!(
+            lines.push(b"0123456789a"),
+            Err(DockerError::EventTooLarge { limit: 10 })
+        ));
+        let mut lines = Lines::new(10);
+        lines.push(b"01234").unwrap();
+        assert!(matches!(
+            lines.push(b"56789a\n"),
+            Err(DockerError::EventTooLarge { limit: 10 })
+        ));
+    }
+
+    /// An event line as Docker 20.10 writes it.
+    const START: &str = r#"{"status":"start","id":"5089ab15bb6da33842b6e436ad7e85a2b3d9d7ad29c1bed2a3546afa266f9aab","from":"gs-test:1","Type":"container","Action":"start","Actor":{"ID":"5089ab15bb6da33842b6e436ad7e85a2b3d9d7ad29c1bed2a3546afa266f9aab","Attributes":{"image":"gs-test:1","io.guestsock.config.user.foo":"bar","name":"magical_zhukovsky"}},"scope":"local","time":1796129129,"timeNano":1796129129461812033}"#;
+
+    #[test]
+    fn event_lines_become_events() {
+        let id = "5089ab15bb6da33842b6e436ad7e85a2b3d9d7ad29c1bed2a3546afa266f9aab";
+        let event = parse_event(START.as_bytes()).unwrap().unwrap();
+        assert_eq!(
+            event,
+            EngineEvent {
+                action: Action::Start,
+                id: id.into(),
+                name: Some("magical_zhukovsky".into()),
+                old_name: None,
+                labels: BTreeMap::from([(
+                    "io.guestsock.config.user.foo".to_owned(),
+                    "bar".to_owned()
+                )]),
+            }
+        );
+        let die = START.replace(r#""Action":"start""#, r#""Action":"die""#);
+        assert_eq!(
+            parse_event(die.as_bytes()).unwrap().unwrap().action,
+            Action::Die
+        );
+        let destroy = START.replace(r#""Action":"start""#, r#""Action":"destroy""#);
+        assert_eq!(
+            parse_event(destroy.as_bytes()).unwrap().unwrap().action,
+            Action::Destroy
+        );
+        // Newer engines leave out the old top-level fields.
+        let rename = format!(
+            r#"{{"Type":"container","Action":"rename","Actor":{{"ID":"{id}","Attributes":{{"name":"new","oldName":"/old"}}}}}}"#
+        );
+        let rename = parse_event(rename.as_bytes()).unwrap().unwrap();
+        assert_eq!(rename.action, Action::Rename);
+        assert_eq!(rename.name.as_deref(), Some("new"));
+        assert_eq!(rename.old_name.as_deref(), Some("old"));
+        assert!(rename.labels.is_empty());
+    }
+
+    #[test]
+    fn events_the_watcher_does_not_act_on_are_skipped() {
+        for line in [
+            START.replace(r#""Action":"start""#, r#""Action":"exec_start: sh""#),
+            START.replace(r#""Action":"start""#, r#""Action":"kill""#),
+            START.replace(r#""Type":"container""#, r#""Type":"network""#),
+            r#"{"Type":"image","Action":"pull","Actor":{"ID":"busybox"}}"#.to_owned(),
+        ] {
+            assert_eq!(parse_event(line.as_bytes()).unwrap(), None, "{line}");
+        }
+        for line in [
+            &b"not json"[..],
+            br#"{"Type":"container","Action":"start","Actor":{}}"#,
+            br#""start""#,
+        ] {
+            assert!(
+                matches!(parse_event(line), Err(DockerError::BadJson { .. })),
+                "{line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn inspect_answers_give_pid_name_and_guestsock_labels() {
+        let body = br#"{"Id":"abc","Name":"/web-1","State":{"Status":"running","Running":true,"Paused":false,"Restarting":false,"Pid":4242},"Config":{"Labels":{"io.guestsock.config.user.foo":"bar","io.guestsock.name":"web","com.example":"x"}}}"#;
+        assert_eq!(
+            parse_inspect(body).unwrap(),
+            Inspected {
+                id: "abc".into(),
+                name: "web-1".into(),
+                running: true,
+                pid: 4242,
+                labels: BTreeMap::from([
+                    ("io.guestsock.config.user.foo".to_owned(), "bar".to_owned()),
+                    ("io.guestsock.name".to_owned(), "web".to_owned()),
+                ]),
+            }
+        );
+        // Stopped, restarting, no labels at all.
+        let stopped = br#"{"Id":"abc","Name":"/c","State":{"Running":false,"Pid":0},"Config":{"Labels":null}}"#;
+        let stopped = parse_inspect(stopped).unwrap();
+        assert!(!stopped.running && stopped.labels.is_empty());
+        let restarting =
+            br#"{"Id":"abc","Name":"/c","State":{"Running":true,"Restarting":true,"Pid":7}}"#;
+        assert!(!parse_inspect(restarting).unwrap().running);
+        assert!(matches!(
+            parse_inspect(br#"{"Id":"abc","State":{"Pid":99999999999}}"#),
+            Err(DockerError::BadJson { .. })
+        ));
+        assert!(matches!(
+            parse_inspect(b"{}"),
+            Err(DockerError::BadJson { .. })
+        ));
+    }
+
+    #[test]
+    fn the_container_list_gives_full_ids() {
+        let body = br#"[{"Id":"aaa","Names":["/a"],"State":"running"},{"Id":"bbb","Labels":{}}]"#;
+        assert_eq!(parse_list(body).unwrap(), vec!["aaa", "bbb"]);
+        assert_eq!(parse_list(b"[]").unwrap(), Vec::<String>::new());
+        assert!(parse_list(br#"{"message":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn docker_host_must_be_a_unix_socket() {
+        assert_eq!(
+            socket_from_docker_host("unix:///run/docker.sock").unwrap(),
+            PathBuf::from("/run/docker.sock")
+        );
+        for host in [
+            "tcp://127.0.0.1:2375",
+            "ssh://me@host",
+            "unix://relative",
+            "/run/docker.sock",
+        ] {
+            assert!(
+                matches!(socket_from_docker_host(host), Err(DockerError::NotUnix(_))),
+                "{host}"
+            );
+        }
+    }
+
+    #[test]
+    fn since_is_seconds_and_nanoseconds() {
+        let time = UNIX_EPOCH + Duration::new(1_796_129_129, 461_812_033);
+        assert_eq!(since_param(time), "1796129129.461812033");
+        assert_eq!(
+            since_param(UNIX_EPOCH + Duration::from_secs(5)),
+            "5.000000000"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound_and_resets() {
+        let mut backoff = Backoff::new();
+        let waits: Vec<Duration> = (0..12).map(|_| backoff.next_wait()).collect();
+        assert_eq!(waits[0], DOCKER_RECONNECT_FIRST);
+        assert_eq!(waits[1], DOCKER_RECONNECT_FIRST * 2);
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*waits.last().unwrap(), DOCKER_RECONNECT_MAX);
+        backoff.reset();
+        assert_eq!(backoff.next_wait(), DOCKER_RECONNECT_FIRST);
+    }
+
+    #[test]
+    fn engine_errors_give_the_engines_message() {
+        assert_eq!(
+            engine_message(br#"{"message":"No such container: x"}"#),
+            "No such container: x"
+        );
+        assert_eq!(engine_message(b"page not found\n"), "page not found");
+    }
+}
