@@ -302,6 +302,16 @@ pub fn open(dir: &Path, since: Option<u64>, sink: Sink<'_>) -> Result<(StateDir,
     let damaged = |e: rusqlite::Error| {
         format!("{shown}: {e} (damaged state; restore the state directory from a backup)")
     };
+    // Made 0600 before SQLite opens it: SQLite creates a database with
+    // 0644 less the umask, and gives its log and shared-memory files the
+    // database's mode.
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot open {shown}: {e}"))?;
     let db = Connection::open_with_flags(
         &path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -1060,6 +1070,23 @@ mod tests {
             err.contains(DB_FILE) && err.contains("damaged state"),
             "{err}"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_state_is_readable_by_root_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir();
+        let (state, _, _) = load(&dir, None);
+        write_all(state, vec![put("a", GuestState::Started)]);
+        let (_state, _, _) = load(&dir, None);
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", entry.path().display());
+        }
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
         fs::remove_dir_all(&dir).unwrap();
     }
 
