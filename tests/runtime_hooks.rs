@@ -38,6 +38,19 @@ fn hook(admin: &Path, args: &[&str], input: &str, env: &[(&str, &str)]) -> Outpu
     child.wait_with_output().expect("hook output")
 }
 
+/// `guestsock hook oci FLAGS` as a runtime runs it when it creates
+/// container `id`, whose init is `init`.
+fn create(admin: &Path, flags: &[&str], id: &str, init: &Init, annotations: Value) -> Output {
+    let mut args = vec!["oci"];
+    args.extend_from_slice(flags);
+    hook(
+        admin,
+        &args,
+        &state(id, "creating", init.pid(), annotations),
+        &[],
+    )
+}
+
 /// An OCI state for container `id` whose init is `pid`.
 fn state(id: &str, status: &str, pid: u32, annotations: Value) -> String {
     json!({"ociVersion": "1.0.2", "id": id, "status": status, "pid": pid,
@@ -185,16 +198,12 @@ fn a_rerun_replaces_its_own_instance_and_resets_ready() {
     let server = util::Server::start(json!([]));
     let admin = &server.admin_socket;
     let first = Init::start();
-    ok(&hook(
+    ok(&create(
         admin,
-        &["oci"],
-        &state(
-            "web_1",
-            "creating",
-            first.pid(),
-            json!({"io.guestsock.config.user.run": "1"}),
-        ),
         &[],
+        "web_1",
+        &first,
+        json!({"io.guestsock.config.user.run": "1"}),
     ));
     let name = instances(&server)[0]["name"].as_str().unwrap().to_owned();
     assert!(
@@ -256,42 +265,30 @@ fn a_name_owned_by_another_container_or_the_operator_is_never_taken() {
     let admin = &server.admin_socket;
     let one = Init::start();
     let two = Init::start();
-    ok(&hook(
+    ok(&create(
         admin,
-        &["oci"],
-        &state(
-            "one",
-            "creating",
-            one.pid(),
-            json!({"io.guestsock.name": "web"}),
-        ),
         &[],
+        "one",
+        &one,
+        json!({"io.guestsock.name": "web"}),
     ));
-    let err = failed(&hook(
+    let err = failed(&create(
         admin,
-        &["oci"],
-        &state(
-            "two",
-            "creating",
-            two.pid(),
-            json!({"io.guestsock.name": "web"}),
-        ),
         &[],
+        "two",
+        &two,
+        json!({"io.guestsock.name": "web"}),
     ));
     assert!(
         err.contains(r#"instance "web" belongs to container oci:one"#),
         "{err}"
     );
-    let err = failed(&hook(
+    let err = failed(&create(
         admin,
-        &["oci"],
-        &state(
-            "two",
-            "creating",
-            two.pid(),
-            json!({"io.guestsock.name": "by-hand"}),
-        ),
         &[],
+        "two",
+        &two,
+        json!({"io.guestsock.name": "by-hand"}),
     ));
     assert!(err.contains("registered by hand"), "{err}");
     // Its poststop leaves the other container's instance alone.
@@ -308,31 +305,23 @@ fn a_name_owned_by_another_container_or_the_operator_is_never_taken() {
         "web is still the first container's"
     );
     // --optional: the reason is printed, the container starts unregistered.
-    let out = hook(
+    let out = create(
         admin,
-        &["oci", "--optional"],
-        &state(
-            "two",
-            "creating",
-            two.pid(),
-            json!({"io.guestsock.name": "web"}),
-        ),
-        &[],
+        &["--optional"],
+        "two",
+        &two,
+        json!({"io.guestsock.name": "web"}),
     );
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--optional"));
     assert_eq!(instances(&server).len(), 2);
     // A typo in a label is an error, not silently ignored.
-    let err = failed(&hook(
+    let err = failed(&create(
         admin,
-        &["oci"],
-        &state(
-            "two",
-            "creating",
-            two.pid(),
-            json!({"io.guestsock.confg.user.x": "1"}),
-        ),
         &[],
+        "two",
+        &two,
+        json!({"io.guestsock.confg.user.x": "1"}),
     ));
     assert!(err.contains("label io.guestsock.confg.user.x"), "{err}");
 }
