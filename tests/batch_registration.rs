@@ -139,16 +139,19 @@ fn one_bad_entry_refuses_the_whole_batch_and_names_it() {
 fn instance_add_sends_a_list_or_an_instances_file_as_one_batch() {
     let server = util::Server::start(json!([]));
     let admin = server.admin_socket.display().to_string();
+    let add = |file: &std::path::Path| {
+        util::run_guestsock(
+            &["instance", "add", file.to_str().unwrap(), "--admin", &admin],
+            None,
+        )
+    };
     let list = server.dir.join("list.json");
     std::fs::write(
         &list,
         json!([instance("a", 2_000_000, "1"), instance("b", 2_000_010, "2")]).to_string(),
     )
     .unwrap();
-    let out = util::run_guestsock(
-        &["instance", "add", list.to_str().unwrap(), "--admin", &admin],
-        None,
-    );
+    let out = add(&list);
     assert!(
         out.status.success(),
         "{}",
@@ -165,10 +168,7 @@ fn instance_add_sends_a_list_or_an_instances_file_as_one_batch() {
             .to_string(),
     )
     .unwrap();
-    let out = util::run_guestsock(
-        &["instance", "add", file.to_str().unwrap(), "--admin", &admin],
-        None,
-    );
+    let out = add(&file);
     assert!(
         out.status.success(),
         "{}",
@@ -185,10 +185,7 @@ fn instance_add_sends_a_list_or_an_instances_file_as_one_batch() {
         json!([instance("d", 2_000_030, "4"), instance("e", 2_000_000, "5")]).to_string(),
     )
     .unwrap();
-    let out = util::run_guestsock(
-        &["instance", "add", list.to_str().unwrap(), "--admin", &admin],
-        None,
-    );
+    let out = add(&list);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(r#"instances[1] ("e")"#), "{err}");
