@@ -46,6 +46,17 @@ pub enum Event {
         /// The new state.
         state: &'static str,
     },
+    /// Admin stream only: an identity signing key was made (`created`),
+    /// replaced (`rotated`, `previous` naming the key it retired) or
+    /// dropped from the JWKS (`dropped`). Names no instance.
+    IdentityKey {
+        /// `created`, `rotated` or `dropped`.
+        action: &'static str,
+        /// The key's kid.
+        kid: String,
+        /// For `rotated`: the kid of the key it retired.
+        previous: Option<String>,
+    },
 }
 
 /// Bits of [`TypeFilter`], one per event type.
@@ -56,6 +67,7 @@ const INSTANCE_CREATED: u8 = 8;
 const INSTANCE_UPDATED: u8 = 16;
 const INSTANCE_REMOVED: u8 = 32;
 const STATE: u8 = 64;
+const IDENTITY_KEY: u8 = 128;
 
 impl Event {
     /// The `type` field.
@@ -68,6 +80,7 @@ impl Event {
             Event::InstanceUpdated => "instance-updated",
             Event::InstanceRemoved => "instance-removed",
             Event::State { .. } => "state",
+            Event::IdentityKey { .. } => "identity-key",
         }
     }
 
@@ -80,6 +93,7 @@ impl Event {
             Event::InstanceUpdated => INSTANCE_UPDATED,
             Event::InstanceRemoved => INSTANCE_REMOVED,
             Event::State { .. } => STATE,
+            Event::IdentityKey { .. } => IDENTITY_KEY,
         }
     }
 
@@ -122,6 +136,13 @@ impl Event {
             state: &'static str,
         }
         #[derive(Serialize)]
+        struct KeyMeta<'a> {
+            action: &'a str,
+            kid: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            previous: Option<&'a str>,
+        }
+        #[derive(Serialize)]
         struct Empty {}
         let kind = self.kind();
         let result = match self {
@@ -159,6 +180,21 @@ impl Event {
                 instance,
                 metadata: StateMeta { state },
             }),
+            Event::IdentityKey {
+                action,
+                kid,
+                previous,
+            } => serde_json::to_vec(&Envelope {
+                kind,
+                timestamp,
+                // The host's keys, no instance's.
+                instance: None,
+                metadata: KeyMeta {
+                    action,
+                    kid,
+                    previous: previous.as_deref(),
+                },
+            }),
             _ => serde_json::to_vec(&Envelope {
                 kind,
                 timestamp,
@@ -192,6 +228,7 @@ impl TypeFilter {
                 "instance-updated" if admin => INSTANCE_UPDATED,
                 "instance-removed" if admin => INSTANCE_REMOVED,
                 "state" if admin => STATE,
+                "identity-key" if admin => IDENTITY_KEY,
                 _ => 0,
             };
         }

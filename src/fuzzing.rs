@@ -280,6 +280,8 @@ pub fn run_connection(side: crate::conn::Side, input: &[u8], step: usize) -> Vec
     let mut buffers = Buffers::default();
     let mut refusal_logged = None;
     let mut changes: Vec<Change> = Vec::new();
+    let mut issuer = crate::issuer::Issuer::ephemeral("fuzz");
+    let mut mints = Vec::new();
     let facts_of_peer =
         peer_facts(&server_end, RuleKinds::empty(), &mut cgroups).expect("peer credentials");
     let mut conn = Conn::new(server_end, facts_of_peer, side);
@@ -314,6 +316,8 @@ pub fn run_connection(side: crate::conn::Side, input: &[u8], step: usize) -> Vec
                 buffers: &mut buffers,
                 stopping: false,
                 refusal_logged: &mut refusal_logged,
+                issuer: &mut issuer,
+                mints: &mut mints,
             };
             let next = conn.drive(&mut ctx);
             let pending = conn.pending_output();
@@ -331,10 +335,25 @@ pub fn run_connection(side: crate::conn::Side, input: &[u8], step: usize) -> Vec
                     Change::Remove { name } => {
                         registry.commit_remove(&name);
                     }
+                    Change::Keys { staged, .. } => {
+                        issuer.commit(&staged);
+                    }
                 }
                 seq += 1;
                 conn.assign_hold(seq);
                 conn.release_hold();
+                progressed = true;
+            }
+            // As the server does once the signer has signed.
+            for mint in mints.drain(..) {
+                let (key, iat, exp) = issuer
+                    .mint(crate::issuer::unix_now(), mint.ttl)
+                    .expect("no change of keys in flight");
+                let claims = mint.claims(issuer.config(), iat, exp);
+                let signed = crate::signer::sign(&ring::rand::SystemRandom::new(), &key, claims)
+                    .expect("signed");
+                conn.assign_mint(1);
+                conn.finish_mint(crate::http::response::Response::jwt(signed), false);
                 progressed = true;
             }
             let _ = conn.take_registration();

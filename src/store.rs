@@ -39,6 +39,8 @@ use std::thread::{self, JoinHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::instance::{GuestState, InstanceSpec, valid_instance_name};
+use crate::issuer::Secret;
+use crate::limits::MAX_KEYS_FILE_BYTES;
 use crate::log;
 
 /// The version of the instance file format written by this build.
@@ -82,13 +84,16 @@ impl StoredInstance {
     }
 }
 
-/// A change to write: the new contents of an instance file, or its removal.
+/// A change to write: the new contents of an instance file, or its removal,
+/// or the identity key file's new contents.
 #[derive(Debug)]
 pub enum Job {
     /// Write the instance file of `name` with these bytes.
     Write { name: String, bytes: Vec<u8> },
     /// Remove the instance file of `name`.
     Remove { name: String },
+    /// Write the identity key file (`identity/keys.json`, mode 0600).
+    Keys(Secret),
 }
 
 /// What the writer thread reports for a batch: every job with a sequence
@@ -111,6 +116,8 @@ type Queued = (u64, u64, Job);
 #[derive(Debug)]
 pub struct StateDir {
     instances_dir: PathBuf,
+    /// `identity/`: the key file.
+    identity_dir: PathBuf,
     /// `flock`ed: a second guestsock on the same directory is refused.
     _lock: nix::fcntl::Flock<File>,
 }
@@ -120,11 +127,14 @@ pub struct StateDir {
 /// problem, on anything it cannot read with certainty.
 pub fn open(dir: &Path) -> Result<(StateDir, Vec<StoredInstance>), String> {
     let instances_dir = dir.join("instances");
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&instances_dir)
-        .map_err(|e| format!("cannot create {}: {e}", instances_dir.display()))?;
+    let identity_dir = dir.join("identity");
+    for sub in [&instances_dir, &identity_dir] {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(sub)
+            .map_err(|e| format!("cannot create {}: {e}", sub.display()))?;
+    }
     let lock_path = dir.join("lock");
     let lock_file = OpenOptions::new()
         .create(true)
@@ -172,10 +182,18 @@ pub fn open(dir: &Path) -> Result<(StateDir, Vec<StoredInstance>), String> {
     Ok((
         StateDir {
             instances_dir,
+            identity_dir,
             _lock: lock,
         },
         loaded,
     ))
+}
+
+/// Where `path`'s next version is written before its rename.
+fn temporary(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
 }
 
 fn read_instance(path: &Path, name: &str) -> Result<StoredInstance, String> {
@@ -204,6 +222,45 @@ fn read_instance(path: &Path, name: &str) -> Result<StoredInstance, String> {
 }
 
 impl StateDir {
+    /// The identity key file: `<state-dir>/identity/keys.json`.
+    pub fn keys_path(&self) -> PathBuf {
+        self.identity_dir.join("keys.json")
+    }
+
+    /// The identity key file's bytes, `None` if there is none yet (a
+    /// leftover temporary file, an unacknowledged write, is removed). A
+    /// file that cannot be read is an error naming it.
+    pub fn read_keys(&self) -> Result<Option<Vec<u8>>, String> {
+        let path = self.keys_path();
+        let shown = path.display();
+        let _ = fs::remove_file(temporary(&path));
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{shown}: {e}")),
+        };
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        file.take(MAX_KEYS_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("{shown}: {e}"))?;
+        if bytes.len() as u64 > MAX_KEYS_FILE_BYTES {
+            return Err(format!(
+                "{shown}: larger than {MAX_KEYS_FILE_BYTES} bytes (corrupt state)"
+            ));
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Writes the identity key file durably now, before the writer thread
+    /// runs (a key made at first start signs nothing before it is on disk).
+    pub fn write_keys(&self, bytes: &Secret) -> Result<(), String> {
+        let mut batch = BTreeMap::new();
+        batch.insert(self.keys_path(), Some(bytes.0.clone()));
+        self.commit(&batch)
+            .map_err(|e| format!("cannot write {}: {e}", self.keys_path().display()))
+    }
+
     /// Starts the writer thread. `wake` is called after each batch, once its
     /// result is on `Committed`'s channel.
     pub fn spawn_writer(
@@ -242,7 +299,7 @@ impl StateDir {
     ) {
         let mut failed_epoch: Option<u64> = None;
         while let Ok(first) = jobs.recv() {
-            let mut batch: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+            let mut batch: BTreeMap<PathBuf, Option<Vec<u8>>> = BTreeMap::new();
             let (mut seq, mut epoch) = (None, 0);
             let mut abandoned = None;
             for (job_seq, job_epoch, job) in std::iter::once(first).chain(jobs.try_iter()) {
@@ -252,8 +309,11 @@ impl StateDir {
                 }
                 (seq, epoch) = (Some(job_seq), job_epoch);
                 match job {
-                    Job::Write { name, bytes } => batch.insert(name, Some(bytes)),
-                    Job::Remove { name } => batch.insert(name, None),
+                    Job::Write { name, bytes } => {
+                        batch.insert(self.instance_path(&name), Some(bytes))
+                    }
+                    Job::Remove { name } => batch.insert(self.instance_path(&name), None),
+                    Job::Keys(Secret(bytes)) => batch.insert(self.keys_path(), Some(bytes)),
                 };
             }
             let mut reports = Vec::new();
@@ -285,60 +345,70 @@ impl StateDir {
     }
 
     /// Writes a batch: every new file written and fsynced under a temporary
-    /// name, then renamed into place, removals done, and the directory
-    /// fsynced once so that the renames and removals are durable too.
+    /// name, then renamed into place, removals done, and each directory
+    /// touched fsynced once so that the renames and removals are durable
+    /// too.
     ///
     /// All or nothing as far as the disk allows: if any new file cannot be
     /// written (a full disk, no descriptors), the temporary files are
-    /// removed and no instance file has changed. Only a failing rename,
-    /// unlink or directory fsync after that (an I/O error, not a full disk)
-    /// can leave part of a batch in place.
-    fn commit(&self, batch: &BTreeMap<String, Option<Vec<u8>>>) -> io::Result<()> {
-        let written = self.write_temporaries(batch);
+    /// removed and no file has changed. Only a failing rename, unlink or
+    /// directory fsync after that (an I/O error, not a full disk) can leave
+    /// part of a batch in place.
+    fn commit(&self, batch: &BTreeMap<PathBuf, Option<Vec<u8>>>) -> io::Result<()> {
+        let written = write_temporaries(batch);
         if let Err(e) = written {
-            for (name, bytes) in batch {
+            for (path, bytes) in batch {
                 if bytes.is_some() {
-                    let _ = fs::remove_file(self.temporary(name));
+                    let _ = fs::remove_file(temporary(path));
                 }
             }
             return Err(e);
         }
-        for (name, bytes) in batch {
-            let path = self.instances_dir.join(format!("{name}.json"));
+        let mut dirs: Vec<&Path> = Vec::new();
+        for (path, bytes) in batch {
             if bytes.is_some() {
-                fs::rename(self.temporary(name), &path)?;
+                fs::rename(temporary(path), path)?;
             } else {
-                match fs::remove_file(&path) {
+                match fs::remove_file(path) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                     _ => {}
                 }
             }
-        }
-        let dir = File::open(&self.instances_dir)?;
-        nix::unistd::fsync(dir.as_fd()).map_err(io::Error::from)
-    }
-
-    /// Writes and fsyncs every new file of a batch under its temporary name.
-    fn write_temporaries(&self, batch: &BTreeMap<String, Option<Vec<u8>>>) -> io::Result<()> {
-        for (name, bytes) in batch {
-            if let Some(bytes) = bytes {
-                let mut file = OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .write(true)
-                    .mode(0o600)
-                    .open(self.temporary(name))?;
-                file.write_all(bytes)?;
-                file.sync_all()?;
+            if let Some(dir) = path.parent()
+                && !dirs.contains(&dir)
+            {
+                dirs.push(dir);
             }
+        }
+        for dir in dirs {
+            let dir = File::open(dir)?;
+            nix::unistd::fsync(dir.as_fd()).map_err(io::Error::from)?;
         }
         Ok(())
     }
 
-    /// Where instance `name`'s next version is written before its rename.
-    fn temporary(&self, name: &str) -> PathBuf {
-        self.instances_dir.join(format!("{name}.json.tmp"))
+    /// Where instance `name`'s file is.
+    fn instance_path(&self, name: &str) -> PathBuf {
+        self.instances_dir.join(format!("{name}.json"))
     }
+}
+
+/// Writes and fsyncs every new file of a batch under its temporary name,
+/// mode 0600 (an instance's host-only keys, a private key).
+fn write_temporaries(batch: &BTreeMap<PathBuf, Option<Vec<u8>>>) -> io::Result<()> {
+    for (path, bytes) in batch {
+        if let Some(bytes) = bytes {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(temporary(path))?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 /// The event loop's handle on the writer thread.

@@ -15,6 +15,7 @@ impl Server {
                 bytes: StoredInstance::encode(&staged.spec, staged.state, staged.pidns),
             },
             Change::Remove { name } => Job::Remove { name: name.clone() },
+            Change::Keys { staged, .. } => Job::Keys(staged.encode()),
         };
         let seq = self.writer.submit(job);
         self.in_flight.push_back((seq, change));
@@ -47,6 +48,19 @@ impl Server {
                     self.finished.push(key);
                 }
                 self.publish_to(None, &name, &[Event::InstanceRemoved]);
+            }
+            Change::Keys { staged, events } => {
+                if self.issuer.commit(&staged) {
+                    self.write_jwks_file();
+                }
+                for event in &events {
+                    if let Event::IdentityKey { action, kid, .. } = event {
+                        log::info(format_args!("identity key {kid} {action}"));
+                    }
+                }
+                // The keys' events name no instance.
+                self.publish_to(None, "", &events);
+                self.release_deferred_mints();
             }
         }
     }
@@ -108,6 +122,8 @@ impl Server {
     pub(super) fn abandon_in_flight(&mut self, error: &str) {
         self.writer.abandon();
         self.registry.abandon_pending();
+        self.issuer.abandon_pending();
+        self.release_deferred_mints();
         self.in_flight.clear();
         for (s, key) in std::mem::take(&mut self.waiting) {
             if let Some(conn) = self.conns.get_mut(key)

@@ -9,7 +9,9 @@
 //! - `admission`: accepting, identifying and admitting connections;
 //! - `durability`: changes held until the writer says they are on disk;
 //! - `fanout`: events to subscribers, pings, waits answered;
-//! - `timers`: connection deadlines.
+//! - `timers`: connection deadlines;
+//! - `minting`: identity tokens handed to the signer thread and answered,
+//!   and the identity keys' schedule.
 //!
 //! What happens on a connection is `conn`'s business; what a request means,
 //! `dispatch`'s; who the peer is, `identity`'s.
@@ -17,6 +19,7 @@
 mod admission;
 mod durability;
 mod fanout;
+mod minting;
 mod startup;
 mod timers;
 
@@ -46,6 +49,7 @@ use slab::Slab;
 use crate::activation;
 use crate::api::Change;
 use crate::api::admin::{Connections, ServerFacts};
+use crate::api::identity::Mint;
 use crate::conn::{
     Buffers, Conn, ConnState, Counted, Ctx, Expired, Listed, Next, Registration, Side,
 };
@@ -53,6 +57,7 @@ use crate::error::NotServed;
 use crate::events::{self, Event};
 use crate::identity;
 use crate::instance::{InstanceSpec, RuleKinds};
+use crate::issuer::{Issuer, IssuerConfig};
 use crate::limits::{
     ACCEPT_RETRY_MS, ACCEPTS_PER_TURN, EVENTS_PER_POLL, FALLBACK_FD_LIMIT, LOG_THROTTLE,
     MAX_ADMIN_CONNECTIONS, READ_CHUNK_BYTES, RESERVED_FDS, SHUTDOWN_GRACE, SILENT_PINGS, Tunables,
@@ -60,6 +65,7 @@ use crate::limits::{
 use crate::log;
 use crate::metrics::{Limit, Metrics};
 use crate::registry::{Instance, InstanceId, Registry};
+use crate::signer::{Signed, Signer};
 use crate::store::{self, Committed, Job, StoredInstance, Writer};
 use crate::ws::close_code;
 
@@ -73,8 +79,9 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 /// The admin socket's listener.
 const ADMIN_LISTENER: Token = Token(usize::MAX - 3);
 
-/// The state writer thread's wake-up: a batch was committed.
-const WRITER: Token = Token(usize::MAX - 4);
+/// A helper thread's wake-up: the state writer committed a batch, or the
+/// signer signed a token (mio allows one `Waker` per `Poll`; they share it).
+const WAKER: Token = Token(usize::MAX - 4);
 
 /// Which listening sockets may have connections waiting in their backlog
 /// (`Waiting`, not `Backlog`: nix names the listen(2) argument that):
@@ -152,6 +159,22 @@ struct Server {
     stopping: Option<Instant>,
     /// After SIGHUP: the channel to the new guestsock.
     successor: Option<std::os::unix::net::UnixStream>,
+    /// The identity issuer: settings, keys, the change of keys in flight.
+    issuer: Issuer,
+    /// The signer thread.
+    signer: Signer,
+    /// Its tokens.
+    signed: Receiver<Signed>,
+    /// Where a drive reports the token its connection asked for.
+    mints: Vec<Mint>,
+    /// Tokens being signed: ticket to the connection waiting for it and
+    /// when its request started. At most one per connection.
+    minting: HashMap<u64, (usize, Instant)>,
+    /// Tokens waiting for a change of keys to be durable, with their
+    /// tickets.
+    deferred_mints: Vec<(u64, Mint)>,
+    /// The last ticket given.
+    last_ticket: u64,
 }
 
 /// Logs `message` unless a line was logged through `last` less than a
@@ -183,6 +206,7 @@ impl Server {
                 self.timers.first().map(|&(at, _)| at),
                 Some(self.next_ping),
                 self.stopping,
+                self.issuer.until_due().map(|wait| now + wait),
             ]
             .into_iter()
             .flatten()
@@ -211,7 +235,10 @@ impl Server {
                 match event.token() {
                     GUEST_LISTENER => self.backlog.guest = true,
                     ADMIN_LISTENER => self.backlog.admin = true,
-                    WRITER => self.take_commits(),
+                    WAKER => {
+                        self.take_commits();
+                        self.take_signed();
+                    }
                     SIGNALS => match self.take_signal() {
                         Some(Signal::SIGHUP) => self.hand_over(now),
                         Some(signal) => self.begin_shutdown(signal, now),
@@ -236,6 +263,7 @@ impl Server {
             self.sweep();
             self.accept_turn();
             self.fire_timers(now);
+            self.keys_due();
             if self.next_ping <= now {
                 self.ping_subscribers(now);
             }
@@ -378,11 +406,14 @@ impl Server {
             buffers: &mut self.buffers,
             stopping: self.stopping.is_some(),
             refusal_logged: &mut self.refusal_logged,
+            issuer: &mut self.issuer,
+            mints: &mut self.mints,
         };
         let open = conn.drive(&mut ctx) == Next::Wait;
         if !open {
             self.finished.push(key);
         }
+
         if let Some(registration) = conn.take_registration() {
             match registration {
                 Registration::Subscribed(subscription) => {
@@ -401,6 +432,15 @@ impl Server {
         }
         if open {
             self.set_timer(key);
+        }
+        if let Some(mint) = self.mints.pop() {
+            self.last_ticket += 1;
+            let ticket = self.last_ticket;
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.assign_mint(ticket);
+            }
+            self.minting.insert(ticket, (key, mint.started));
+            self.submit_mint(ticket, mint);
         }
         if self.changes.is_empty() {
             return open;

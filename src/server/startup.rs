@@ -33,6 +33,8 @@ pub struct ServeConfig {
     pub limits: Tunables,
     /// Where this server writes its pid once serving.
     pub pid_file: PathBuf,
+    /// The identity issuer's settings (`--identity-*`).
+    pub identity: IssuerConfig,
 }
 
 /// A listening socket and the file it is bound to, removed on exit only if
@@ -140,6 +142,22 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         None => (activation::listen_fds()?, false),
     };
     let (state, stored) = store::open(&config.state_dir)?;
+    let keys_path = state.keys_path();
+    let (issuer, made) = Issuer::open(
+        config.identity,
+        state.read_keys()?.as_deref(),
+        &keys_path,
+        crate::issuer::unix_now(),
+    )?;
+    if let Some(bytes) = made {
+        // On disk before it can sign anything.
+        state.write_keys(&bytes)?;
+        log::info(format_args!(
+            "made identity key {} in {}",
+            issuer.ring().signing().key.kid,
+            keys_path.display()
+        ));
+    }
     let mut registry = Registry::new(config.host_name);
     for stored in stored {
         let name = stored.instance.name.clone();
@@ -186,13 +204,18 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     }
     let poll = Poll::new().map_err(|e| format!("cannot create epoll instance: {e}"))?;
     let waker = Arc::new(
-        Waker::new(poll.registry(), WRITER).map_err(|e| format!("cannot create a waker: {e}"))?,
+        Waker::new(poll.registry(), WAKER).map_err(|e| format!("cannot create a waker: {e}"))?,
     );
+    let signer_waker = Arc::clone(&waker);
     let (writer, committed) = state
         .spawn_writer(Arc::new(move || {
             let _ = waker.wake();
         }))
         .map_err(|e| format!("cannot start the state writer: {e}"))?;
+    let (signer, signed) = Signer::spawn(Arc::new(move || {
+        let _ = signer_waker.wake();
+    }))
+    .map_err(|e| format!("cannot start the signer: {e}"))?;
     let facts = ServerFacts {
         version: env!("CARGO_PKG_VERSION"),
         guest_socket: guest.path.display().to_string(),
@@ -236,7 +259,15 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         subscriber_count: 0,
         stopping: None,
         successor: None,
+        issuer,
+        signer,
+        signed,
+        mints: Vec::new(),
+        minting: HashMap::new(),
+        deferred_mints: Vec::new(),
+        last_ticket: 0,
     };
+    server.write_jwks_file();
     for id in seeded {
         server.save(id);
     }
@@ -271,6 +302,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         server.guest.path.display()
     ));
     let result = server.run();
+    server.signer.finish();
     // Finishing the writer closes the state directory and its lock.
     server.writer.finish();
     match server.successor.as_mut() {
