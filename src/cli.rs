@@ -1052,14 +1052,13 @@ fn identity(admin: &AdminSocket, call: IdentityCall) -> Result<(), String> {
 
 /// An OpenID Connect discovery document (OpenID Connect Discovery 1.0,
 /// section 3) for guestsock's tokens: the issuer, where its keys are, and
-/// what its tokens are. The REQUIRED members are all there; the
-/// authorization endpoint is the guest socket, which has no URL, so it is
-/// the issuer's own (verifiers of ID tokens never call it).
+/// what its tokens are. Like Kubernetes' service account issuer discovery,
+/// it has no `authorization_endpoint`: tokens come from the guest socket,
+/// not from a URL, and verifiers only read `issuer` and `jwks_uri`.
 pub fn discovery_document(issuer: &str, jwks_uri: &str) -> Value {
     serde_json::json!({
         "issuer": issuer,
         "jwks_uri": jwks_uri,
-        "authorization_endpoint": format!("{}/authorize-through-the-guest-socket", issuer.trim_end_matches('/')),
         "response_types_supported": ["id_token"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["ES256"],
