@@ -195,6 +195,30 @@ pub fn percent_decoding(data: &[u8]) {
     assert_eq!(request::percent_decode(&encoded).as_deref(), Some(text));
 }
 
+/// A token request's query (`audience`, `ttl`): it never panics; what it
+/// accepts is an audience of 1 to 255 visible ASCII characters and a ttl
+/// within its bounds; what it refuses is a `400`.
+pub fn token_query(data: &[u8]) {
+    use crate::limits::{MAX_AUDIENCE_BYTES, MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS};
+    let Ok(query) = std::str::from_utf8(data) else {
+        return;
+    };
+    match crate::api::identity::token_query(query) {
+        Ok((audience, ttl)) => {
+            assert!(
+                (1..=MAX_AUDIENCE_BYTES).contains(&audience.len()),
+                "{audience:?}"
+            );
+            assert!(
+                audience.bytes().all(|b| b.is_ascii_graphic()),
+                "{audience:?}"
+            );
+            assert!((MIN_TOKEN_TTL_SECS..=MAX_TOKEN_TTL_SECS).contains(&ttl));
+        }
+        Err(error) => assert_eq!(error.status(), 400, "{error}"),
+    }
+}
+
 /// A whole connection, on one end of a real socket pair, guest or admin
 /// side as the first byte says: `data` is what the peer sends, in chunks
 /// whose size also comes from the first byte, then the peer's EOF. After
