@@ -1145,6 +1145,10 @@ fn stats(admin: &AdminSocket) -> Result<(), String> {
             count("guestsock_subscribers_dropped_total", ""),
         ],
         vec!["limits hit".into(), count("guestsock_limits_hit_total", "")],
+        vec![
+            "identity tokens signed".into(),
+            count("guestsock_identity_tokens_total", ""),
+        ],
     ];
     print!("{}", table(&["WHAT", "VALUE"], &rows));
     Ok(())
