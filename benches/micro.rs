@@ -120,7 +120,11 @@ fn tokens(c: &mut Criterion) {
         })
     });
     group.bench_function("parse a token query", |b| {
-        b.iter(|| token_query(black_box("audience=https%3A%2F%2Fvault.example.com&ttl=600")))
+        b.iter(|| {
+            token_query(black_box(
+                "audience=https%3A%2F%2Fvault.example.com&ttl=600",
+            ))
+        })
     });
     group.finish();
 }

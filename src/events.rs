@@ -46,11 +46,12 @@ pub enum Event {
         /// The new state.
         state: &'static str,
     },
-    /// Admin stream only: an identity signing key was made (`created`),
-    /// replaced (`rotated`, `previous` naming the key it retired) or
-    /// dropped from the JWKS (`dropped`). Names no instance.
+    /// Admin stream only: a new identity signing key replaced the old one
+    /// (`rotated`, `previous` naming the key it retired), or a retired key
+    /// was dropped from the JWKS (`dropped`). Names no instance. (The first
+    /// key is made before anyone can subscribe, and logged.)
     IdentityKey {
-        /// `created`, `rotated` or `dropped`.
+        /// `rotated` or `dropped`.
         action: &'static str,
         /// The key's kid.
         kid: String,
@@ -369,6 +370,25 @@ mod tests {
             String::from_utf8(Event::InstanceReady.to_json(ts, Some("c1"))).unwrap(),
             r#"{"type":"instance-ready","timestamp":"2026-11-22T10:00:00.123456789Z","instance":"c1","metadata":{}}"#
         );
+        // The host's keys name no instance, whatever the caller passes.
+        let rotated = Event::IdentityKey {
+            action: "rotated",
+            kid: "new".into(),
+            previous: Some("old".into()),
+        };
+        assert_eq!(
+            String::from_utf8(rotated.to_json(ts, Some(""))).unwrap(),
+            r#"{"type":"identity-key","timestamp":"2026-11-22T10:00:00.123456789Z","metadata":{"action":"rotated","kid":"new","previous":"old"}}"#
+        );
+        let dropped = Event::IdentityKey {
+            action: "dropped",
+            kid: "old".into(),
+            previous: None,
+        };
+        assert_eq!(
+            String::from_utf8(dropped.to_json(ts, None)).unwrap(),
+            r#"{"type":"identity-key","timestamp":"2026-11-22T10:00:00.123456789Z","metadata":{"action":"dropped","kid":"old"}}"#
+        );
     }
 
     #[test]
@@ -386,6 +406,17 @@ mod tests {
         assert!(!TypeFilter::parse(None, false).wants(&Event::InstanceReady));
         assert!(TypeFilter::parse(None, true).wants(&Event::InstanceReady));
         assert!(!TypeFilter::parse(Some("instance-ready"), false).wants(&Event::InstanceReady));
+        let key = Event::IdentityKey {
+            action: "dropped",
+            kid: "k".into(),
+            previous: None,
+        };
+        assert!(TypeFilter::parse(None, true).wants(&key));
+        assert!(TypeFilter::parse(Some("identity-key"), true).wants(&key));
+        assert!(!TypeFilter::parse(Some("config"), true).wants(&key));
+        assert!(!TypeFilter::parse(None, false).wants(&key));
+        assert!(!TypeFilter::parse(Some("identity-key"), false).wants(&key));
+        assert!(!key.guest_visible());
     }
 
     #[test]

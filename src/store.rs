@@ -190,7 +190,7 @@ pub fn open(dir: &Path) -> Result<(StateDir, Vec<StoredInstance>), String> {
 }
 
 /// Where `path`'s next version is written before its rename.
-fn temporary(path: &Path) -> PathBuf {
+pub(crate) fn temporary(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".tmp");
     PathBuf::from(name)

@@ -407,6 +407,26 @@ mod tests {
         assert_eq!(req.path, "/");
         let req = complete("GET / HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"abc\" \r\n\r\n");
         assert_eq!(req.if_none_match, Some("\"abc\""));
+        for (header, identity, forwarded) in [
+            ("", false, false),
+            ("Guestsock-Identity: true\r\n", true, false),
+            ("guestsock-identity:TRUE \r\n", true, false),
+            ("Guestsock-Identity: yes\r\n", false, false),
+            (
+                "Guestsock-Identity: true\r\nX-Forwarded-For: 1.2.3.4\r\n",
+                true,
+                true,
+            ),
+            ("forwarded: for=x\r\n", false, true),
+        ] {
+            let text = format!("GET / HTTP/1.1\r\nHost: x\r\n{header}\r\n");
+            let req = complete(&text);
+            assert_eq!(
+                (req.identity_header, req.forwarded),
+                (identity, forwarded),
+                "{header:?}"
+            );
+        }
     }
 
     #[test]

@@ -101,9 +101,7 @@ impl Server {
 pub(super) fn write_public_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
+    let temporary = store::temporary(path);
     let mut file = fs::OpenOptions::new()
         .create(true)
         .truncate(true)

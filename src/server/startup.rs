@@ -149,15 +149,6 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         &keys_path,
         crate::issuer::unix_now(),
     )?;
-    if let Some(bytes) = made {
-        // On disk before it can sign anything.
-        state.write_keys(&bytes)?;
-        log::info(format_args!(
-            "made identity key {} in {}",
-            issuer.ring().signing().key.kid,
-            keys_path.display()
-        ));
-    }
     let mut registry = Registry::new(config.host_name);
     for stored in stored {
         let name = stored.instance.name.clone();
@@ -201,6 +192,17 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         // the files now and removes them when it stops for good.
         guest.own();
         admin.own();
+    }
+    if let Some(bytes) = made {
+        // A key made now (the first start) is on disk before it can sign
+        // anything; made in memory above, written only once nothing else
+        // can refuse the start.
+        state.write_keys(&bytes)?;
+        log::info(format_args!(
+            "made identity key {} in {}",
+            issuer.ring().signing().key.kid,
+            keys_path.display()
+        ));
     }
     let poll = Poll::new().map_err(|e| format!("cannot create epoll instance: {e}"))?;
     let waker = Arc::new(
