@@ -253,7 +253,17 @@ fn every_refusal_has_its_status_and_the_jwks_is_public() {
         &FLAGS,
     );
     let long = format!("audience={}", "a".repeat(256));
-    let table: Vec<(&util::Cgroup, Option<u32>, &str, Vec<&str>, u16, &str)> = vec![
+    /// The caller's group and uid, the query, the headers, the status and a
+    /// phrase of the answer.
+    type Row<'a> = (
+        &'a util::Cgroup,
+        Option<u32>,
+        &'a str,
+        Vec<&'a str>,
+        u16,
+        &'a str,
+    );
+    let table: Vec<Row<'_>> = vec![
         (
             &stranger,
             None,
@@ -499,7 +509,7 @@ fn after_a_rotation_old_tokens_verify_until_their_key_is_dropped() {
     let first_verdict = verified(&server.socket, &first, "rot");
     let old_kid = first_verdict["header"]["kid"].as_str().unwrap().to_owned();
     let exp = first_verdict["claims"]["exp"].as_u64().unwrap();
-    assert_eq!(kids(&server.socket), [old_kid.clone()]);
+    assert_eq!(kids(&server.socket), [old_kid.as_str()]);
 
     let admin = server.admin_socket.display().to_string();
     let out = util::run_guestsock(&["identity", "rotate", "--admin", &admin], None);
@@ -555,7 +565,7 @@ fn after_a_rotation_old_tokens_verify_until_their_key_is_dropped() {
         (&event["metadata"]["action"], &event["metadata"]["kid"]),
         (&json!("dropped"), &json!(old_kid))
     );
-    assert_eq!(kids(&server.socket), [new_kid.clone()]);
+    assert_eq!(kids(&server.socket), [new_kid.as_str()]);
     let file: Value = serde_json::from_slice(&std::fs::read(&jwks_file).unwrap()).unwrap();
     assert_eq!(file["keys"][0]["kid"], new_kid.as_str(), "{file}");
     // Even with the verifier's clock set back before its expiry, the old
@@ -608,7 +618,7 @@ fn keys_survive_a_restart_and_a_sighup_handoff() {
     let dir = server.stop_keep();
     let flags: Vec<String> = FLAGS.iter().map(|s| s.to_string()).collect();
     let mut server = util::Server::start_in(dir, &flags);
-    assert_eq!(kids(&server.socket), [kid.clone()]);
+    assert_eq!(kids(&server.socket), [kid.as_str()]);
     assert_eq!(verified(&server.socket, &token, "keep")["ok"], true);
     let again = my_token(&server, "audience=keep");
     assert_eq!(
@@ -632,7 +642,7 @@ fn keys_survive_a_restart_and_a_sighup_handoff() {
             assert!(Instant::now() < deadline, "the new process never served");
             thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(kids(&server.socket), [kid.clone()]);
+        assert_eq!(kids(&server.socket), [kid.as_str()]);
         assert_eq!(verified(&server.socket, &token, "keep")["ok"], true);
         let third = my_token(&server, "audience=keep");
         assert_eq!(
