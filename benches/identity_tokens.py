@@ -49,7 +49,7 @@ def in_cgroup(group):
 
 def wrk(group, shim, sock, path, headers):
     cmd = in_cgroup(group) + ["env", f"SHIM_PORT={PORT}", f"SHIM_PATH={sock}", f"LD_PRELOAD={shim}",
-                              "wrk", "-t1", "-c64", f"-d{SECONDS}s", "--latency"]
+                              "wrk", "-t1", "-c64", f"-d{SECONDS:g}s", "--latency"]
     for header in headers:
         cmd += ["-H", header]
     cmd.append(f"http://127.0.0.1:{PORT}{path}")
