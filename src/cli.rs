@@ -270,7 +270,7 @@ pub struct ServeArgs {
     pub identity: IdentityArgs,
 }
 
-/// The identity token flags of `serve` (docs/protocol.md section 8).
+/// The identity token flags of `serve` (docs/protocol.md section 9).
 #[derive(Debug, PartialEq, Args)]
 #[command(next_help_heading = "Identity tokens (docs/identity.md)")]
 pub struct IdentityArgs {

@@ -129,7 +129,7 @@ pub enum NotServed {
     /// server's fault; it cannot happen for the paths a wait is allowed on.
     WaitUnanswered,
     /// A token request without `Guestsock-Identity: true` (docs/protocol.md
-    /// section 8): possibly a program made to fetch a URL for someone else.
+    /// section 9): possibly a program made to fetch a URL for someone else.
     /// The caller's fault.
     NoIdentityHeader,
     /// A token request carrying `X-Forwarded-For` or `Forwarded`: relayed

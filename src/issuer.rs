@@ -1,4 +1,4 @@
-//! The identity issuer (docs/protocol.md section 8): its settings, its
+//! The identity issuer (docs/protocol.md section 9): its settings, its
 //! ECDSA P-256 signing keys and their life (made at first start, rotated on
 //! request and on a schedule, retired keys published until their last token
 //! expires, then dropped), the key file in the state directory, and the

@@ -1,5 +1,5 @@
 //! JSON Web Tokens as guestsock issues and checks them (docs/protocol.md
-//! section 8): ES256 compact JWS (RFC 7515, with RFC 7518 3.4's fixed
+//! section 9): ES256 compact JWS (RFC 7515, with RFC 7518 3.4's fixed
 //! 64-byte signature), claims in SPIFFE's JWT-SVID profile, and public keys
 //! as JWKs (RFC 7517) named by their RFC 7638 thumbprint.
 //!
@@ -66,7 +66,7 @@ pub struct Claims {
 }
 
 /// One public key as a JWK (RFC 7517 4, RFC 7518 6.2.1), members in the
-/// order docs/protocol.md section 8 lists them.
+/// order docs/protocol.md section 9 lists them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Jwk {
     /// `EC`.

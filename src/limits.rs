@@ -355,7 +355,7 @@ impl Default for Tunables {
 }
 
 /// The `ttl` of an identity token that names none: 600 s (docs/protocol.md
-/// section 8).
+/// section 9).
 ///
 /// Ten minutes: long enough for a token exchange or a login, short enough
 /// that a leaked token is soon worth nothing (GCE's identity tokens last an
@@ -371,7 +371,7 @@ pub const MIN_TOKEN_TTL_SECS: u64 = 60;
 pub const MAX_TOKEN_TTL_SECS: u64 = 3600;
 
 /// Longest `audience` of a token request: 255 bytes of visible ASCII
-/// (docs/protocol.md section 8). Longer is `400`.
+/// (docs/protocol.md section 9). Longer is `400`.
 pub const MAX_AUDIENCE_BYTES: usize = 255;
 
 /// `--identity-rotate`'s default: a new signing key every 24 hours.

@@ -23,7 +23,7 @@ use crate::jwt::{self, Claims};
 use crate::log;
 
 /// Random bytes in a token's `jti`: 16, the 128 bits docs/protocol.md
-/// section 8 asks for at least.
+/// section 9 asks for at least.
 const JTI_BYTES: usize = 16;
 
 /// One token to sign.

@@ -1,4 +1,4 @@
-//! Identity tokens (docs/protocol.md section 8) against the real binary,
+//! Identity tokens (docs/protocol.md section 9) against the real binary,
 //! each token verified by an implementation nobody here wrote: Python's
 //! PyJWT with `cryptography`, against the JWK Set it fetches from the socket
 //! (tests/clients/verify_token.py). Callers are real processes: curl in real

@@ -126,7 +126,7 @@ pub fn answer(
         "/1.0/ubuntu-pro/token" if req.method == "POST" => ubuntu_pro_token(),
         "/1.0/ubuntu-pro/token" => NotServed::MethodNotAllowed { allow: "POST" }.response(),
         // Minted for the instance the kernel says the caller is in, under
-        // the same proof and rate as every other request (section 8).
+        // the same proof and rate as every other request (section 9).
         "/1.0/identity/token" if req.method == "GET" => {
             return match identity::token_request(req) {
                 Ok((audience, ttl)) => {
@@ -626,7 +626,7 @@ mod tests {
     }
 
     /// A token request: minted for the caller's own instance, refused as
-    /// every other request is, and for the rules of section 8.
+    /// every other request is, and for the rules of section 9.
     #[test]
     fn token_requests() {
         let mut r = registry();

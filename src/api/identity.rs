@@ -1,4 +1,4 @@
-//! The identity endpoints (docs/protocol.md section 8): a guest asks for a
+//! The identity endpoints (docs/protocol.md section 9): a guest asks for a
 //! token naming its instance; anyone reads the JWKS; the host rotates the
 //! signing key.
 //!

@@ -37,7 +37,7 @@ pub enum Change {
         name: String,
     },
     /// A new set of identity keys (a rotation, or retired keys dropped):
-    /// signs, is published and announced once durable (section 8).
+    /// signs, is published and announced once durable (section 9).
     Keys {
         /// The keys to make durable, then put in force.
         staged: Rc<KeyRing>,

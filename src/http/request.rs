@@ -26,7 +26,7 @@ pub struct Request<'b> {
     /// The `If-None-Match` header, if sent.
     pub if_none_match: Option<&'b str>,
     /// `Guestsock-Identity: true` was sent (a token request's proof that
-    /// the caller meant to ask, docs/protocol.md section 8).
+    /// the caller meant to ask, docs/protocol.md section 9).
     pub identity_header: bool,
     /// `X-Forwarded-For` or `Forwarded` was sent: a proxy relays the
     /// request for someone else.

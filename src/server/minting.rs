@@ -1,4 +1,4 @@
-//! Identity tokens on the loop (docs/protocol.md section 8): a token asked
+//! Identity tokens on the loop (docs/protocol.md section 9): a token asked
 //! for is given its key and times here and handed to the signer thread;
 //! its answer is released when the signature comes back. Also the keys'
 //! schedule (rotation and drops, made durable like any change) and the
