@@ -483,6 +483,30 @@ fn a_token_stops_verifying_at_its_expiry() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The discovery document names this issuer and the given JWKS URL.
+    let out = util::run_guestsock(
+        &[
+            "identity",
+            "discovery",
+            "--jwks-uri",
+            "https://guestsock.test/jwks.json",
+            "--admin",
+            &admin,
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let document: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(document["issuer"], ISSUER);
+    assert_eq!(document["jwks_uri"], "https://guestsock.test/jwks.json");
+    assert_eq!(
+        document["id_token_signing_alg_values_supported"],
+        json!(["ES256"])
+    );
 }
 
 #[test]
