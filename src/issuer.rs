@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::NotServed;
 use crate::events::Event;
 use crate::jwt::{self, Claims, Jwk, JwkSet};
-use crate::limits::{MAX_PUBLISHED_KEYS, MAX_TOKEN_TTL_SECS};
+use crate::limits::{MAX_PUBLISHED_KEYS, MAX_TOKEN_TTL_SECS, ROTATION_RETRY_SECS};
 
 /// The version of the key file format written by this build.
 const FORMAT_VERSION: u32 = 1;
@@ -387,6 +387,9 @@ pub struct Issuer {
     in_flight: usize,
     /// The JWKS of `ring`, as served.
     jwks: Vec<u8>,
+    /// After a scheduled rotation failed (no key could be made): not
+    /// before this, so that the loop does not spin on it.
+    rotation_retry_at: u64,
 }
 
 /// What [`Issuer::mint`] gives a token: the key, `iat` and `exp`.
@@ -430,6 +433,7 @@ impl Issuer {
                 staged: None,
                 in_flight: 0,
                 jwks,
+                rotation_retry_at: 0,
             },
             made,
         ))
@@ -514,7 +518,12 @@ impl Issuer {
                     ring = with_new_key;
                     events.push(event);
                 }
-                Err(e) => crate::log::error(format_args!("scheduled key rotation: {e}")),
+                Err(e) => {
+                    self.rotation_retry_at = now + ROTATION_RETRY_SECS;
+                    crate::log::error(format_args!(
+                        "scheduled key rotation: {e}; trying again in {ROTATION_RETRY_SECS} s"
+                    ));
+                }
             }
         }
         if events.is_empty() {
@@ -530,7 +539,8 @@ impl Issuer {
             return None;
         }
         let every = self.config.rotate_every.as_secs().max(1);
-        Some(ring.signing().created.saturating_add(every))
+        let due = ring.signing().created.saturating_add(every);
+        Some(due.max(self.rotation_retry_at))
     }
 
     /// When the schedule next calls for a change (seconds since the

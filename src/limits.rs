@@ -384,6 +384,11 @@ pub const DEFAULT_KEY_ROTATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// is one whose theft is never undone.
 pub const MAX_KEY_LIFETIME_DAYS: u64 = 365;
 
+/// How long a scheduled key rotation that failed (no randomness from the
+/// operating system) waits before it is tried again: 60 s, so that the loop
+/// neither spins on it nor fills the log.
+pub const ROTATION_RETRY_SECS: u64 = 60;
+
 /// Most keys published at once (the signing key and those retired whose
 /// tokens may still be valid): 32. A rotation past it is refused (`409`)
 /// until a retired key is dropped, so that rotating in a loop cannot grow
