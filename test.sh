@@ -54,5 +54,14 @@ if ! python3 -c 'import websocket' 2>/dev/null; then
         apt-get install -y -qq --no-install-recommends python3-websocket >/dev/null
 fi
 
+# PyJWT with cryptography (for python3 on PATH) is the independent verifier
+# of the identity token tests: from PyPI, or Debian's packages where pip may
+# not install into the system's Python.
+if ! python3 -c 'import jwt, cryptography' 2>/dev/null; then
+    echo "== pip install PyJWT[crypto]"
+    python3 -m pip install -q 'PyJWT[crypto]' ||
+        apt-get install -y -qq --no-install-recommends python3-jwt python3-cryptography >/dev/null
+fi
+
 echo "== cargo test $*"
 exec cargo test "$@"

@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks over in-memory input: the request parser, the
-//! websocket frame codec and reader, and response building.
+//! websocket frame codec and reader, response building, and an identity
+//! token's signature (what the signer thread spends per token).
 //!
 //!     cargo bench --bench micro
 
@@ -96,5 +97,37 @@ fn responses(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parser, frames, responses);
+fn tokens(c: &mut Criterion) {
+    use guestsock::api::identity::{Mint, token_query};
+    use guestsock::issuer::{Issuer, unix_now};
+    let mut group = c.benchmark_group("identity");
+    let mut issuer = Issuer::ephemeral("bench");
+    let mint = Mint {
+        audience: "https://vault.example.com".into(),
+        ttl: 600,
+        instance: "c1".into(),
+        kind: "container",
+        location: "bench".into(),
+        uid: 1_000_000,
+        started: std::time::Instant::now(),
+    };
+    let rng = ring::rand::SystemRandom::new();
+    group.bench_function("sign a token (ES256, jti included)", |b| {
+        b.iter(|| {
+            let (key, iat, exp) = issuer.mint(unix_now(), 600).expect("a key");
+            let claims = mint.claims(issuer.config(), iat, exp);
+            black_box(guestsock::signer::sign(&rng, &key, claims).expect("signed"))
+        })
+    });
+    group.bench_function("parse a token query", |b| {
+        b.iter(|| {
+            token_query(black_box(
+                "audience=https%3A%2F%2Fvault.example.com&ttl=600",
+            ))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parser, frames, responses, tokens);
 criterion_main!(benches);

@@ -21,8 +21,11 @@ use serde_json::Value;
 
 use crate::client::{self, ClientError, encode_segment, table};
 use crate::instance::InstanceSpec;
+use crate::issuer::IssuerConfig;
 use crate::limits::{
-    MAX_ADMIN_BODY_BYTES, MAX_FLAG_SECS, MAX_INSTANCES_FILE_BYTES, RESERVED_FDS, Tunables,
+    DEFAULT_KEY_ROTATION, DEFAULT_TOKEN_TTL_SECS, MAX_ADMIN_BODY_BYTES, MAX_FLAG_SECS,
+    MAX_INSTANCES_FILE_BYTES, MAX_KEY_LIFETIME_DAYS, MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS,
+    RESERVED_FDS, Tunables,
 };
 use crate::server::{self, Seed, ServeConfig};
 
@@ -64,7 +67,7 @@ pub struct Cli {
 #[derive(Debug, PartialEq, Subcommand)]
 pub enum Command {
     /// Run the server: the guest socket, the admin socket and the state directory
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Register, list, show and remove instances
     #[command(subcommand_required = true)]
     Instance {
@@ -118,6 +121,36 @@ pub enum Command {
         /// The path to GET.
         #[arg(value_name = "PATH", help = "The path to GET, like /1.0/config")]
         path: String,
+    },
+    /// Print an identity token for this container's instance, for AUDIENCE (docs/identity.md)
+    Token {
+        /// Who the token is for.
+        #[arg(
+            value_name = "AUDIENCE",
+            help = "Who the token is for (its `aud`), like https://vault.example.com"
+        )]
+        audience: String,
+        /// `--ttl`.
+        #[arg(long, value_name = "S", help = format!(
+            "Seconds until it expires, {MIN_TOKEN_TTL_SECS} to {MAX_TOKEN_TTL_SECS} \
+             [default: {DEFAULT_TOKEN_TTL_SECS}]"
+        ))]
+        ttl: Option<u64>,
+        /// The guest socket.
+        #[arg(long, value_name = "PATH", env = SOCKET_ENV, help = format!(
+            "The guest socket [default: {CONTAINER_SOCKET} if it exists, else {DEFAULT_SOCKET}]"
+        ))]
+        socket: Option<PathBuf>,
+    },
+    /// The host's identity keys: print the JWKS, rotate, verify a token, print an OIDC discovery document
+    #[command(subcommand_required = true)]
+    Identity {
+        /// Which.
+        #[command(subcommand)]
+        call: IdentityCall,
+        /// The admin socket.
+        #[command(flatten)]
+        admin: AdminArg,
     },
     /// Check the socket mount inside containers; exits non-zero if any needs fixing
     Doctor {
@@ -264,6 +297,120 @@ pub struct ServeArgs {
     /// The limit flags.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// The identity token flags.
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+/// The identity token flags of `serve` (docs/protocol.md section 9).
+#[derive(Debug, PartialEq, Args)]
+#[command(next_help_heading = "Identity tokens (docs/identity.md)")]
+pub struct IdentityArgs {
+    /// `--identity-issuer`.
+    #[arg(
+        long,
+        value_name = "URL",
+        help = "Tokens' `iss`, where verifiers find the discovery document [default: https://<host name>]"
+    )]
+    pub identity_issuer: Option<String>,
+    /// `--identity-trust-domain`.
+    #[arg(
+        long,
+        value_name = "NAME",
+        help = "SPIFFE trust domain of the tokens' `sub` [default: the host name, lowercase]"
+    )]
+    pub identity_trust_domain: Option<String>,
+    /// `--identity-rotate`.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = duration,
+        default_value_t = Lifetime(DEFAULT_KEY_ROTATION),
+        help = "A new signing key this often: 90s, 30m, 24h, 7d"
+    )]
+    pub identity_rotate: Lifetime,
+    /// `--identity-jwks-file`.
+    #[arg(
+        long,
+        value_name = "PATH",
+        help = "Also write the JWKS here, atomically, whenever it changes (for a web server to publish)"
+    )]
+    pub identity_jwks_file: Option<PathBuf>,
+}
+
+/// A duration as `--identity-rotate` takes and shows it: whole seconds,
+/// minutes, hours or days (`90s`, `30m`, `24h`, `7d`; a bare number is
+/// seconds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lifetime(pub Duration);
+
+impl fmt::Display for Lifetime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.as_secs();
+        for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+            if secs > 0 && secs.is_multiple_of(size) {
+                return write!(f, "{}{unit}", secs / size);
+            }
+        }
+        write!(f, "{secs}s")
+    }
+}
+
+/// Parses a [`Lifetime`] from 1 s to [`MAX_KEY_LIFETIME_DAYS`] days.
+fn duration(text: &str) -> Result<Lifetime, String> {
+    let (digits, size) = match text.as_bytes().last() {
+        Some(b's') => (&text[..text.len() - 1], 1),
+        Some(b'm') => (&text[..text.len() - 1], 60),
+        Some(b'h') => (&text[..text.len() - 1], 3600),
+        Some(b'd') => (&text[..text.len() - 1], 86_400),
+        _ => (text, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .filter(|_| digits.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.checked_mul(size))
+        .filter(|&secs| (1..=MAX_KEY_LIFETIME_DAYS * 86_400).contains(&secs))
+        .map(|secs| Lifetime(Duration::from_secs(secs)))
+        .ok_or_else(|| {
+            format!("not a duration like 90s, 30m, 24h or 7d (1s to {MAX_KEY_LIFETIME_DAYS}d)")
+        })
+}
+
+/// `guestsock identity ...`.
+#[derive(Debug, PartialEq, Subcommand)]
+pub enum IdentityCall {
+    /// Print the JWK Set of every published key (what verifiers fetch)
+    Jwks,
+    /// Make a new signing key now; the old one stays published until its last token expires
+    Rotate {
+        /// `--quiet`.
+        #[arg(
+            long,
+            short,
+            help = "Print nothing on success; the exit status says it"
+        )]
+        quiet: bool,
+    },
+    /// Check a token against the host's keys and print its claims; exits non-zero if it does not verify
+    Verify {
+        /// The token; `-` reads it from standard input.
+        #[arg(value_name = "TOKEN|-")]
+        token: String,
+        /// `--audience`.
+        #[arg(long, value_name = "A", help = "Also insist on this audience")]
+        audience: Option<String>,
+    },
+    /// Print an OpenID Connect discovery document for the issuer (serve it at <issuer>/.well-known/openid-configuration)
+    Discovery {
+        /// `--jwks-uri`.
+        #[arg(
+            long,
+            value_name = "URL",
+            help = "Where the JWKS is published (a web server serving --identity-jwks-file)"
+        )]
+        jwks_uri: String,
+    },
 }
 
 /// The limit flags of `serve`, one per [`Tunables`] field. Each default is
@@ -733,12 +880,23 @@ pub fn run(invocation: Invocation) -> Result<(), String> {
         origin: invocation.admin_origin,
     };
     match command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Query { socket, path } => {
             let origin = invocation.socket_origin;
             query(&guest_socket_for_client(socket), origin, &path)
         }
         Command::Stats { admin } => stats(&admin_socket(admin)),
+        Command::Token {
+            audience,
+            ttl,
+            socket,
+        } => token(
+            &guest_socket_for_client(socket),
+            invocation.socket_origin,
+            &audience,
+            ttl,
+        ),
+        Command::Identity { call, admin } => identity(&admin_socket(admin), call),
         Command::Doctor {
             names,
             pid,
@@ -915,6 +1073,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .pid_file
         .clone()
         .unwrap_or_else(|| crate::pidfile::default_for(&admin_socket));
+    let identity = IssuerConfig::new(
+        &host_name,
+        args.identity.identity_issuer.clone(),
+        args.identity.identity_trust_domain.clone(),
+        args.identity.identity_rotate.0,
+        args.identity.identity_jwks_file.clone(),
+    )?;
     server::serve(ServeConfig {
         socket,
         admin_socket,
@@ -924,6 +1089,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         seeds,
         limits: args.limits.tunables(),
         pid_file,
+        identity,
     })
     .map_err(|e| {
         if needs_root(&e) {
@@ -1006,6 +1172,101 @@ fn query(socket: &Path, origin: PathOrigin, path: &str) -> Result<(), String> {
     }
 }
 
+/// `guestsock token AUDIENCE`: a guest-side token request; the token goes
+/// to standard output (no newline, as served), an error status to standard
+/// error with a non-zero exit.
+fn token(
+    socket: &Path,
+    origin: PathOrigin,
+    audience: &str,
+    ttl: Option<u64>,
+) -> Result<(), String> {
+    let mut path = format!("/1.0/identity/token?audience={}", encode_segment(audience));
+    if let Some(ttl) = ttl {
+        path.push_str(&format!("&ttl={ttl}"));
+    }
+    let reply = client::call_with(socket, "GET", &path, &["Guestsock-Identity: true"], b"")
+        .map_err(|e| guest_remedy(e, origin))?;
+    if reply.status == 200 {
+        write_stdout(&reply.body, "the token")
+    } else {
+        Err(format!(
+            "{}: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body).trim_end()
+        ))
+    }
+}
+
+/// `guestsock identity ...`: the host's side of identity tokens.
+fn identity(admin: &AdminSocket, call: IdentityCall) -> Result<(), String> {
+    match call {
+        IdentityCall::Jwks => print_json(&admin.call("GET", "/1.0/identity/jwks", b"")?),
+        IdentityCall::Rotate { quiet } => {
+            let rotated = admin.call("POST", "/1.0/identity/rotate", b"")?;
+            if !quiet {
+                println!(
+                    "identity key rotated: {} signs from now on; {} stays published until its last token expires",
+                    rotated["kid"].as_str().unwrap_or_default(),
+                    rotated["retired"].as_str().unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        IdentityCall::Verify { token, audience } => {
+            let token = if token == "-" {
+                String::from_utf8(read_stdin("the token")?)
+                    .map_err(|_| "the token on standard input is not text".to_owned())?
+            } else {
+                token
+            };
+            let settings = admin.call("GET", "/1.0/identity", b"")?;
+            let jwks: crate::jwt::JwkSet =
+                serde_json::from_value(admin.call("GET", "/1.0/identity/jwks", b"")?)
+                    .map_err(|e| format!("the server's JWKS is not a JWK Set: {e}"))?;
+            let expected = crate::jwt::Expected {
+                issuer: settings["issuer"].as_str(),
+                audience: audience.as_deref(),
+            };
+            let claims =
+                crate::jwt::verify(&token, &jwks.keys, crate::issuer::unix_now(), expected)
+                    .map_err(|e| format!("the token does not verify: {e}"))?;
+            let claims = serde_json::to_string_pretty(&claims).unwrap_or_default();
+            println!("{claims}");
+            Ok(())
+        }
+        IdentityCall::Discovery { jwks_uri } => {
+            if !(jwks_uri.starts_with("https://") || jwks_uri.starts_with("http://")) {
+                return Err(format!("--jwks-uri {jwks_uri:?} is not an http(s) URL"));
+            }
+            let settings = admin.call("GET", "/1.0/identity", b"")?;
+            let document =
+                discovery_document(settings["issuer"].as_str().unwrap_or_default(), &jwks_uri);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&document).unwrap_or_default()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// An OpenID Connect discovery document (OpenID Connect Discovery 1.0,
+/// section 3) for guestsock's tokens: the issuer, where its keys are, and
+/// what its tokens are. Like Kubernetes' service account issuer discovery,
+/// it has no `authorization_endpoint`: tokens come from the guest socket,
+/// not from a URL, and verifiers only read `issuer` and `jwks_uri`.
+pub fn discovery_document(issuer: &str, jwks_uri: &str) -> Value {
+    serde_json::json!({
+        "issuer": issuer,
+        "jwks_uri": jwks_uri,
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+        "claims_supported": ["iss", "sub", "aud", "iat", "nbf", "exp", "jti", "guestsock"],
+    })
+}
+
 /// `guestsock stats`: the metrics of `GET /1.0/metrics`, summed up for a
 /// person as one aligned table.
 fn stats(admin: &AdminSocket) -> Result<(), String> {
@@ -1085,6 +1346,10 @@ fn stats(admin: &AdminSocket) -> Result<(), String> {
             count("guestsock_subscribers_dropped_total", ""),
         ],
         vec!["limits hit".into(), count("guestsock_limits_hit_total", "")],
+        vec![
+            "identity tokens signed".into(),
+            count("guestsock_identity_tokens_total", ""),
+        ],
     ];
     print!("{}", table(&["WHAT", "VALUE"], &rows));
     Ok(())
@@ -1615,6 +1880,83 @@ mod tests {
         assert_eq!(limits.rate_per_sec, 0);
         assert_eq!(limits.ping_interval, Duration::from_secs(2));
         assert_eq!(serve.log_level, Some(crate::log::Level::Debug));
+    }
+
+    #[test]
+    fn identity_flags_and_commands() {
+        let Command::Serve(serve) = command("serve") else {
+            panic!("not serve");
+        };
+        assert_eq!(
+            serve.identity.identity_rotate,
+            Lifetime(DEFAULT_KEY_ROTATION)
+        );
+        assert_eq!(serve.identity.identity_issuer, None);
+        let Command::Serve(serve) = command(
+            "serve --identity-rotate 90m --identity-issuer https://h.example --identity-trust-domain td --identity-jwks-file /j",
+        ) else {
+            panic!("not serve");
+        };
+        assert_eq!(
+            serve.identity.identity_rotate,
+            Lifetime(Duration::from_secs(5400))
+        );
+        assert_eq!(
+            serve.identity.identity_issuer.as_deref(),
+            Some("https://h.example")
+        );
+        assert_eq!(serve.identity.identity_trust_domain.as_deref(), Some("td"));
+        assert_eq!(serve.identity.identity_jwks_file, Some("/j".into()));
+        for (text, secs) in [
+            ("1", 1),
+            ("90s", 90),
+            ("30m", 1800),
+            ("24h", 86_400),
+            ("7d", 604_800),
+        ] {
+            assert_eq!(
+                duration(text),
+                Ok(Lifetime(Duration::from_secs(secs))),
+                "{text}"
+            );
+        }
+        for text in [
+            "",
+            "0",
+            "0s",
+            "-1h",
+            "1.5h",
+            "h",
+            "1w",
+            "366d",
+            "99999999999999999999d",
+        ] {
+            assert!(duration(text).is_err(), "{text}");
+        }
+        for (secs, shown) in [(86_400, "1d"), (5400, "90m"), (7200, "2h"), (61, "61s")] {
+            assert_eq!(Lifetime(Duration::from_secs(secs)).to_string(), shown);
+        }
+        assert_eq!(
+            command("token https://vault --ttl 60 --socket /s"),
+            Command::Token {
+                audience: "https://vault".into(),
+                ttl: Some(60),
+                socket: Some("/s".into()),
+            }
+        );
+        assert!(matches!(
+            command("identity verify TOKEN --audience a"),
+            Command::Identity {
+                call: IdentityCall::Verify { .. },
+                ..
+            }
+        ));
+        let document = discovery_document("https://h.example", "https://h.example/jwks.json");
+        assert_eq!(document["issuer"], "https://h.example");
+        assert_eq!(
+            document["id_token_signing_alg_values_supported"][0],
+            "ES256"
+        );
     }
 
     #[test]

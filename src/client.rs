@@ -66,6 +66,17 @@ impl fmt::Display for ClientError {
 
 /// Sends one request to the server at `socket` and reads its answer.
 pub fn call(socket: &Path, method: &str, path: &str, body: &[u8]) -> Result<Reply, ClientError> {
+    call_with(socket, method, path, &[], body)
+}
+
+/// [`call`] with more header lines (`Name: value`, without their CRLF).
+pub fn call_with(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> Result<Reply, ClientError> {
     let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
         socket: socket.to_path_buf(),
         source,
@@ -79,6 +90,10 @@ pub fn call(socket: &Path, method: &str, path: &str, body: &[u8]) -> Result<Repl
     .into_bytes();
     if !body.is_empty() {
         request.extend_from_slice(b"Content-Type: application/octet-stream\r\n");
+    }
+    for header in headers {
+        request.extend_from_slice(header.as_bytes());
+        request.extend_from_slice(b"\r\n");
     }
     request.extend_from_slice(b"\r\n");
     request.extend_from_slice(body);

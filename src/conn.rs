@@ -24,12 +24,14 @@ use mio::net::UnixStream;
 use crate::api::Change;
 use crate::api::admin::ServerFacts;
 use crate::api::guest::{self, GuestAnswer};
+use crate::api::identity::Mint;
 use crate::dispatch::{KnownCaller, Outcome, dispatch};
 use crate::error::NotServed;
 use crate::events::TypeFilter;
 use crate::http::request::{self, Parsed, Request, WebSocketHeaders};
 use crate::http::response::{self, Response};
 use crate::identity::{self, CgroupPaths, PeerFacts};
+use crate::issuer::Issuer;
 use crate::limits::{
     MAX_ADMIN_BODY_BYTES, MAX_EVENT_FRAMING_BYTES, MAX_GUEST_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES,
     MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES, SPARE_BUFFER_BYTES,
@@ -70,6 +72,16 @@ pub enum Hold {
         /// The sequence number of the change's last write.
         seq: u64,
     },
+    /// An identity token is being signed (off the loop); its answer is
+    /// written once it is. Nothing of it is queued yet.
+    Minting {
+        /// Names the token; 0 until the server gives it one.
+        ticket: u64,
+        /// The request asked to keep the connection.
+        keep_alive: bool,
+        /// The request was HTTP/1.0.
+        http10: bool,
+    },
 }
 
 /// What answering needs from the server.
@@ -96,6 +108,11 @@ pub struct Ctx<'a> {
     pub stopping: bool,
     /// When a refusal was last logged (one line a second at most).
     pub refusal_logged: &'a mut Option<Instant>,
+    /// The identity issuer: its JWKS, and its keys for admin rotation.
+    pub issuer: &'a mut Issuer,
+    /// Where answered requests report the tokens to sign (at most one per
+    /// drive: the connection's answer is held until it is signed).
+    pub mints: &'a mut Vec<Mint>,
 }
 
 /// Whose events a subscriber receives, and which types.
@@ -369,12 +386,44 @@ impl<S: Read + Write + AsFd> Conn<S> {
         matches!(self.hold, Some(Hold::Waiting { seq: held, .. }) if held == seq)
     }
 
+    /// Gives the token being signed for this connection its ticket.
+    pub fn assign_mint(&mut self, ticket: u64) {
+        if let Some(Hold::Minting { ticket: held, .. }) = &mut self.hold {
+            *held = ticket;
+        }
+    }
+
+    /// Whether the connection waits for exactly token `ticket` (its key may
+    /// have been reused by another connection since).
+    pub fn mints(&self, ticket: u64) -> bool {
+        matches!(self.hold, Some(Hold::Minting { ticket: held, .. }) if held == ticket)
+    }
+
+    /// The token is signed (or could not be): queues its answer, ending the
+    /// hold; the connection closes after it if the request asked to, or the
+    /// server is `stopping`.
+    pub fn finish_mint(&mut self, response: Response, stopping: bool) {
+        let Some(Hold::Minting {
+            keep_alive, http10, ..
+        }) = self.hold
+        else {
+            return;
+        };
+        self.hold = None;
+        let keep_alive = keep_alive && !response.close && !stopping;
+        response.write_to(&mut self.output, false, keep_alive, http10);
+        if !keep_alive {
+            self.state = ConnState::Closing;
+        }
+    }
+
     /// Replaces the held answer by a `500` naming `error` (the change could
     /// not be made durable, so it was not made at all) and closes after it.
     pub fn fail_hold(&mut self, error: &str) {
-        let Some(Hold::Waiting { at, .. } | Hold::Unassigned { at }) = self.hold.take() else {
+        let Some(Hold::Waiting { at, .. } | Hold::Unassigned { at }) = self.hold else {
             return;
         };
+        self.hold = None;
         self.output.truncate(at);
         let response = NotServed::NotDurable(error.to_owned()).response();
         self.side_response(response)
@@ -543,6 +592,8 @@ impl<S: Read + Write + AsFd> Conn<S> {
             http10: wait.http10,
             keep_alive: wait.keep_alive,
             if_none_match: None,
+            identity_header: false,
+            forwarded: false,
             websocket: WebSocketHeaders::default(),
             body: &[],
             len: 0,
@@ -755,6 +806,18 @@ impl<S: Read + Write + AsFd> Conn<S> {
                     Outcome::Wait(wait) => {
                         self.registration = Some(Registration::Waiting(wait.instance));
                         self.state = ConnState::Waiting(Box::new(wait));
+                        self.consume(used);
+                        return true;
+                    }
+                    Outcome::Mint(mint) => {
+                        // Nothing behind it is read until it is answered.
+                        ctx.mints.push(mint);
+                        self.hold = Some(Hold::Minting {
+                            ticket: 0,
+                            keep_alive: req.keep_alive,
+                            http10: req.http10,
+                        });
+                        self.served = true;
                         self.consume(used);
                         return true;
                     }
@@ -1003,6 +1066,21 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 101 "), "{text}");
         // RFC 6455 1.3's example key and accept value.
         assert!(text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{text}");
+    }
+
+    #[test]
+    fn a_token_is_answered_in_order_with_its_content_type() {
+        let input = "GET /1.0/identity/token?audience=x HTTP/1.1\r\nHost: lxd\r\nGuestsock-Identity: true\r\n\r\n\
+                     GET /1.0/identity/jwks HTTP/1.1\r\nHost: lxd\r\n\r\n";
+        for step in [3, 4096] {
+            let out = text(Side::Guest, input, step);
+            assert_eq!(statuses(&out), ["200", "200"], "step {step}: {out}");
+            assert!(
+                out.contains("Content-Type: application/jwt\r\nCache-Control: no-store\r\n"),
+                "{out}"
+            );
+            assert!(out.contains("\r\n\r\neyJ"), "{out}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::Instant;
 use crate::api::Change;
 use crate::api::admin::{self, AdminAnswer};
 use crate::api::guest::{self, Caller, GuestAnswer};
+use crate::api::identity::{self, Mint};
 use crate::conn::{ChangeWait, Ctx, Side, Subscription};
 use crate::error::NotServed;
 use crate::events::TypeFilter;
@@ -34,6 +35,9 @@ pub enum Outcome {
     Subscribe(Result<(Option<String>, Subscription), Response>),
     /// Hold the request until its answer's tag moves (`wait_for_change`).
     Wait(ChangeWait),
+    /// Hold the request until the signer has signed this token; the server
+    /// answers it then (and counts it for the metrics).
+    Mint(Mint),
 }
 
 /// The instance a connection's caller was found to be, and the registry
@@ -52,6 +56,10 @@ pub fn dispatch(
     ctx: &mut Ctx<'_>,
 ) -> Outcome {
     let outcome = match side {
+        // Public keys are public: any caller, no instance needed.
+        Side::Guest if req.path == "/1.0/identity/jwks" => {
+            Outcome::Respond(identity::jwks(req, ctx.issuer), None)
+        }
         Side::Guest => {
             let caller = identify(peer, known, ctx);
             let outcome = match guest::answer(req, &caller, peer, ctx.registry, Some(ctx.limits)) {
@@ -60,11 +68,18 @@ pub fn dispatch(
                 GuestAnswer::Wait { id, etag, timeout } => {
                     Outcome::Wait(ChangeWait::new(req, id, etag, Instant::now() + timeout))
                 }
+                GuestAnswer::Mint(mint) => Outcome::Mint(Mint { started, ..mint }),
             };
             if let Outcome::Respond(response, _) = &outcome {
                 count_refusal(ctx, &caller, response.refused);
             }
             outcome
+        }
+        Side::Admin { authorized: true }
+            if req.path == "/1.0/identity" || req.path.starts_with("/1.0/identity/") =>
+        {
+            let (response, change) = identity::admin(req, ctx.issuer);
+            Outcome::Respond(response.enveloped(), change)
         }
         Side::Admin { authorized: true } => match admin::answer(req, ctx.registry, ctx.facts) {
             AdminAnswer::Respond(response, change) => {

@@ -131,6 +131,25 @@ pub enum NotServed {
     /// A waiting request's path no longer gave a plain answer. The
     /// server's fault; it cannot happen for the paths a wait is allowed on.
     WaitUnanswered,
+    /// A token request without `Guestsock-Identity: true` (docs/protocol.md
+    /// section 9): possibly a program made to fetch a URL for someone else.
+    /// The caller's fault.
+    NoIdentityHeader,
+    /// A token request carrying `X-Forwarded-For` or `Forwarded`: relayed
+    /// by a proxy for someone else. The caller's fault.
+    ForwardedTokenRequest,
+    /// Admin: a rotation would publish more than `limit` keys; retired keys
+    /// are dropped as their last tokens expire. The host's (it rotated too
+    /// often).
+    TooManyKeys {
+        /// [`crate::limits::MAX_PUBLISHED_KEYS`].
+        limit: usize,
+    },
+    /// No key could be made (no randomness from the operating system). The
+    /// server's.
+    NoKey(String),
+    /// A token could not be signed, with why. The server's.
+    SigningFailed(String),
 }
 
 impl NotServed {
@@ -157,7 +176,7 @@ impl NotServed {
             | NotServed::KeyNotSet(_)
             | NotServed::NoSuchDevice(_) => 404,
             NotServed::MethodNotAllowed { .. } => 405,
-            NotServed::DeviceExists(_) => 409,
+            NotServed::DeviceExists(_) | NotServed::TooManyKeys { .. } => 409,
             NotServed::Registry(e) | NotServed::Batch(BatchError { error: e, .. }) => match e {
                 RegistryError::Invalid(_) => 400,
                 RegistryError::NameTaken(_) | RegistryError::Conflict { .. } => 409,
@@ -168,10 +187,15 @@ impl NotServed {
             | NotServed::HiddenKey
             | NotServed::NoImages
             | NotServed::UbuntuProOff
-            | NotServed::NotAdmin { .. } => 403,
+            | NotServed::NotAdmin { .. }
+            | NotServed::NoIdentityHeader
+            | NotServed::ForwardedTokenRequest => 403,
             NotServed::TooSlow => 408,
             NotServed::RateLimited => 429,
-            NotServed::NotDurable(_) | NotServed::WaitUnanswered => 500,
+            NotServed::NotDurable(_)
+            | NotServed::WaitUnanswered
+            | NotServed::NoKey(_)
+            | NotServed::SigningFailed(_) => 500,
             NotServed::AtCapacity { .. } => 503,
         }
     }
@@ -269,6 +293,20 @@ impl fmt::Display for NotServed {
                 "the change was not made ({error}); nothing changed, so it can be retried"
             ),
             NotServed::WaitUnanswered => f.write_str("the wait could not be answered"),
+            NotServed::NoIdentityHeader => {
+                f.write_str("a token request must carry the header Guestsock-Identity: true")
+            }
+            NotServed::ForwardedTokenRequest => f.write_str(
+                "a token request must come from the caller itself, not through a proxy \
+                 (X-Forwarded-For or Forwarded)",
+            ),
+            NotServed::TooManyKeys { limit } => write!(
+                f,
+                "{limit} keys are published already; a retired key is dropped once its last \
+                 token expires, rotate again then"
+            ),
+            NotServed::NoKey(why) => write!(f, "no new key could be made: {why}"),
+            NotServed::SigningFailed(why) => write!(f, "the token could not be signed: {why}"),
         }
     }
 }
@@ -563,6 +601,41 @@ mod tests {
                 None,
                 None,
             ),
+            (
+                NotServed::NoIdentityHeader,
+                403,
+                "a token request must carry the header Guestsock-Identity: true",
+                None,
+                None,
+            ),
+            (
+                NotServed::ForwardedTokenRequest,
+                403,
+                "a token request must come from the caller itself, not through a proxy (X-Forwarded-For or Forwarded)",
+                None,
+                None,
+            ),
+            (
+                NotServed::TooManyKeys { limit: 32 },
+                409,
+                "32 keys are published already; a retired key is dropped once its last token expires, rotate again then",
+                None,
+                None,
+            ),
+            (
+                NotServed::NoKey("x".into()),
+                500,
+                "no new key could be made: x",
+                None,
+                None,
+            ),
+            (
+                NotServed::SigningFailed("x".into()),
+                500,
+                "the token could not be signed: x",
+                None,
+                None,
+            ),
         ]
     }
 
@@ -636,9 +709,14 @@ mod tests {
             NotServed::TooSlow => 23,
             NotServed::NotDurable(_) => 24,
             NotServed::WaitUnanswered => 25,
-            NotServed::Batch(_) => 26,
+            NotServed::NoIdentityHeader => 26,
+            NotServed::ForwardedTokenRequest => 27,
+            NotServed::TooManyKeys { .. } => 28,
+            NotServed::NoKey(_) => 29,
+            NotServed::SigningFailed(_) => 30,
+            NotServed::Batch(_) => 31,
         };
-        let mut seen = [false; 27];
+        let mut seen = [false; 32];
         for (error, ..) in table() {
             seen[name(&error)] = true;
         }

@@ -45,6 +45,18 @@ pub enum Event {
         /// The new state.
         state: &'static str,
     },
+    /// Admin stream only: a new identity signing key replaced the old one
+    /// (`rotated`, `previous` naming the key it retired), or a retired key
+    /// was dropped from the JWKS (`dropped`). Names no instance. (The first
+    /// key is made before anyone can subscribe, and logged.)
+    IdentityKey {
+        /// `rotated` or `dropped`.
+        action: &'static str,
+        /// The key's kid.
+        kid: String,
+        /// For `rotated`: the kid of the key it retired.
+        previous: Option<String>,
+    },
 }
 
 /// Bits of [`TypeFilter`], one per event type.
@@ -55,6 +67,7 @@ const INSTANCE_CREATED: u8 = 8;
 const INSTANCE_UPDATED: u8 = 16;
 const INSTANCE_REMOVED: u8 = 32;
 const STATE: u8 = 64;
+const IDENTITY_KEY: u8 = 128;
 
 impl Event {
     /// The `type` field.
@@ -67,6 +80,7 @@ impl Event {
             Event::InstanceUpdated => "instance-updated",
             Event::InstanceRemoved => "instance-removed",
             Event::State { .. } => "state",
+            Event::IdentityKey { .. } => "identity-key",
         }
     }
 
@@ -79,6 +93,7 @@ impl Event {
             Event::InstanceUpdated => INSTANCE_UPDATED,
             Event::InstanceRemoved => INSTANCE_REMOVED,
             Event::State { .. } => STATE,
+            Event::IdentityKey { .. } => IDENTITY_KEY,
         }
     }
 
@@ -121,6 +136,13 @@ impl Event {
             state: &'static str,
         }
         #[derive(Serialize)]
+        struct KeyMeta<'a> {
+            action: &'a str,
+            kid: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            previous: Option<&'a str>,
+        }
+        #[derive(Serialize)]
         struct Empty {}
         let kind = self.kind();
         let result = match self {
@@ -158,6 +180,21 @@ impl Event {
                 instance,
                 metadata: StateMeta { state },
             }),
+            Event::IdentityKey {
+                action,
+                kid,
+                previous,
+            } => serde_json::to_vec(&Envelope {
+                kind,
+                timestamp,
+                // The host's keys, no instance's.
+                instance: None,
+                metadata: KeyMeta {
+                    action,
+                    kid,
+                    previous: previous.as_deref(),
+                },
+            }),
             _ => serde_json::to_vec(&Envelope {
                 kind,
                 timestamp,
@@ -191,6 +228,7 @@ impl TypeFilter {
                 "instance-updated" if admin => INSTANCE_UPDATED,
                 "instance-removed" if admin => INSTANCE_REMOVED,
                 "state" if admin => STATE,
+                "identity-key" if admin => IDENTITY_KEY,
                 _ => 0,
             };
         }
@@ -333,6 +371,25 @@ mod tests {
             String::from_utf8(Event::InstanceReady.to_json(ts, Some("c1"))).unwrap(),
             r#"{"type":"instance-ready","timestamp":"2026-11-22T10:00:00.123456789Z","instance":"c1","metadata":{}}"#
         );
+        // The host's keys name no instance, whatever the caller passes.
+        let rotated = Event::IdentityKey {
+            action: "rotated",
+            kid: "new".into(),
+            previous: Some("old".into()),
+        };
+        assert_eq!(
+            String::from_utf8(rotated.to_json(ts, Some(""))).unwrap(),
+            r#"{"type":"identity-key","timestamp":"2026-11-22T10:00:00.123456789Z","metadata":{"action":"rotated","kid":"new","previous":"old"}}"#
+        );
+        let dropped = Event::IdentityKey {
+            action: "dropped",
+            kid: "old".into(),
+            previous: None,
+        };
+        assert_eq!(
+            String::from_utf8(dropped.to_json(ts, None)).unwrap(),
+            r#"{"type":"identity-key","timestamp":"2026-11-22T10:00:00.123456789Z","metadata":{"action":"dropped","kid":"old"}}"#
+        );
     }
 
     #[test]
@@ -350,6 +407,17 @@ mod tests {
         assert!(!TypeFilter::parse(None, false).wants(&Event::InstanceReady));
         assert!(TypeFilter::parse(None, true).wants(&Event::InstanceReady));
         assert!(!TypeFilter::parse(Some("instance-ready"), false).wants(&Event::InstanceReady));
+        let key = Event::IdentityKey {
+            action: "dropped",
+            kid: "k".into(),
+            previous: None,
+        };
+        assert!(TypeFilter::parse(None, true).wants(&key));
+        assert!(TypeFilter::parse(Some("identity-key"), true).wants(&key));
+        assert!(!TypeFilter::parse(Some("config"), true).wants(&key));
+        assert!(!TypeFilter::parse(None, false).wants(&key));
+        assert!(!TypeFilter::parse(Some("identity-key"), false).wants(&key));
+        assert!(!key.guest_visible());
     }
 
     #[test]

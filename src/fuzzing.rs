@@ -195,6 +195,30 @@ pub fn percent_decoding(data: &[u8]) {
     assert_eq!(request::percent_decode(&encoded).as_deref(), Some(text));
 }
 
+/// A token request's query (`audience`, `ttl`): it never panics; what it
+/// accepts is an audience of 1 to 255 visible ASCII characters and a ttl
+/// within its bounds; what it refuses is a `400`.
+pub fn token_query(data: &[u8]) {
+    use crate::limits::{MAX_AUDIENCE_BYTES, MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS};
+    let Ok(query) = std::str::from_utf8(data) else {
+        return;
+    };
+    match crate::api::identity::token_query(query) {
+        Ok((audience, ttl)) => {
+            assert!(
+                (1..=MAX_AUDIENCE_BYTES).contains(&audience.len()),
+                "{audience:?}"
+            );
+            assert!(
+                audience.bytes().all(|b| b.is_ascii_graphic()),
+                "{audience:?}"
+            );
+            assert!((MIN_TOKEN_TTL_SECS..=MAX_TOKEN_TTL_SECS).contains(&ttl));
+        }
+        Err(error) => assert_eq!(error.status(), 400, "{error}"),
+    }
+}
+
 /// A whole connection, on one end of a real socket pair, guest or admin
 /// side as the first byte says: `data` is what the peer sends, in chunks
 /// whose size also comes from the first byte, then the peer's EOF. After
@@ -280,6 +304,8 @@ pub fn run_connection(side: crate::conn::Side, input: &[u8], step: usize) -> Vec
     let mut buffers = Buffers::default();
     let mut refusal_logged = None;
     let mut changes: Vec<Change> = Vec::new();
+    let mut issuer = crate::issuer::Issuer::ephemeral("fuzz");
+    let mut mints = Vec::new();
     let facts_of_peer =
         peer_facts(&server_end, RuleKinds::empty(), &mut cgroups).expect("peer credentials");
     let mut conn = Conn::new(server_end, facts_of_peer, side);
@@ -314,6 +340,8 @@ pub fn run_connection(side: crate::conn::Side, input: &[u8], step: usize) -> Vec
                 buffers: &mut buffers,
                 stopping: false,
                 refusal_logged: &mut refusal_logged,
+                issuer: &mut issuer,
+                mints: &mut mints,
             };
             let next = conn.drive(&mut ctx);
             let pending = conn.pending_output();
@@ -323,7 +351,7 @@ pub fn run_connection(side: crate::conn::Side, input: &[u8], step: usize) -> Vec
             );
             let mut progressed = false;
             // As the server does once the writer reports the change durable.
-            fn settle(registry: &mut Registry, change: Change) {
+            fn settle(registry: &mut Registry, issuer: &mut crate::issuer::Issuer, change: Change) {
                 match change {
                     Change::Put { staged, .. } => {
                         registry.commit(&staged);
@@ -332,15 +360,32 @@ pub fn run_connection(side: crate::conn::Side, input: &[u8], step: usize) -> Vec
                         registry.commit_remove(&name);
                     }
                     Change::Batch(changes) => {
-                        changes.into_iter().for_each(|c| settle(registry, c));
+                        changes
+                            .into_iter()
+                            .for_each(|c| settle(registry, issuer, c));
+                    }
+                    Change::Keys { staged, .. } => {
+                        issuer.commit(&staged);
                     }
                 }
             }
             for change in changes.drain(..) {
-                settle(&mut registry, change);
+                settle(&mut registry, &mut issuer, change);
                 seq += 1;
                 conn.assign_hold(seq);
                 conn.release_hold();
+                progressed = true;
+            }
+            // As the server does once the signer has signed.
+            for mint in mints.drain(..) {
+                let (key, iat, exp) = issuer
+                    .mint(crate::issuer::unix_now(), mint.ttl)
+                    .expect("no change of keys in flight");
+                let claims = mint.claims(issuer.config(), iat, exp);
+                let signed = crate::signer::sign(&ring::rand::SystemRandom::new(), &key, claims)
+                    .expect("signed");
+                conn.assign_mint(1);
+                conn.finish_mint(crate::http::response::Response::jwt(signed), false);
                 progressed = true;
             }
             let _ = conn.take_registration();

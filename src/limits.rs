@@ -473,3 +473,47 @@ pub const MAX_DECODE_THREADS: usize = 4;
 /// that handing them over costs nothing beside decoding them, small enough
 /// that registering starts at once).
 pub const DECODE_CHUNK: usize = 256;
+/// The `ttl` of an identity token that names none: 600 s (docs/protocol.md
+/// section 9).
+///
+/// Ten minutes: long enough for a token exchange or a login, short enough
+/// that a leaked token is soon worth nothing (GCE's identity tokens last an
+/// hour; Kubernetes projected tokens, at least ten minutes).
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 600;
+
+/// The shortest `ttl` a guest may ask for: 60 s. Shorter is `400`: a token
+/// must outlive the clock skew between the host and its verifier.
+pub const MIN_TOKEN_TTL_SECS: u64 = 60;
+
+/// The longest `ttl` a guest may ask for: 3600 s. Longer is `400`. It also
+/// bounds how long a retired key stays published after its last use.
+pub const MAX_TOKEN_TTL_SECS: u64 = 3600;
+
+/// Longest `audience` of a token request: 255 bytes of visible ASCII
+/// (docs/protocol.md section 9). Longer is `400`.
+pub const MAX_AUDIENCE_BYTES: usize = 255;
+
+/// `--identity-rotate`'s default: a new signing key every 24 hours.
+///
+/// A key's lifetime bounds what a stolen key can sign, and a daily rotation
+/// keeps every verifier's refetch of the JWKS exercised.
+pub const DEFAULT_KEY_ROTATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Longest `--identity-rotate`: 365 days. A signing key that never changes
+/// is one whose theft is never undone.
+pub const MAX_KEY_LIFETIME_DAYS: u64 = 365;
+
+/// How long a scheduled key rotation that failed (no randomness from the
+/// operating system) waits before it is tried again: 60 s, so that the loop
+/// neither spins on it nor fills the log.
+pub const ROTATION_RETRY_SECS: u64 = 60;
+
+/// Most keys published at once (the signing key and those retired whose
+/// tokens may still be valid): 32. A rotation past it is refused (`409`)
+/// until a retired key is dropped, so that rotating in a loop cannot grow
+/// the JWKS (and every verifier's cache of it) without bound.
+pub const MAX_PUBLISHED_KEYS: usize = 32;
+
+/// Largest identity key file read at start: 1 MiB, far above
+/// [`MAX_PUBLISHED_KEYS`] keys of a few hundred bytes each.
+pub const MAX_KEYS_FILE_BYTES: u64 = 1024 * 1024;

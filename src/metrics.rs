@@ -13,7 +13,7 @@ const LATENCY_BOUNDS: [f64; 10] = [
 
 /// The endpoints requests are counted by (a bounded label set: a path a
 /// client invents is `other`, never its own label).
-pub const ENDPOINTS: [&str; 9] = [
+pub const ENDPOINTS: [&str; 11] = [
     "/",
     "/1.0",
     "/1.0/config",
@@ -23,6 +23,8 @@ pub const ENDPOINTS: [&str; 9] = [
     "/1.0/events",
     "/1.0/instances...",
     "other",
+    "/1.0/identity/token",
+    "/1.0/identity...",
 ];
 
 /// The statuses requests are counted by.
@@ -122,6 +124,8 @@ pub struct Metrics {
     pub events_published: u64,
     /// Event frames or lines queued to subscribers.
     pub events_delivered: u64,
+    /// Identity tokens signed and answered.
+    pub tokens_minted: u64,
     /// Subscribers cut off for not reading.
     pub slow_consumers_cut: u64,
     /// Websocket subscribers dropped for not answering pings.
@@ -145,6 +149,7 @@ impl Default for Metrics {
             latency_count: 0,
             latency_sum: 0.0,
             events_published: 0,
+            tokens_minted: 0,
             events_delivered: 0,
             slow_consumers_cut: 0,
             ping_timeouts: 0,
@@ -167,6 +172,8 @@ pub fn endpoint(path: &str) -> usize {
         "/1.0/events" => 6,
         p if p.starts_with("/1.0/config/") => 3,
         p if p.starts_with("/1.0/instances") => 7,
+        "/1.0/identity/token" => 9,
+        p if p.starts_with("/1.0/identity") => 10,
         _ => 8,
     }
 }
@@ -277,6 +284,11 @@ impl Metrics {
             out,
             "# HELP guestsock_events_total Events published, and frames delivered to or dropped for subscribers.\n# TYPE guestsock_events_total counter\nguestsock_events_total{{what=\"published\"}} {}\nguestsock_events_total{{what=\"delivered\"}} {}\nguestsock_events_total{{what=\"dropped\"}} {}",
             self.events_published, self.events_delivered, self.slow_consumers_cut
+        );
+        let _ = writeln!(
+            out,
+            "# HELP guestsock_identity_tokens_total Identity tokens signed.\n# TYPE guestsock_identity_tokens_total counter\nguestsock_identity_tokens_total {}",
+            self.tokens_minted
         );
         let _ = writeln!(
             out,

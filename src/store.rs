@@ -51,6 +51,8 @@ use crate::instance::{
     Config, Devices, GuestAccess, GuestState, InstanceSpec, InstanceType, MatchRule,
     valid_instance_name,
 };
+use crate::issuer::Secret;
+use crate::limits::MAX_KEYS_FILE_BYTES;
 use crate::limits::{DECODE_CHUNK, MAX_DECODE_THREADS, STATE_CACHE_KIB, STATE_CHECKPOINT_PAGES};
 use crate::log;
 
@@ -205,19 +207,31 @@ pub enum Job {
     Remove { name: String },
     /// All of these in one transaction, whatever else is batched with them.
     Batch(Vec<Job>),
+    /// Write the identity key file (`identity/keys.json`, mode 0600).
+    Keys(Secret),
+}
+
+/// What one pass of the writer thread commits.
+#[derive(Default)]
+struct Batch {
+    /// Instance name to its new document, or `None` for its removal.
+    instances: BTreeMap<String, Option<Vec<u8>>>,
+    /// The identity key file's new contents.
+    keys: Option<Secret>,
 }
 
 impl Job {
     /// Adds the job's changes to a batch: the newest change to a name wins.
-    fn add_to(self, batch: &mut BTreeMap<String, Option<Vec<u8>>>) {
+    fn add_to(self, batch: &mut Batch) {
         match self {
             Job::Write { name, bytes } => {
-                batch.insert(name, Some(bytes));
+                batch.instances.insert(name, Some(bytes));
             }
             Job::Remove { name } => {
-                batch.insert(name, None);
+                batch.instances.insert(name, None);
             }
             Job::Batch(jobs) => jobs.into_iter().for_each(|job| job.add_to(batch)),
+            Job::Keys(secret) => batch.keys = Some(secret),
         }
     }
 }
@@ -255,6 +269,8 @@ pub struct Loaded {
 pub struct StateDir {
     db: Connection,
     path: PathBuf,
+    /// `identity/`: the identity key file.
+    identity_dir: PathBuf,
     /// The version of the last committed transaction.
     version: u64,
     /// `flock`ed: a second guestsock on the same directory is refused.
@@ -334,10 +350,17 @@ pub fn open(dir: &Path, since: Option<u64>, sink: Sink<'_>) -> Result<(StateDir,
     }
     // The database file's own directory entry, and the lock's, durable.
     fsync_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let identity_dir = dir.join("identity");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&identity_dir)
+        .map_err(|e| format!("cannot create {}: {e}", identity_dir.display()))?;
     let mut state = StateDir {
         version: read_version(&db).map_err(damaged)?,
         db,
         path,
+        identity_dir,
         _lock: lock,
     };
     state.import_legacy(dir)?;
@@ -589,6 +612,37 @@ fn plain(e: &rusqlite::Error) -> String {
     }
 }
 
+/// Where `path`'s next version is written before its rename.
+pub(crate) fn temporary(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+/// Replaces the file at `path` durably, mode 0600: written and fsynced under
+/// a temporary name, renamed into place, the directory fsynced. A failure
+/// leaves the old file as it was (and no temporary file).
+fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let temporary = temporary(path);
+    let written = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&temporary)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temporary);
+        return Err(e);
+    }
+    fs::rename(&temporary, path)?;
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
 fn fsync_dir(dir: &Path) -> io::Result<()> {
     let dir = File::open(dir)?;
     nix::unistd::fsync(dir.as_fd()).map_err(io::Error::from)
@@ -636,6 +690,43 @@ impl StateDir {
             self.path.display()
         ));
         Ok(())
+    }
+
+    /// The identity key file: `<state-dir>/identity/keys.json`.
+    pub fn keys_path(&self) -> PathBuf {
+        self.identity_dir.join("keys.json")
+    }
+
+    /// The identity key file's bytes, `None` if there is none yet (a
+    /// leftover temporary file, an unacknowledged write, is removed). A
+    /// file that cannot be read is an error naming it.
+    pub fn read_keys(&self) -> Result<Option<Vec<u8>>, String> {
+        use std::io::Read;
+        let path = self.keys_path();
+        let shown = path.display();
+        let _ = fs::remove_file(temporary(&path));
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{shown}: {e}")),
+        };
+        let mut bytes = Vec::new();
+        file.take(MAX_KEYS_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("{shown}: {e}"))?;
+        if bytes.len() as u64 > MAX_KEYS_FILE_BYTES {
+            return Err(format!(
+                "{shown}: larger than {MAX_KEYS_FILE_BYTES} bytes (corrupt state)"
+            ));
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Writes the identity key file durably now, before the writer thread
+    /// runs (a key made at first start signs nothing before it is on disk).
+    pub fn write_keys(&self, bytes: &Secret) -> Result<(), String> {
+        write_durably(&self.keys_path(), &bytes.0)
+            .map_err(|e| format!("cannot write {}: {e}", self.keys_path().display()))
     }
 
     /// The instances written (to `sink`) and removed after version `since`.
@@ -702,7 +793,7 @@ impl StateDir {
     ) {
         let mut failed_epoch: Option<u64> = None;
         while let Ok(first) = jobs.recv() {
-            let mut batch: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+            let mut batch = Batch::default();
             let (mut seq, mut epoch) = (None, 0);
             let mut abandoned = None;
             for (job_seq, job_epoch, job) in std::iter::once(first).chain(jobs.try_iter()) {
@@ -722,10 +813,24 @@ impl StateDir {
                 });
             }
             if let Some(seq) = seq {
-                let error = self
-                    .commit(&batch)
-                    .err()
-                    .map(|e| format!("cannot write the state directory: {}", plain(&e)));
+                // The key file first: a change of keys batched with instance
+                // changes is on disk before they are (and their answers wait
+                // for both), and a key file that cannot be written fails
+                // them all, like any other part of a batch.
+                let keys = match &batch.keys {
+                    Some(secret) => write_durably(&self.keys_path(), &secret.0)
+                        .map_err(|e| format!("cannot write {}: {e}", self.keys_path().display())),
+                    None => Ok(()),
+                };
+                let error = keys
+                    .and_then(|()| {
+                        if batch.instances.is_empty() {
+                            return Ok(());
+                        }
+                        self.commit(&batch.instances)
+                            .map_err(|e| format!("cannot write the state directory: {}", plain(&e)))
+                    })
+                    .err();
                 if let Some(error) = &error {
                     log::warn(format_args!("{error}"));
                     failed_epoch = Some(epoch);
@@ -1082,8 +1187,10 @@ mod tests {
         let (_state, _, _) = load(&dir, None);
         for entry in fs::read_dir(&dir).unwrap() {
             let entry = entry.unwrap();
-            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600, "{}", entry.path().display());
+            let metadata = entry.metadata().unwrap();
+            let mode = metadata.permissions().mode() & 0o777;
+            let want = if metadata.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode, want, "{}", entry.path().display());
         }
         let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);

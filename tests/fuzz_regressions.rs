@@ -43,6 +43,11 @@ fn percent_decoding() {
 }
 
 #[test]
+fn token_query() {
+    replay("token_query", guestsock::fuzzing::token_query);
+}
+
+#[test]
 fn connection() {
     replay("connection", guestsock::fuzzing::connection);
 }

@@ -373,6 +373,19 @@ fn host_and_container_commands(readme: &mut Readme) {
     let command = readme.take("curl --unix-socket /dev/lxd/sock http://lxd/1.0/config/user.foo");
     assert_eq!(run_ok(in_ns(&command, true), &command), "bar");
 
+    // An identity token, asked for in the container, verified on the host.
+    let command = readme.take("curl -s --unix-socket /dev/lxd/sock -H 'Guestsock-Identity: true'");
+    let token = run_ok(in_ns(&command, true), &command);
+    assert!(token.starts_with("eyJ"), "{token}");
+    let command = readme.take("guestsock identity verify \"$TOKEN\"");
+    let mut verify = in_ns(&command, false);
+    verify.env("TOKEN", &token);
+    let claims = run_ok(verify, &command);
+    assert!(claims.contains("\"instance\": \"c1\""), "{claims}");
+    assert!(claims.contains("\"uid\": 1000000"), "{claims}");
+    assert!(host(readme, "guestsock identity jwks").contains("ES256"));
+    assert!(host(readme, "guestsock identity rotate").contains("rotated"));
+
     // The event stream: the host changes user.foo while the guest listens.
     let command = readme.take("curl -N --unix-socket /dev/lxd/sock");
     let mut listener = in_ns(&command, true);

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::api::Change;
+use crate::api::identity::{self, Mint};
 use crate::error::NotServed;
 use crate::events::Event;
 use crate::http::request::{Request, percent_decode, query_param};
@@ -24,6 +25,9 @@ pub enum GuestAnswer {
     Respond(Response, Option<Change>),
     /// `GET /1.0/events` from an authorized caller: subscribe it.
     Subscribe(InstanceId),
+    /// `GET /1.0/identity/token` from an authorized caller: sign this token
+    /// for it (off the loop), then answer.
+    Mint(Mint),
     /// `?wait_for_change=true` with the current tag: hold the request until
     /// the answer's tag differs from `etag`, or `timeout` passes.
     Wait {
@@ -121,6 +125,17 @@ pub fn answer(
         "/1.0/ubuntu-pro" => NotServed::MethodNotAllowed { allow: "GET, HEAD" }.response(),
         "/1.0/ubuntu-pro/token" if req.method == "POST" => ubuntu_pro_token(),
         "/1.0/ubuntu-pro/token" => NotServed::MethodNotAllowed { allow: "POST" }.response(),
+        // Minted for the instance the kernel says the caller is in, under
+        // the same proof and rate as every other request (section 9).
+        "/1.0/identity/token" if req.method == "GET" => {
+            return match identity::token_request(req) {
+                Ok((audience, ttl)) => {
+                    GuestAnswer::Mint(Mint::new(instance, peer.uid, audience, ttl))
+                }
+                Err(error) => GuestAnswer::Respond(error.response(), None),
+            };
+        }
+        "/1.0/identity/token" => NotServed::MethodNotAllowed { allow: "GET" }.response(),
         path => {
             if let Some(key) = path.strip_prefix("/1.0/config/").filter(|k| !k.is_empty()) {
                 if read {
@@ -608,6 +623,97 @@ mod tests {
             ok(&mut r, 2000, "/1.0").contains("\"state\":\"Started\""),
             "other instance untouched"
         );
+    }
+
+    /// A token request: minted for the caller's own instance, refused as
+    /// every other request is, and for the rules of section 9.
+    #[test]
+    fn token_requests() {
+        let mut r = registry();
+        let token = |r: &mut Registry, uid: u32, method: &str, target: &str, headers: &str| {
+            let text = format!("{method} {target} HTTP/1.1\r\nHost: lxd\r\n{headers}\r\n");
+            let Ok(Parsed::Complete(req)) = parse(text.as_bytes(), 0, 1024) else {
+                panic!("{text}")
+            };
+            let caller = r.identify(&peer(uid));
+            answer(&req, &caller, &peer(uid), r, None)
+        };
+        let yes = "Guestsock-Identity: true\r\n";
+        let GuestAnswer::Mint(mint) = token(
+            &mut r,
+            2003,
+            "GET",
+            "/1.0/identity/token?audience=vault&ttl=60",
+            yes,
+        ) else {
+            panic!("not minted")
+        };
+        assert_eq!(
+            (
+                mint.instance.as_str(),
+                mint.kind,
+                mint.location.as_str(),
+                mint.uid,
+                mint.audience.as_str(),
+                mint.ttl
+            ),
+            ("any", "virtual-machine", "rack2", 2003, "vault", 60)
+        );
+        let GuestAnswer::Mint(mint) = token(
+            &mut r,
+            1000,
+            "GET",
+            "/1.0/identity/token?audience=a",
+            "guestsock-identity:  TRUE \r\n",
+        ) else {
+            panic!("not minted")
+        };
+        assert_eq!(
+            (mint.instance.as_str(), mint.location.as_str(), mint.ttl),
+            ("c1", "host1", 600)
+        );
+        let table = [
+            (1000, "GET", "/1.0/identity/token?audience=a", "", 403),
+            (
+                1000,
+                "GET",
+                "/1.0/identity/token?audience=a",
+                "Guestsock-Identity: false\r\n",
+                403,
+            ),
+            (
+                1000,
+                "GET",
+                "/1.0/identity/token?audience=a",
+                "Guestsock-Identity: true\r\nX-Forwarded-For: 10.0.0.1\r\n",
+                403,
+            ),
+            (
+                1000,
+                "GET",
+                "/1.0/identity/token?audience=a",
+                "Guestsock-Identity: true\r\nForwarded: for=x\r\n",
+                403,
+            ),
+            (1000, "GET", "/1.0/identity/token", yes, 400),
+            (
+                1000,
+                "GET",
+                "/1.0/identity/token?audience=a&ttl=5",
+                yes,
+                400,
+            ),
+            (1000, "POST", "/1.0/identity/token?audience=a", yes, 405),
+            (1000, "HEAD", "/1.0/identity/token?audience=a", yes, 405),
+            (1001, "GET", "/1.0/identity/token?audience=a", yes, 401),
+            (999, "GET", "/1.0/identity/token?audience=a", yes, 403),
+            (1000, "GET", "/1.0/identity", yes, 404),
+            (1000, "GET", "/1.0/identity/token/", yes, 404),
+        ];
+        for (uid, method, target, headers, status) in table {
+            let (resp, _) = respond(token(&mut r, uid, method, target, headers));
+            assert_eq!(resp.status, status, "{uid} {method} {target} {headers:?}");
+        }
     }
 
     #[test]

@@ -9,10 +9,12 @@
 
 pub mod admin;
 pub mod guest;
+pub mod identity;
 
 use std::rc::Rc;
 
 use crate::events::Event;
+use crate::issuer::KeyRing;
 use crate::registry::Staged;
 
 /// What an answered request changed: made durable by the server, and only
@@ -36,5 +38,13 @@ pub enum Change {
     Remove {
         /// Its name, which names its state file.
         name: String,
+    },
+    /// A new set of identity keys (a rotation, or retired keys dropped):
+    /// signs, is published and announced once durable (section 9).
+    Keys {
+        /// The keys to make durable, then put in force.
+        staged: Rc<KeyRing>,
+        /// What changed, for the admin stream.
+        events: Vec<Event>,
     },
 }

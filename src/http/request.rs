@@ -25,6 +25,12 @@ pub struct Request<'b> {
     pub keep_alive: bool,
     /// The `If-None-Match` header, if sent.
     pub if_none_match: Option<&'b str>,
+    /// `Guestsock-Identity: true` was sent (a token request's proof that
+    /// the caller meant to ask, docs/protocol.md section 9).
+    pub identity_header: bool,
+    /// `X-Forwarded-For` or `Forwarded` was sent: a proxy relays the
+    /// request for someone else.
+    pub forwarded: bool,
     /// What the headers say about a websocket upgrade.
     pub websocket: WebSocketHeaders<'b>,
     /// The body (`Content-Length` bytes after the head).
@@ -182,6 +188,8 @@ pub fn parse(buf: &[u8], scan_from: usize, max_body: usize) -> Result<Parsed<'_>
     let mut close = false;
     let mut keep_alive_token = false;
     let mut if_none_match = None;
+    let mut identity_header = false;
+    let mut forwarded = false;
     let mut websocket = WebSocketHeaders::default();
     for header in req.headers.iter() {
         let name = header.name;
@@ -216,6 +224,12 @@ pub fn parse(buf: &[u8], scan_from: usize, max_body: usize) -> Result<Parsed<'_>
             websocket.key = Some(header_str(header.value)?.trim());
         } else if name.eq_ignore_ascii_case("if-none-match") {
             if_none_match = Some(header_str(header.value)?.trim());
+        } else if name.eq_ignore_ascii_case("guestsock-identity") {
+            identity_header |= header.value.trim_ascii().eq_ignore_ascii_case(b"true");
+        } else if name.eq_ignore_ascii_case("x-forwarded-for")
+            || name.eq_ignore_ascii_case("forwarded")
+        {
+            forwarded = true;
         }
     }
     // RFC 9112 3.2: a server MUST respond with 400 to an HTTP/1.1 request
@@ -247,6 +261,8 @@ pub fn parse(buf: &[u8], scan_from: usize, max_body: usize) -> Result<Parsed<'_>
             !close
         },
         if_none_match,
+        identity_header,
+        forwarded,
         websocket,
         body: &buf[head_len..len],
         len,
@@ -391,6 +407,26 @@ mod tests {
         assert_eq!(req.path, "/");
         let req = complete("GET / HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"abc\" \r\n\r\n");
         assert_eq!(req.if_none_match, Some("\"abc\""));
+        for (header, identity, forwarded) in [
+            ("", false, false),
+            ("Guestsock-Identity: true\r\n", true, false),
+            ("guestsock-identity:TRUE \r\n", true, false),
+            ("Guestsock-Identity: yes\r\n", false, false),
+            (
+                "Guestsock-Identity: true\r\nX-Forwarded-For: 1.2.3.4\r\n",
+                true,
+                true,
+            ),
+            ("forwarded: for=x\r\n", false, true),
+        ] {
+            let text = format!("GET / HTTP/1.1\r\nHost: x\r\n{header}\r\n");
+            let req = complete(&text);
+            assert_eq!(
+                (req.identity_header, req.forwarded),
+                (identity, forwarded),
+                "{header:?}"
+            );
+        }
     }
 
     #[test]

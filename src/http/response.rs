@@ -23,6 +23,9 @@ pub enum BodyKind {
     Error,
     /// Prometheus' text exposition format (admin `GET /1.0/metrics`).
     Metrics,
+    /// `application/jwt` (RFC 7519 10.3.1): an identity token, never to be
+    /// stored by a cache on the way (`Cache-Control: no-store`).
+    Jwt,
 }
 
 impl BodyKind {
@@ -32,6 +35,7 @@ impl BodyKind {
             BodyKind::Raw => "application/octet-stream",
             BodyKind::Error => "text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff",
             BodyKind::Metrics => "text/plain; version=0.0.4; charset=utf-8",
+            BodyKind::Jwt => "application/jwt\r\nCache-Control: no-store",
         }
     }
 }
@@ -87,6 +91,14 @@ impl Response {
         Response {
             kind: BodyKind::Json,
             ..Response::raw(body)
+        }
+    }
+
+    /// A `200` identity token: the compact JWS as a raw value.
+    pub fn jwt(token: String) -> Response {
+        Response {
+            kind: BodyKind::Jwt,
+            ..Response::raw(token.into_bytes())
         }
     }
 
@@ -192,7 +204,7 @@ impl Response {
     /// Raw answers are left as they are.
     pub fn enveloped(self) -> Response {
         let body = match self.kind {
-            BodyKind::Raw | BodyKind::Metrics => return self,
+            BodyKind::Raw | BodyKind::Metrics | BodyKind::Jwt => return self,
             BodyKind::Json if self.status < 400 => {
                 let metadata = self.body.strip_suffix(b"\n").unwrap_or(&self.body);
                 let mut body = Vec::with_capacity(metadata.len() + 64);

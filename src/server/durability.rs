@@ -18,6 +18,7 @@ impl Server {
                 Change::Remove { name } => Job::Remove { name: name.clone() },
                 // One job, so that the writer makes it one transaction.
                 Change::Batch(changes) => Job::Batch(changes.iter().map(job).collect()),
+                Change::Keys { staged, .. } => Job::Keys(staged.encode()),
             }
         }
         let seq = self.writer.submit(job(&change));
@@ -56,6 +57,19 @@ impl Server {
                     self.finished.push(key);
                 }
                 self.publish_to(None, &name, &[Event::InstanceRemoved]);
+            }
+            Change::Keys { staged, events } => {
+                if self.issuer.commit(&staged) {
+                    self.write_jwks_file();
+                }
+                for event in &events {
+                    if let Event::IdentityKey { action, kid, .. } = event {
+                        log::info(format_args!("identity key {kid} {action}"));
+                    }
+                }
+                // The keys' events name no instance.
+                self.publish_to(None, "", &events);
+                self.release_deferred_mints();
             }
         }
     }
@@ -117,6 +131,8 @@ impl Server {
     pub(super) fn abandon_in_flight(&mut self, error: &str) {
         self.writer.abandon();
         self.registry.abandon_pending();
+        self.issuer.abandon_pending();
+        self.release_deferred_mints();
         self.in_flight.clear();
         for (s, key) in std::mem::take(&mut self.waiting) {
             if let Some(conn) = self.conns.get_mut(key)

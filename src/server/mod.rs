@@ -9,7 +9,9 @@
 //! - `admission`: accepting, identifying and admitting connections;
 //! - `durability`: changes held until the writer says they are on disk;
 //! - `fanout`: events to subscribers, pings, waits answered;
-//! - `timers`: connection deadlines.
+//! - `timers`: connection deadlines;
+//! - `minting`: identity tokens handed to the signer thread and answered,
+//!   and the identity keys' schedule.
 //!
 //! What happens on a connection is `conn`'s business; what a request means,
 //! `dispatch`'s; who the peer is, `identity`'s.
@@ -17,6 +19,7 @@
 mod admission;
 mod durability;
 mod fanout;
+mod minting;
 mod startup;
 mod timers;
 
@@ -46,6 +49,7 @@ use slab::Slab;
 use crate::activation;
 use crate::api::Change;
 use crate::api::admin::{Connections, ServerFacts};
+use crate::api::identity::Mint;
 use crate::conn::{
     Buffers, Conn, ConnState, Counted, Ctx, Expired, Listed, Next, Registration, Side,
 };
@@ -53,6 +57,7 @@ use crate::error::NotServed;
 use crate::events::{self, Event};
 use crate::identity;
 use crate::instance::{InstanceSpec, RuleKinds};
+use crate::issuer::{Issuer, IssuerConfig};
 use crate::limits::{
     ACCEPT_RETRY_MS, ACCEPTS_PER_TURN, EVENTS_PER_POLL, FALLBACK_FD_LIMIT, HANDOFF_LOAD_TIMEOUT,
     LOG_THROTTLE, MAX_ADMIN_CONNECTIONS, READ_CHUNK_BYTES, RESERVED_FDS, SHUTDOWN_GRACE,
@@ -61,6 +66,7 @@ use crate::limits::{
 use crate::log;
 use crate::metrics::{Limit, Metrics};
 use crate::registry::{Instance, InstanceId, Registry};
+use crate::signer::{Signed, Signer};
 use crate::store::{self, Committed, Job, StoredInstance, Writer};
 use crate::ws::close_code;
 
@@ -74,8 +80,9 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 /// The admin socket's listener.
 const ADMIN_LISTENER: Token = Token(usize::MAX - 3);
 
-/// The state writer thread's wake-up: a batch was committed.
-const WRITER: Token = Token(usize::MAX - 4);
+/// A helper thread's wake-up: the state writer committed a batch, or the
+/// signer signed a token (mio allows one `Waker` per `Poll`; they share it).
+const WAKER: Token = Token(usize::MAX - 4);
 
 /// The handoff channel to a successor (SIGHUP), while it loads the state.
 const SUCCESSOR: Token = Token(usize::MAX - 5);
@@ -156,6 +163,22 @@ struct Server {
     stopping: Option<Instant>,
     /// After SIGHUP: the new guestsock.
     successor: Option<Successor>,
+    /// The identity issuer: settings, keys, the change of keys in flight.
+    issuer: Issuer,
+    /// The signer thread.
+    signer: Signer,
+    /// Its tokens.
+    signed: Receiver<Signed>,
+    /// Where a drive reports the token its connection asked for.
+    mints: Vec<Mint>,
+    /// Tokens being signed: ticket to the connection waiting for it and
+    /// when its request started. At most one per connection.
+    minting: HashMap<u64, (usize, Instant)>,
+    /// Tokens waiting for a change of keys to be durable, with their
+    /// tickets.
+    deferred_mints: Vec<(u64, Mint)>,
+    /// The last ticket given.
+    last_ticket: u64,
 }
 
 /// A SIGHUP handoff in progress: the new guestsock has the listening
@@ -204,6 +227,7 @@ impl Server {
                     .as_ref()
                     .filter(|s| !s.ready)
                     .map(|s| s.ready_by),
+                self.issuer.until_due().map(|wait| now + wait),
             ]
             .into_iter()
             .flatten()
@@ -232,7 +256,10 @@ impl Server {
                 match event.token() {
                     GUEST_LISTENER => self.backlog.guest = true,
                     ADMIN_LISTENER => self.backlog.admin = true,
-                    WRITER => self.take_commits(),
+                    WAKER => {
+                        self.take_commits();
+                        self.take_signed();
+                    }
                     SUCCESSOR => self.hear_successor(now),
                     SIGNALS => match self.take_signal() {
                         Some(Signal::SIGHUP) => self.hand_over(now),
@@ -269,6 +296,7 @@ impl Server {
                 ));
                 self.successor_ready(now);
             }
+            self.keys_due();
             if self.next_ping <= now {
                 self.ping_subscribers(now);
             }
@@ -475,11 +503,14 @@ impl Server {
             buffers: &mut self.buffers,
             stopping: self.stopping.is_some(),
             refusal_logged: &mut self.refusal_logged,
+            issuer: &mut self.issuer,
+            mints: &mut self.mints,
         };
         let open = conn.drive(&mut ctx) == Next::Wait;
         if !open {
             self.finished.push(key);
         }
+
         if let Some(registration) = conn.take_registration() {
             match registration {
                 Registration::Subscribed(subscription) => {
@@ -498,6 +529,15 @@ impl Server {
         }
         if open {
             self.set_timer(key);
+        }
+        if let Some(mint) = self.mints.pop() {
+            self.last_ticket += 1;
+            let ticket = self.last_ticket;
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.assign_mint(ticket);
+            }
+            self.minting.insert(ticket, (key, mint.started));
+            self.submit_mint(ticket, mint);
         }
         if self.changes.is_empty() {
             return open;

@@ -33,6 +33,8 @@ pub struct ServeConfig {
     pub limits: Tunables,
     /// Where this server writes its pid once serving.
     pub pid_file: PathBuf,
+    /// The identity issuer's settings (`--identity-*`).
+    pub identity: IssuerConfig,
 }
 
 /// A listening socket and the file it is bound to, removed on exit only if
@@ -167,6 +169,13 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             changed + loaded.removed.len()
         ));
     }
+    let keys_path = state.keys_path();
+    let (issuer, made) = Issuer::open(
+        config.identity,
+        state.read_keys()?.as_deref(),
+        &keys_path,
+        crate::issuer::unix_now(),
+    )?;
     let restored: std::collections::HashSet<String> =
         registry.iter().map(|(_, i)| i.spec.name.clone()).collect();
     let mut seeded = Vec::new();
@@ -192,15 +201,31 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         guest.own();
         admin.own();
     }
+    if let Some(bytes) = made {
+        // A key made now (the first start) is on disk before it can sign
+        // anything; made in memory above, written only once nothing else
+        // can refuse the start.
+        state.write_keys(&bytes)?;
+        log::info(format_args!(
+            "made identity key {} in {}",
+            issuer.ring().signing().key.kid,
+            keys_path.display()
+        ));
+    }
     let poll = Poll::new().map_err(|e| format!("cannot create epoll instance: {e}"))?;
     let waker = Arc::new(
-        Waker::new(poll.registry(), WRITER).map_err(|e| format!("cannot create a waker: {e}"))?,
+        Waker::new(poll.registry(), WAKER).map_err(|e| format!("cannot create a waker: {e}"))?,
     );
+    let signer_waker = Arc::clone(&waker);
     let (writer, committed) = state
         .spawn_writer(Arc::new(move || {
             let _ = waker.wake();
         }))
         .map_err(|e| format!("cannot start the state writer: {e}"))?;
+    let (signer, signed) = Signer::spawn(Arc::new(move || {
+        let _ = signer_waker.wake();
+    }))
+    .map_err(|e| format!("cannot start the signer: {e}"))?;
     let facts = ServerFacts {
         version: env!("CARGO_PKG_VERSION"),
         guest_socket: guest.path.display().to_string(),
@@ -244,7 +269,15 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         subscriber_count: 0,
         stopping: None,
         successor: None,
+        issuer,
+        signer,
+        signed,
+        mints: Vec::new(),
+        minting: HashMap::new(),
+        deferred_mints: Vec::new(),
+        last_ticket: 0,
     };
+    server.write_jwks_file();
     for id in seeded {
         server.save(id);
     }
@@ -279,6 +312,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         server.guest.path.display()
     ));
     let result = server.run();
+    server.signer.finish();
     // Finishing the writer closes the state directory and its lock.
     server.writer.finish();
     match server.successor.as_mut() {
