@@ -257,8 +257,20 @@ fn guestsock(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Outpu
     if let Some(bytes) = stdin {
         child.stdin.take().unwrap().write_all(bytes).unwrap();
     }
-    util::wait_with_deadline(&mut child);
-    child.wait_with_output().unwrap()
+    // Read while it runs: an output larger than a pipe holds (the bash
+    // completion script is) would block it if the test only read at exit.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (done, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match output.recv_timeout(util::PATIENCE) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("guestsock {args:?} did not exit in time");
+        }
+    }
 }
 
 fn text(bytes: &[u8]) -> String {
