@@ -145,22 +145,23 @@ fn instance_add_sends_a_list_or_an_instances_file_as_one_batch() {
             None,
         )
     };
+    // `instance add FILE` succeeds and says `line`.
+    let added = |file: &std::path::Path, line: &str| {
+        let out = add(file);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), line);
+    };
     let list = server.dir.join("list.json");
     std::fs::write(
         &list,
         json!([instance("a", 2_000_000, "1"), instance("b", 2_000_010, "2")]).to_string(),
     )
     .unwrap();
-    let out = add(&list);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "2 instances registered (2 new, 0 replaced)\n"
-    );
+    added(&list, "2 instances registered (2 new, 0 replaced)\n");
     let file = server.dir.join("instances-file.json");
     std::fs::write(
         &file,
@@ -168,16 +169,7 @@ fn instance_add_sends_a_list_or_an_instances_file_as_one_batch() {
             .to_string(),
     )
     .unwrap();
-    let out = add(&file);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "2 instances registered (1 new, 1 replaced)\n"
-    );
+    added(&file, "2 instances registered (1 new, 1 replaced)\n");
     assert_eq!(names(&server), ["a", "b", "c"]);
     // A refused batch: nothing changes, and the command fails saying why.
     std::fs::write(
