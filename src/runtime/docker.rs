@@ -1676,7 +1676,7 @@ mod tests {
     }
 
     #[test]
-    fn events_the_watcher_does_not_act_on_are_skipped() {
+    fn events_the_watcher_does_not_act_on_parse_to_nothing() {
         for line in [
             START.replace(r#""Action":"start""#, r#""Action":"exec_start: sh""#),
             START.replace(r#""Action":"start""#, r#""Action":"kill""#),
