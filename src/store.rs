@@ -209,6 +209,10 @@ pub enum Job {
     Batch(Vec<Job>),
     /// Write the identity key file (`identity/keys.json`, mode 0600).
     Keys(Secret),
+    /// Replace a public file (the JWKS for `--identity-jwks-file`, mode
+    /// 0644) once the batch is durable. Not part of the state: a failure is
+    /// logged and fails nothing, and the file is written again at start.
+    Publish { path: PathBuf, bytes: Vec<u8> },
 }
 
 /// What one pass of the writer thread commits.
@@ -218,6 +222,8 @@ struct Batch {
     instances: BTreeMap<String, Option<Vec<u8>>>,
     /// The identity key file's new contents.
     keys: Option<Secret>,
+    /// A public file to replace after the commit: the newest of each path.
+    publish: BTreeMap<PathBuf, Vec<u8>>,
 }
 
 impl Job {
@@ -232,6 +238,9 @@ impl Job {
             }
             Job::Batch(jobs) => jobs.into_iter().for_each(|job| job.add_to(batch)),
             Job::Keys(secret) => batch.keys = Some(secret),
+            Job::Publish { path, bytes } => {
+                batch.publish.insert(path, bytes);
+            }
         }
     }
 }
@@ -613,23 +622,29 @@ fn plain(e: &rusqlite::Error) -> String {
 }
 
 /// Where `path`'s next version is written before its rename.
-pub(crate) fn temporary(path: &Path) -> PathBuf {
+fn temporary(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".tmp");
     PathBuf::from(name)
 }
 
-/// Replaces the file at `path` durably, mode 0600: written and fsynced under
-/// a temporary name, renamed into place, the directory fsynced. A failure
-/// leaves the old file as it was (and no temporary file).
+/// Replaces the file at `path` durably, mode 0600 (see [`write_file`]).
 fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_file(path, bytes, 0o600)
+}
+
+/// Replaces the file at `path` with `bytes`, mode `mode`: written and
+/// fsynced under a temporary name, renamed into place, the directory
+/// fsynced. A reader sees the old file or the new one, never half of one;
+/// a failure leaves the old file as it was (and no temporary file).
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     use std::io::Write;
     let temporary = temporary(path);
     let written = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&temporary)
         .and_then(|mut file| {
             file.write_all(bytes)?;
@@ -834,6 +849,11 @@ impl StateDir {
                 if let Some(error) = &error {
                     log::warn(format_args!("{error}"));
                     failed_epoch = Some(epoch);
+                }
+                for (path, bytes) in &batch.publish {
+                    if let Err(e) = write_file(path, bytes, 0o644) {
+                        log::error(format_args!("cannot write {}: {e}", path.display()));
+                    }
                 }
                 reports.push(Committed { seq, epoch, error });
             }

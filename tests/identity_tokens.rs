@@ -563,8 +563,8 @@ fn after_a_rotation_old_tokens_verify_until_their_key_is_dropped() {
     );
     assert_eq!(verified(&server.admin_socket, &first, "rot")["ok"], true);
     assert_eq!(kids(&server.socket), [old_kid.clone(), new_kid.clone()]);
-    let file: Value = serde_json::from_slice(&std::fs::read(&jwks_file).unwrap()).unwrap();
-    assert_eq!(file["keys"].as_array().unwrap().len(), 2, "{file}");
+    // The writer thread writes the file once the new key is durable.
+    assert_eq!(file_kids(&jwks_file, 2), [old_kid.clone(), new_kid.clone()]);
     let settings = server.admin_call("GET", "/1.0/identity", b"").json()["metadata"].clone();
     assert_eq!(settings["signing_kid"], new_kid.as_str());
     assert_eq!(settings["keys"][0]["published_until"], exp, "{settings}");
@@ -590,8 +590,7 @@ fn after_a_rotation_old_tokens_verify_until_their_key_is_dropped() {
         (&json!("dropped"), &json!(old_kid))
     );
     assert_eq!(kids(&server.socket), [new_kid.as_str()]);
-    let file: Value = serde_json::from_slice(&std::fs::read(&jwks_file).unwrap()).unwrap();
-    assert_eq!(file["keys"][0]["kid"], new_kid.as_str(), "{file}");
+    assert_eq!(file_kids(&jwks_file, 1), [new_kid.as_str()]);
     // Even with the verifier's clock set back before its expiry, the old
     // token fails: its key is gone.
     let gone = verify(&server.socket, &first, "rot", Some(exp - 10));
@@ -727,5 +726,33 @@ fn a_damaged_key_file_stops_the_start_naming_it() {
             stderr.contains(&key_file.display().to_string()) && stderr.contains(needle),
             "{stderr}"
         );
+    }
+}
+
+/// The kids in the JWKS file at `path`, once it holds `count` keys (the
+/// writer thread writes it after the change of keys is durable); fails if
+/// it does not within the test's patience.
+fn file_kids(path: &std::path::Path, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + util::PATIENCE;
+    loop {
+        let file: Value = std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or(Value::Null);
+        let kids: Vec<String> = file["keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|key| key["kid"].as_str().map(str::to_owned))
+            .collect();
+        if kids.len() == count {
+            return kids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never held {count} keys: {file}",
+            path.display()
+        );
+        thread::sleep(Duration::from_millis(20));
     }
 }

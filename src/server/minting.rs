@@ -80,35 +80,15 @@ impl Server {
         }
     }
 
-    /// Writes the JWKS to `--identity-jwks-file`, if given: a temporary
-    /// file renamed over it, so a web server publishing it reads the old
-    /// set or the new one, never half of one. A failure is logged; the
-    /// socket still serves the new set.
-    pub(super) fn write_jwks_file(&self) {
-        let Some(path) = &self.issuer.config().jwks_file else {
+    /// Has the writer thread write the JWKS to `--identity-jwks-file`, if
+    /// given, off the loop: a temporary file renamed over it, so a web
+    /// server publishing it reads the old set or the new one, never half of
+    /// one. A failure is logged; the socket still serves the new set.
+    pub(super) fn write_jwks_file(&mut self) {
+        let Some(path) = self.issuer.config().jwks_file.clone() else {
             return;
         };
-        if let Err(e) = write_public_file(path, self.issuer.jwks()) {
-            log::error(format_args!(
-                "cannot write the JWKS to {}: {e}",
-                path.display()
-            ));
-        }
+        let bytes = self.issuer.jwks().to_vec();
+        self.writer.submit(Job::Publish { path, bytes });
     }
-}
-
-/// Replaces `path` by `bytes` atomically (mode 0644: public keys).
-pub(super) fn write_public_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let temporary = store::temporary(path);
-    let mut file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o644)
-        .open(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&temporary, path)
 }
