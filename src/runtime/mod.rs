@@ -441,16 +441,9 @@ pub fn register(admin: &Path, container: &Container, start: Start) -> Result<Str
             Err(ClientError::Refused { status: 404, .. }) => {
                 match client::admin(admin, "POST", "/1.0/instances", &body) {
                     Ok(_) => return Ok(spec.name),
-                    Err(ClientError::Refused {
-                        status: 409,
-                        message,
-                    }) if !matches!(
-                        client::admin(admin, "GET", &path, b""),
-                        Err(ClientError::Refused { status: 404, .. })
-                    ) =>
-                    {
-                        // The name was taken meanwhile: judge its owner.
-                        let _ = message;
+                    // The name was taken meanwhile (not a conflict of
+                    // rules, which leaves it free): judge its owner.
+                    Err(ClientError::Refused { status: 409, .. }) if name_taken(admin, &path) => {
                         continue;
                     }
                     Err(source) => {
@@ -473,6 +466,12 @@ pub fn register(admin: &Path, container: &Container, start: Start) -> Result<Str
         "instance {:?} kept changing while it was being registered; try again",
         spec.name
     )))
+}
+
+/// Whether the admin object at `path` exists (a lookup that fails says
+/// nothing about it: no).
+fn name_taken(admin: &Path, path: &str) -> bool {
+    client::admin(admin, "GET", path, b"").is_ok()
 }
 
 /// Removes the instance the container `id` of `runtime` registered:
