@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use crate::issuer::IssuerConfig;
 use crate::limits::{
     DEFAULT_KEY_ROTATION, DEFAULT_TOKEN_TTL_SECS, MAX_ADMIN_BODY_BYTES, MAX_FLAG_SECS,
     MAX_INSTANCES_FILE_BYTES, MAX_KEY_LIFETIME_DAYS, MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS,
-    RESERVED_FDS, Tunables,
+    RESERVED_FDS, Tunables, read_at_most,
 };
 use crate::server::{self, Seed, ServeConfig};
 
@@ -1119,16 +1119,9 @@ struct InstancesFile {
 /// serde_json's line and column; validation is left to the registry.
 fn load_instances(path: &Path) -> Result<Vec<InstanceSpec>, String> {
     let shown = path.display();
-    let file = fs::File::open(path).map_err(|e| format!("{shown}: {e}"))?;
-    let mut text = Vec::new();
-    file.take(MAX_INSTANCES_FILE_BYTES + 1)
-        .read_to_end(&mut text)
+    let text = fs::File::open(path)
+        .and_then(|file| read_at_most(file, MAX_INSTANCES_FILE_BYTES))
         .map_err(|e| format!("{shown}: {e}"))?;
-    if text.len() as u64 > MAX_INSTANCES_FILE_BYTES {
-        return Err(format!(
-            "{shown}: larger than {MAX_INSTANCES_FILE_BYTES} bytes"
-        ));
-    }
     serde_json::from_slice::<InstancesFile>(&text)
         .map(|f| f.instances)
         .map_err(|e| format!("{shown}: {e}"))
@@ -1412,17 +1405,8 @@ fn doctor(
 
 /// Reads standard input to its end, within the admin body limit.
 fn read_stdin(what: &str) -> Result<Vec<u8>, String> {
-    let mut bytes = Vec::new();
-    std::io::stdin()
-        .take(MAX_ADMIN_BODY_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {what} from standard input: {e}"))?;
-    if bytes.len() > MAX_ADMIN_BODY_BYTES {
-        return Err(format!(
-            "{what} on standard input is larger than {MAX_ADMIN_BODY_BYTES} bytes"
-        ));
-    }
-    Ok(bytes)
+    read_at_most(std::io::stdin(), MAX_ADMIN_BODY_BYTES as u64)
+        .map_err(|e| format!("cannot read {what} from standard input: {e}"))
 }
 
 /// Prints `value` as JSON (for `--json`).
@@ -1581,14 +1565,9 @@ fn read_source(source: &str, what: &str) -> Result<Vec<u8>, String> {
     if source == "-" {
         return read_stdin(what);
     }
-    let mut bytes = Vec::new();
     fs::File::open(source)
-        .and_then(|f| {
-            f.take(MAX_ADMIN_BODY_BYTES as u64 + 1)
-                .read_to_end(&mut bytes)
-        })
-        .map_err(|e| format!("{source}: {e}"))?;
-    Ok(bytes)
+        .and_then(|f| read_at_most(f, MAX_ADMIN_BODY_BYTES as u64))
+        .map_err(|e| format!("{source}: {e}"))
 }
 
 /// `guestsock instance ...`.

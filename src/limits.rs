@@ -517,3 +517,35 @@ pub const MAX_PUBLISHED_KEYS: usize = 32;
 /// Largest identity key file read at start: 1 MiB, far above
 /// [`MAX_PUBLISHED_KEYS`] keys of a few hundred bytes each.
 pub const MAX_KEYS_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads `reader` to its end, refusing more than `limit` bytes: at most
+/// `limit + 1` bytes are ever read, and a longer input is an error
+/// ("larger than N bytes"), never silently cut short.
+pub fn read_at_most(reader: impl std::io::Read, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_at_most_the_limit_and_refuses_more() {
+        assert_eq!(read_at_most(&b"abcd"[..], 4).unwrap(), b"abcd");
+        assert_eq!(read_at_most(&b""[..], 0).unwrap(), b"");
+        let err = read_at_most(&b"abcde"[..], 4).unwrap_err();
+        assert_eq!(err.to_string(), "larger than 4 bytes");
+        assert!(read_at_most(&b"a"[..], 0).is_err());
+    }
+}

@@ -52,8 +52,8 @@ use crate::instance::{
     valid_instance_name,
 };
 use crate::issuer::Secret;
-use crate::limits::MAX_KEYS_FILE_BYTES;
 use crate::limits::{DECODE_CHUNK, MAX_DECODE_THREADS, STATE_CACHE_KIB, STATE_CHECKPOINT_PAGES};
+use crate::limits::{MAX_KEYS_FILE_BYTES, read_at_most};
 use crate::log;
 
 /// The version of the instance document format written by this build.
@@ -716,7 +716,6 @@ impl StateDir {
     /// leftover temporary file, an unacknowledged write, is removed). A
     /// file that cannot be read is an error naming it.
     pub fn read_keys(&self) -> Result<Option<Vec<u8>>, String> {
-        use std::io::Read;
         let path = self.keys_path();
         let shown = path.display();
         let _ = fs::remove_file(temporary(&path));
@@ -725,16 +724,9 @@ impl StateDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("{shown}: {e}")),
         };
-        let mut bytes = Vec::new();
-        file.take(MAX_KEYS_FILE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("{shown}: {e}"))?;
-        if bytes.len() as u64 > MAX_KEYS_FILE_BYTES {
-            return Err(format!(
-                "{shown}: larger than {MAX_KEYS_FILE_BYTES} bytes (corrupt state)"
-            ));
-        }
-        Ok(Some(bytes))
+        read_at_most(file, MAX_KEYS_FILE_BYTES)
+            .map(Some)
+            .map_err(|e| format!("{shown}: {e} (corrupt state)"))
     }
 
     /// Writes the identity key file durably now, before the writer thread

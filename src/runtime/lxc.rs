@@ -9,13 +9,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{
     Container, Runtime, RuntimeError, Start, instance_name, parse_label_lines, register, unregister,
 };
-use crate::limits::MAX_HOOK_INPUT_BYTES;
+use crate::limits::{MAX_HOOK_INPUT_BYTES, read_at_most};
 
 /// The labels file read when `--labels` is not given: beside the
 /// container's config (`$LXC_CONFIG_FILE`), if it exists.
@@ -64,9 +64,12 @@ pub fn labels(
         .map(|dir| dir.join(DEFAULT_LABELS_FILE))
         .filter(|path| path.is_file());
     if let Some(path) = file.map(Path::to_path_buf).or(default) {
-        let mut text = String::new();
-        fs::File::open(&path)
-            .and_then(|f| f.take(MAX_HOOK_INPUT_BYTES).read_to_string(&mut text))
+        let text = fs::File::open(&path)
+            .and_then(|f| read_at_most(f, MAX_HOOK_INPUT_BYTES))
+            .and_then(|bytes| {
+                String::from_utf8(bytes)
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+            })
             .map_err(|e| RuntimeError::Input(format!("cannot read {}: {e}", path.display())))?;
         parse_label_lines(&text, &path.display().to_string(), &mut labels)?;
     }
@@ -151,6 +154,11 @@ mod tests {
         .unwrap();
         assert_eq!(got["io.guestsock.config.user.a"], "file");
         assert_eq!(got["io.guestsock.config.user.b"], "line");
+        // A labels file past the bound is refused, never read in part.
+        let big = dir.join("big.labels");
+        fs::write(&big, "# x\n".repeat(MAX_HOOK_INPUT_BYTES as usize / 4 + 1)).unwrap();
+        let err = labels(&invocation, Some(&big), &[]).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
         let missing = labels(&invocation, Some(&dir.join("nope")), &[]).unwrap_err();
         assert!(missing.to_string().contains("cannot read"), "{missing}");
         fs::remove_dir_all(&dir).unwrap();

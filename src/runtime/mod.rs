@@ -28,7 +28,7 @@ use sha1::{Digest, Sha1};
 use crate::client::{self, ClientError, encode_segment};
 use crate::identity;
 use crate::instance::{GuestAccess, InstanceSpec, InstanceType, MatchRule, valid_instance_name};
-use crate::limits::{MAX_CGROUP_FILE_BYTES, MAX_INSTANCE_NAME_BYTES};
+use crate::limits::{MAX_CGROUP_FILE_BYTES, MAX_INSTANCE_NAME_BYTES, read_at_most};
 
 /// The host-only config key that names the container owning an instance:
 /// `<runtime>:<container id>`. Guests never see it (only `user.*` and
@@ -314,12 +314,8 @@ fn host_uid_of_root(uid_map: &str) -> Option<u32> {
 
 /// A small `/proc` file, read whole but never past [`MAX_CGROUP_FILE_BYTES`].
 fn read_bounded(path: &str) -> io::Result<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    fs::File::open(path)?
-        .take(MAX_CGROUP_FILE_BYTES as u64)
-        .read_to_string(&mut text)?;
-    Ok(text)
+    let bytes = read_at_most(fs::File::open(path)?, MAX_CGROUP_FILE_BYTES as u64)?;
+    String::from_utf8(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
 }
 
 /// Fills `spec` from the `io.guestsock.*` labels; any other label is not

@@ -14,7 +14,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{Container, Runtime, RuntimeError, Start, instance_name, register, unregister};
-use crate::limits::{MAX_HOOK_INPUT_BYTES, MAX_OCI_CONFIG_BYTES};
+use crate::limits::{MAX_HOOK_INPUT_BYTES, MAX_OCI_CONFIG_BYTES, read_at_most};
 
 /// The container state a runtime writes to a hook's standard input
 /// (runtime-spec `runtime.md` "State"); only what the hook reads.
@@ -93,9 +93,8 @@ fn annotations(state: &State) -> Result<BTreeMap<String, String>, RuntimeError> 
         annotations: BTreeMap<String, String>,
     }
     let path = Path::new(bundle).join("config.json");
-    let mut text = Vec::new();
-    fs::File::open(&path)
-        .and_then(|file| file.take(MAX_OCI_CONFIG_BYTES).read_to_end(&mut text))
+    let text = fs::File::open(&path)
+        .and_then(|file| read_at_most(file, MAX_OCI_CONFIG_BYTES))
         .map_err(|e| RuntimeError::Input(format!("cannot read {}: {e}", path.display())))?;
     let config: Config = serde_json::from_slice(&text)
         .map_err(|e| RuntimeError::Input(format!("{}: {e}", path.display())))?;
@@ -126,18 +125,12 @@ pub fn hook(admin: &Path, stage: Option<&str>, input: &[u8]) -> Result<(), Runti
 
 /// Reads the state from standard input, never more than
 /// [`MAX_HOOK_INPUT_BYTES`].
-pub fn read_input(mut input: impl Read) -> Result<Vec<u8>, RuntimeError> {
-    let mut bytes = Vec::new();
-    (&mut input)
-        .take(MAX_HOOK_INPUT_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| RuntimeError::Input(format!("cannot read standard input: {e}")))?;
-    if bytes.len() as u64 > MAX_HOOK_INPUT_BYTES {
-        return Err(RuntimeError::Input(format!(
-            "standard input is larger than {MAX_HOOK_INPUT_BYTES} bytes: not an OCI container state"
-        )));
-    }
-    Ok(bytes)
+pub fn read_input(input: impl Read) -> Result<Vec<u8>, RuntimeError> {
+    read_at_most(input, MAX_HOOK_INPUT_BYTES).map_err(|e| {
+        RuntimeError::Input(format!(
+            "cannot read standard input ({e}): is this run as an OCI hook?"
+        ))
+    })
 }
 
 #[cfg(test)]
