@@ -13,14 +13,15 @@ fi
 # program:Debian package. curl is the real client of the isolation tests;
 # util-linux brings setpriv, unshare, nsenter and prlimit (the descriptor
 # exhaustion test); mount the doctor test's private mounts and the full-disk
-# test's tmpfs; procps pgrep for the handoff test; gcc builds the
+# test's tmpfs; acl getfacl, which reads back the admin socket's ACL of
+# --admin-uid; procps pgrep for the handoff test; gcc builds the
 # connect-and-close flooder of the accept test; lxc runs the LXC runtime
 # test's containers (lxc-start, lxc-attach, lxc-stop, lxc-info); runc, crun
 # and podman run the OCI runtime tests' containers (podman needs no network
 # backend: they run with --network none).
 missing=()
 for need in curl:curl setpriv:util-linux unshare:util-linux nsenter:util-linux \
-    prlimit:util-linux mount:mount umount:mount pgrep:procps python3:python3 cc:gcc \
+    prlimit:util-linux mount:mount umount:mount getfacl:acl pgrep:procps python3:python3 cc:gcc \
     lxc-start:lxc runc:runc crun:crun podman:podman; do
     command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
 done

@@ -55,7 +55,10 @@ const MAN_SECTION: &str = "8";
     long_about = "An LXD-compatible /dev/lxd/sock for every container on a host, from one unix \
         socket.\n\n`guestsock serve` runs the server; the client commands (instance, config, \
         device, state, stats, doctor) talk to it over its admin socket; `guestsock query` is \
-        a guest-side GET for scripts inside containers."
+        a guest-side GET for scripts inside containers.",
+    // A bare `guestsock` is a usage error like a bare `guestsock config`:
+    // the help, on standard error, exit status 2.
+    arg_required_else_help = true
 )]
 pub struct Cli {
     /// What to do; without one, this help.
@@ -98,11 +101,12 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Set an instance's guest state: `Started` clears a guest's Ready (e.g. when it restarts)
+    /// Set an instance's guest state: `Started` clears a guest's Ready (e.g. when it restarts); `Ready` sets it as the guest would
     State {
         /// The instance.
         name: String,
-        /// The state: `Started`.
+        /// The state.
+        #[arg(value_parser = ["Started", "Ready"], help = "The state: Started, or Ready (what the guest's PATCH /1.0 sets, e.g. when restoring a backup)")]
         state: String,
         /// The admin socket and `--json`.
         #[command(flatten)]
@@ -157,7 +161,7 @@ pub enum Command {
         /// Instances to check.
         #[arg(
             value_name = "NAME",
-            help = "Instances to check [default: every instance registered by pid]"
+            help = "Instances to check [default: every instance registered by pid, or by a cgroup a process is in]"
         )]
         names: Vec<String>,
         /// `--pid`.
@@ -1002,7 +1006,10 @@ fn man(path: &[String]) -> Result<(), String> {
     // Building names each command's page (`guestsock-config-set`).
     root.build();
     let mut page = &root;
-    for name in path {
+    // `man config set` and `man "config set"` (as a person quotes a
+    // command's name) are the same page.
+    let path: Vec<&str> = path.iter().flat_map(|p| p.split_whitespace()).collect();
+    for name in &path {
         page = page
             .find_subcommand(name)
             .ok_or_else(|| format!("man: no command {:?}; see guestsock --help", path.join(" ")))?;
@@ -1033,6 +1040,9 @@ fn needs_root(message: &str) -> bool {
 
 fn serve(args: ServeArgs) -> Result<(), String> {
     crate::log::init(args.log_level);
+    if let Some(problem) = crate::install::second_copy(&std::env::var("PATH").unwrap_or_default()) {
+        crate::log::warn(format_args!("{problem}"));
+    }
     let host_name = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
@@ -1152,16 +1162,23 @@ fn query(socket: &Path, origin: PathOrigin, path: &str) -> Result<(), String> {
         return Err(format!("query: {path:?} is not a path like /1.0/config"));
     }
     let reply = client::call(socket, "GET", path, b"").map_err(|e| guest_remedy(e, origin))?;
+    if let Some(answer) = client::envelope(&reply.body) {
+        // The host's view, not a guest's: say so, on standard error, and
+        // print the answer all the same.
+        let guest = answer["metadata"]["guest_socket"]
+            .as_str()
+            .unwrap_or(DEFAULT_SOCKET);
+        eprintln!(
+            "guestsock: note: {} is guestsock's admin socket, so this is the host's answer, not a guest's; guests ask the guest socket ({guest}, /dev/lxd/sock inside a container)",
+            socket.display()
+        );
+    }
     if (200..300).contains(&reply.status) {
         std::io::stdout()
             .write_all(&reply.body)
             .map_err(|e| format!("cannot write the answer: {e}"))
     } else {
-        Err(format!(
-            "{}: {}",
-            reply.status,
-            String::from_utf8_lossy(&reply.body).trim_end()
-        ))
+        Err(guest_refusal(&reply))
     }
 }
 
@@ -1183,11 +1200,7 @@ fn token(
     if reply.status == 200 {
         write_stdout(&reply.body, "the token")
     } else {
-        Err(format!(
-            "{}: {}",
-            reply.status,
-            String::from_utf8_lossy(&reply.body).trim_end()
-        ))
+        Err(guest_refusal(&reply))
     }
 }
 
@@ -1358,6 +1371,7 @@ fn doctor(
     admin: &AdminSocket,
 ) -> Result<(), String> {
     let mut targets: Vec<(String, i32)> = Vec::new();
+    let mut unchecked: Vec<String> = Vec::new();
     let server_socket = match (pid, socket) {
         (Some(pid), Some(socket)) => {
             targets.push((format!("pid {pid}"), pid));
@@ -1369,16 +1383,29 @@ fn doctor(
             if let Some(pid) = pid {
                 targets.push((format!("pid {pid}"), pid));
             }
-            for instance in instances.as_array().map(Vec::as_slice).unwrap_or_default() {
-                let name = instance["name"].as_str().unwrap_or_default();
-                let rule_pid = instance["match"]["pid"]
-                    .as_i64()
-                    .and_then(|p| i32::try_from(p).ok());
-                if let Some(rule_pid) = rule_pid
-                    && pid.is_none()
-                    && (names.is_empty() || names.iter().any(|n| n == name))
-                {
-                    targets.push((name.to_owned(), rule_pid));
+            let instances = instances.as_array().map(Vec::as_slice).unwrap_or_default();
+            for name in &names {
+                if !instances.iter().any(|i| i["name"] == name.as_str()) {
+                    return Err(format!(
+                        "doctor: no instance is named {name:?} (`guestsock instance list` lists them)"
+                    ));
+                }
+            }
+            if pid.is_none() {
+                for instance in instances {
+                    let name = instance["name"].as_str().unwrap_or_default();
+                    let named = names.iter().any(|n| n == name);
+                    if !names.is_empty() && !named {
+                        continue;
+                    }
+                    match crate::doctor::process_of(&instance["match"]) {
+                        Ok(rule_pid) => targets.push((name.to_owned(), rule_pid)),
+                        // Asked for by name, it must be checked; otherwise an
+                        // instance with no process to look through (a uid
+                        // range, a stopped container) is passed over.
+                        Err(why) if named => unchecked.push(format!("{name}: {why}")),
+                        Err(_) => {}
+                    }
                 }
             }
             socket.unwrap_or_else(|| {
@@ -1386,8 +1413,20 @@ fn doctor(
             })
         }
     };
-    if targets.is_empty() {
-        return Err("doctor: no instance is registered by pid; give --pid PID".into());
+    for line in &unchecked {
+        println!("{line}");
+    }
+    // The hooks and units run the installed binary; a second build on
+    // PATH is a host problem of its own.
+    let second = crate::install::second_copy(&std::env::var("PATH").unwrap_or_default());
+    if let Some(problem) = &second {
+        println!("install: {problem}");
+    }
+    if targets.is_empty() && unchecked.is_empty() {
+        return Err(
+            "doctor: no instance has a running process to look through (a pid rule, or a cgroup with a process in it); give --pid PID"
+                .into(),
+        );
     }
     let mut problems = 0;
     for (label, pid) in targets {
@@ -1397,8 +1436,12 @@ fn doctor(
         }
         println!("{label}: {}", finding.explain(path));
     }
+    problems += unchecked.len();
     if problems > 0 {
         return Err(format!("doctor: {problems} container(s) need fixing"));
+    }
+    if second.is_some() {
+        return Err("doctor: the install needs fixing".into());
     }
     Ok(())
 }
@@ -1467,6 +1510,11 @@ impl AdminSocket {
 
     /// The error, with the next step when nothing could be connected to.
     fn explain(&self, error: ClientError) -> String {
+        if let ClientError::NotAdmin { .. } = error {
+            return format!(
+                "{error}. Point --admin PATH or {ADMIN_ENV} at the admin socket (`guestsock serve --admin-socket`, by default {DEFAULT_ADMIN_SOCKET})"
+            );
+        }
         let ClientError::Connect { socket, source } = &error else {
             return error.to_string();
         };
@@ -1525,6 +1573,20 @@ fn guest_remedy(error: ClientError, origin: PathOrigin) -> String {
          host, point --socket PATH or {SOCKET_ENV} at its --socket",
         socket.display()
     )
+}
+
+/// A guest socket's error answer, and what to do when it is the one a
+/// newcomer meets first: a caller that is no registered instance's.
+fn guest_refusal(reply: &client::Reply) -> String {
+    let text = String::from_utf8_lossy(&reply.body);
+    let text = text.trim_end();
+    if reply.status == 403 && text.contains("is not part of any registered instance") {
+        format!(
+            "403: {text}. This process belongs to no instance: the guest socket answers processes of registered instances only (`guestsock instance list` on the host shows them and their match rules; `guestsock serve --demo` prints whom it answers)"
+        )
+    } else {
+        format!("{}: {text}", reply.status)
+    }
 }
 
 /// How a command that changes something reports success.
@@ -1688,7 +1750,18 @@ fn config(admin: &AdminSocket, json: bool, call: ConfigCall) -> Result<(), Strin
                 value.into_bytes()
             };
             let instance = admin.call("PUT", &key_path(&name, &key), &value)?;
-            Report::new(json, quiet).changed(&instance, || format!("config {name} {key} set"))
+            Report::new(json, quiet).changed(&instance, || {
+                if crate::instance::guest_visible(&key) {
+                    format!("config {name} {key} set")
+                } else {
+                    // Host-only keys are allowed (the hooks' own, notes for
+                    // the orchestrator), but a guest asking for one is
+                    // refused: say so now, not when a guest gets `403`.
+                    format!(
+                        "config {name} {key} set (host-only: guests see only user.* and cloud-init.* keys)"
+                    )
+                }
+            })
         }
         ConfigCall::Unset { name, key, quiet } => {
             let instance = admin.call("DELETE", &key_path(&name, &key), b"")?;
@@ -2034,7 +2107,8 @@ mod tests {
             PathOrigin::Flag
         );
         assert_eq!(parsed("serve").unwrap().admin_origin, PathOrigin::Default);
-        assert_eq!(parsed("").unwrap().command, None);
+        // A bare `guestsock` is a usage error, answered with the help.
+        assert!(parsed("").is_err());
     }
 
     #[test]

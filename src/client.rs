@@ -40,6 +40,17 @@ pub enum ClientError {
     Receive(io::Error),
     /// The answer is not HTTP (something else listens on the socket).
     NotHttp,
+    /// What answered at `socket` is not guestsock's admin socket: its
+    /// answer is not in the admin envelope (the guest socket, most likely;
+    /// the operator's fault: a wrong `--admin`).
+    NotAdmin {
+        /// The socket's path.
+        socket: PathBuf,
+        /// The answer's status.
+        status: u16,
+        /// The answer's body, cut short.
+        message: String,
+    },
     /// The server refused the request with this status and message (the
     /// request's fault, as the server explains).
     Refused {
@@ -59,6 +70,15 @@ impl fmt::Display for ClientError {
             ClientError::Send(e) => write!(f, "cannot send the request: {e}"),
             ClientError::Receive(e) => write!(f, "cannot read the answer: {e}"),
             ClientError::NotHttp => f.write_str("the server's answer is not HTTP"),
+            ClientError::NotAdmin {
+                socket,
+                status,
+                message,
+            } => write!(
+                f,
+                "{} is not guestsock's admin socket: it answered `{status} {message}`, not in the admin socket's envelope; it looks like the guest socket, which containers use",
+                socket.display()
+            ),
             ClientError::Refused { status, message } => write!(f, "{status}: {message}"),
         }
     }
@@ -122,11 +142,19 @@ pub fn admin(
     body: &[u8],
 ) -> Result<serde_json::Value, ClientError> {
     let reply = call(socket, method, path, body)?;
-    let envelope: serde_json::Value =
-        serde_json::from_slice(&reply.body).map_err(|_| ClientError::Refused {
+    let Some(envelope) = envelope(&reply.body) else {
+        let text = String::from_utf8_lossy(&reply.body);
+        let mut message = text.trim_end().to_owned();
+        if let Some((cut, _)) = message.char_indices().nth(200) {
+            message.truncate(cut);
+            message.push_str("...");
+        }
+        return Err(ClientError::NotAdmin {
+            socket: socket.to_path_buf(),
             status: reply.status,
-            message: String::from_utf8_lossy(&reply.body).trim_end().to_owned(),
-        })?;
+            message,
+        });
+    };
     if (200..300).contains(&reply.status) {
         Ok(envelope
             .get("metadata")
@@ -142,6 +170,14 @@ pub fn admin(
             message: message.to_owned(),
         })
     }
+}
+
+/// The admin socket's envelope (docs/protocol.md section 7), if `body` is
+/// one: a JSON object whose `type` is `sync` or `error`. Every JSON answer
+/// of the admin socket is one, and no answer of the guest socket is.
+pub fn envelope(body: &[u8]) -> Option<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    matches!(value.get("type")?.as_str()?, "sync" | "error").then_some(value)
 }
 
 /// Percent-encodes one path segment (everything but RFC 3986's unreserved
@@ -203,6 +239,34 @@ mod tests {
             ],
         );
         assert_eq!(t, "NAME         STATE\nc1           Ready\nlonger-name\n");
+    }
+
+    #[test]
+    fn only_the_admin_envelope_is_one() {
+        for (body, admin) in [
+            (
+                &br#"{"type":"sync","status":"Success","status_code":200,"metadata":[]}"#[..],
+                true,
+            ),
+            (
+                br#"{"type":"error","error":"not found","error_code":404}"#,
+                true,
+            ),
+            (br#"{"api_version":"1.0","auth":"untrusted"}"#, false),
+            (
+                b"pid 7 (uid 0) is not part of any registered instance\n",
+                false,
+            ),
+            (br#"["/1.0"]"#, false),
+            (br#"{"type":"config"}"#, false),
+        ] {
+            assert_eq!(
+                envelope(body).is_some(),
+                admin,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]

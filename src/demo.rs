@@ -4,13 +4,14 @@
 //! Owns whom the demo answers, its example instance and the demo
 //! directory's mode. Serving is `server`'s business; the flags, `cli`'s.
 //!
-//! The demo answers one ordinary uid, the person who started it: their own
-//! uid, or `SUDO_UID` when started through sudo. It never claims root: a
-//! `uid_range` rule holding uid 0 would claim every root process on the
-//! host, those of privileged and Docker containers included, and so make
-//! every caller of a container registered beside it ambiguous (refused
-//! `403`). From a root shell without sudo it answers uid 65534 (`nobody`)
-//! instead, which no container's processes run as.
+//! The demo answers one uid, the person who started it: their own uid, or
+//! `SUDO_UID` when started through sudo, so root from a root shell. Root's
+//! processes include those of privileged containers, but no container
+//! reaches the demo: its sockets are under `./guestsock-demo/`, which no
+//! runtime mounts. A privileged container registered beside a root demo
+//! (its root is host uid 0 too) would be claimed by both rules and refused
+//! as ambiguous; an unprivileged one, or a demo started by another user or
+//! through sudo, is answered as itself.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -23,18 +24,15 @@ use crate::server::Seed;
 /// directory (ignored by git).
 pub const DIR: &str = "guestsock-demo";
 
-/// The uid a demo started from a root shell answers: `nobody`.
-pub const NOBODY: u32 = 65_534;
-
 /// The uid the demo answers, from this process's uid and `SUDO_UID`.
 pub fn caller_uid(uid: u32, sudo_uid: Option<&str>) -> u32 {
     if uid != 0 {
         return uid;
     }
-    match sudo_uid.and_then(|v| v.trim().parse::<u32>().ok()) {
-        Some(person) if person != 0 => person,
-        _ => NOBODY,
-    }
+    // Root itself when not through sudo (or sudo from root).
+    sudo_uid
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or_default()
 }
 
 /// Prepares a demo serving `socket`, `admin_socket` and `state_dir`:
@@ -69,20 +67,13 @@ pub fn set_up(
         spec: instance(uid),
     });
     admin_uids.push(uid);
-    // Whoever started it, the commands it prints work for the uid it
-    // answers.
-    let (call_as, note) = if uid == nix::unistd::getuid().as_raw() {
-        (String::new(), "")
-    } else if uid == NOBODY {
-        (
-            format!("setpriv --reuid={uid} --regid={uid} --clear-groups "),
-            " (nobody: started as root, the demo never answers root)",
-        )
+    let note = if uid == nix::unistd::getuid().as_raw() {
+        ""
     } else {
-        (String::new(), " (who started it through sudo)")
+        " (who started it through sudo)"
     };
     println!(
-        "guestsock demo: instance `demo` answers processes of uid {uid}{note}. Try:\n  {call_as}curl --unix-socket {0} http://lxd/1.0/config\n  {call_as}curl --unix-socket {0} http://lxd/1.0/config/user.greeting\n  GUESTSOCK_ADMIN={1} guestsock config set demo user.greeting hi\nStop with Ctrl-C.",
+        "guestsock demo: instance `demo` answers processes of uid {uid}{note}. Try:\n  curl --unix-socket {0} http://lxd/1.0/config\n  curl --unix-socket {0} http://lxd/1.0/config/user.greeting\n  GUESTSOCK_ADMIN={1} guestsock config set demo user.greeting hi\nStop with Ctrl-C.",
         socket.display(),
         admin_socket.display()
     );
@@ -134,15 +125,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn answers_the_person_never_root() {
+    fn answers_the_person_who_started_it() {
         for (uid, sudo_uid, want) in [
             (1000, None, 1000),
             (1000, Some("0"), 1000),
             (0, Some("1000"), 1000),
             (0, Some(" 1001\n"), 1001),
-            (0, None, NOBODY),
-            (0, Some("0"), NOBODY),
-            (0, Some("bob"), NOBODY),
+            (0, None, 0),
+            (0, Some("0"), 0),
+            (0, Some("bob"), 0),
         ] {
             assert_eq!(caller_uid(uid, sudo_uid), want, "{uid} {sudo_uid:?}");
         }

@@ -2,14 +2,17 @@
 //! the path where the guest socket should be mounted, and says plainly what
 //! is wrong with it.
 //!
-//! Owns the diagnosis only; finding the containers to look at (instances
-//! registered by `pid`, or `--pid`) is the command line's business.
+//! Owns the diagnosis, and finding a process to look through for an
+//! instance's rule ([`process_of`]); asking the server for the instances is
+//! the command line's business.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::limits::MAX_DOCTOR_CGROUP_DIRS;
 
 /// What is at the socket path inside one container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,4 +122,64 @@ pub fn diagnose(pid: i32, path: &str, server_socket: &Path) -> Finding {
         Ok(_) => Finding::Fine,
         Err(e) => Finding::Unreadable(format!("connecting to {inside}: {e}")),
     }
+}
+
+/// A process to look through for an instance whose `match` is `rule` (the
+/// instance object's JSON), or why there is none, saying what to do.
+///
+/// A `pid` rule names its process; a `cgroup` rule any process in the
+/// group or below it (the container's init is usually alone at the top);
+/// a `uid_range` rule names no process of its own.
+pub fn process_of(rule: &serde_json::Value) -> Result<i32, String> {
+    if let Some(pid) = rule["pid"].as_i64() {
+        return i32::try_from(pid).map_err(|_| format!("pid rule {pid} is not a process id"));
+    }
+    if let Some(path) = rule["cgroup"].as_str() {
+        let mount = fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|text| crate::identity::cgroup2_root_mount(&text))
+            .ok_or(
+                "no cgroup v2 hierarchy is mounted here with its root (see /proc/self/mountinfo)",
+            )?;
+        let dir = mount.join(path.trim_start_matches('/'));
+        return first_process(&dir).ok_or_else(|| {
+            format!(
+                "no process is in cgroup {path} ({}): is the container running? Give --pid PID of one of its processes",
+                dir.display()
+            )
+        });
+    }
+    Err(
+        "its rule is a uid range, which names no process: give --pid PID of one of its processes"
+            .into(),
+    )
+}
+
+/// The first process in the cgroup at `dir` or below, looking at no more
+/// than [`MAX_DOCTOR_CGROUP_DIRS`] groups, breadth first.
+fn first_process(dir: &Path) -> Option<i32> {
+    let mut queue = std::collections::VecDeque::from([dir.to_path_buf()]);
+    let mut seen = 0;
+    while let Some(dir) = queue.pop_front() {
+        seen += 1;
+        if seen > MAX_DOCTOR_CGROUP_DIRS {
+            return None;
+        }
+        if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs"))
+            && let Some(pid) = procs.lines().find_map(|l| l.trim().parse().ok())
+        {
+            return Some(pid);
+        }
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut children: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        children.sort();
+        queue.extend(children);
+    }
+    None
 }

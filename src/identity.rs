@@ -264,7 +264,7 @@ impl CgroupPaths {
 /// text, if it is mounted with its root there (as on a host; inside a
 /// container it may be a subtree, whose paths would not join). Mount points
 /// with escaped characters are passed over.
-fn cgroup2_root_mount(mountinfo: &str) -> Option<PathBuf> {
+pub fn cgroup2_root_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         let (fields, rest) = line.split_once(" - ")?;
         let fields: Vec<&str> = fields.split(' ').collect();

@@ -10,6 +10,7 @@
 // their headers).
 #![deny(unsafe_code)]
 
+pub mod acl;
 pub mod activation;
 pub mod api;
 pub mod cli;
@@ -24,6 +25,7 @@ pub mod events;
 pub mod fuzzing;
 pub mod http;
 pub mod identity;
+pub mod install;
 pub mod instance;
 pub mod issuer;
 pub mod jwt;

@@ -383,6 +383,12 @@ pub const MAX_HOOK_INPUT_BYTES: u64 = 1024 * 1024;
 /// bytes: 16 MiB (only when the runtime's state leaves them out).
 pub const MAX_OCI_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 
+/// How many cgroups `guestsock doctor` looks through, breadth first, for a
+/// process of an instance matched by cgroup: 4096. A container's processes
+/// are nearly always at its group's top; a bound keeps a group with a huge
+/// tree below it from making the command crawl.
+pub const MAX_DOCTOR_CGROUP_DIRS: usize = 4096;
+
 /// Largest response head `guestsock watch docker` reads from the Docker
 /// engine, in bytes: 16 KiB.
 ///

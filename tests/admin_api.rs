@@ -423,10 +423,62 @@ fn admin_socket_is_private_and_refuses_other_uids() {
     );
     drop(server);
 
-    let server = util::Server::start_with(json!([]), &["--admin-uid", "4321"]);
-    std::fs::set_permissions(&server.admin_socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let (status, body) = util::curl_as(4321, &server.admin_socket, "/1.0/instances");
-    assert_eq!(status, 200, "{body}");
+    // As started, with no change by hand: each --admin-uid reaches the
+    // socket (an ACL entry of its own), and another uid cannot connect.
+    let server = util::Server::start_with(json!([]), &["--admin-uid", "4321", "--admin-uid=4322"]);
+    for uid in [4321, 4322] {
+        let (status, body) = util::curl_as(uid, &server.admin_socket, "/1.0/instances");
+        assert_eq!(status, 200, "uid {uid}: {body}");
+    }
+    let mode = std::fs::metadata(&server.admin_socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o007, 0, "no access for others: {mode:o}");
+    let refused = std::process::Command::new(util::tool("setpriv"))
+        .args(["--reuid=4323", "--regid=4323", "--clear-groups"])
+        .arg(util::bin())
+        .args(["instance", "list", "--admin"])
+        .arg(&server.admin_socket)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("Permission denied") && err.contains("--admin-uid 4323"),
+        "{err}"
+    );
+    // getfacl (Debian's acl) reads back what the kernel holds.
+    util::needs_installed("getfacl", "apt-get install acl", &["getfacl", "--version"]);
+    let acl = std::process::Command::new("getfacl")
+        .args(["-cn"])
+        .arg(&server.admin_socket)
+        .output()
+        .unwrap();
+    let acl = String::from_utf8_lossy(&acl.stdout);
+    for entry in [
+        "user::rw-",
+        "user:4321:rw-",
+        "user:4322:rw-",
+        "group::---",
+        "mask::rw-",
+        "other::---",
+    ] {
+        assert!(acl.lines().any(|l| l == entry), "{entry} in {acl}");
+    }
+    // A restart without the flag takes the access back.
+    let dir = server.stop_keep();
+    let server = util::Server::start_in(dir, &[]);
+    let out = std::process::Command::new(util::tool("setpriv"))
+        .args(["--reuid=4321", "--regid=4321", "--clear-groups"])
+        .arg(util::tool("curl"))
+        .args(util::curl_args(&server.admin_socket, "/1.0/instances"))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "uid 4321 reached the socket without --admin-uid"
+    );
 }
 
 #[test]

@@ -208,7 +208,19 @@ fn errors_print_the_servers_message_and_exit_non_zero() {
     fails(&server, &["config", "set", "c1", "bad key", "v"], "400");
     fails(&server, &["config", "unset", "c1", "user.never"], "404");
     fails(&server, &["device", "remove", "c1", "eth9"], "404");
-    fails(&server, &["state", "c1", "Sleeping"], "400: Invalid state");
+    // The states the help lists, and no other, checked before any call.
+    let out = cli(&server, &["state", "c1", "Sleeping"], None);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[possible values: Started, Ready]"), "{err}");
+    assert_eq!(
+        ok(&server, &["state", "c1", "Ready"]),
+        "state c1 set to Ready\n"
+    );
+    assert_eq!(
+        ok(&server, &["state", "c1", "Started"]),
+        "state c1 set to Started\n"
+    );
     fails(&server, &["instance", "remove", "nope"], "404");
     fails(
         &server,
@@ -377,10 +389,15 @@ fn every_command_and_subcommand_answers_help() {
         args.push("-h");
         assert!(guestsock(&args, &[], None).status.success(), "{name} -h");
     }
-    // No command at all: the overview, successfully.
+    // No command at all: the overview, as a usage error (as a bare
+    // `guestsock config` is one): on standard error, exit status 2.
     let out = guestsock(&[], &[], None);
-    assert!(out.status.success());
-    let overview = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let overview = text(&out.stderr);
+    let out = guestsock(&["config"], &[], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("Usage: guestsock config"));
     for (words, _) in commands.iter().filter(|(words, _)| words.len() == 1) {
         assert!(overview.contains(&format!("  {}", words[0])), "{overview}");
     }
@@ -419,8 +436,9 @@ fn mistyped_commands_and_flags_get_a_suggestion() {
         ),
     ] {
         let out = guestsock(args, &[], None);
-        // A usage error exits 1, like every other failure.
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        // A usage error exits 2 (clap's and the shell's convention), a
+        // command that ran and failed 1.
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(out.stdout.is_empty(), "{args:?}");
         let err = text(&out.stderr);
         assert!(err.contains(suggestion), "{args:?}: {err}");
@@ -617,6 +635,10 @@ fn man_pages_in_roff() {
     assert!(page.contains(".TH guestsock-serve 8"), "{page}");
     assert!(page.contains("\\-\\-max\\-per\\-instance"), "{page}");
     let out = guestsock(&["man", "config", "set"], &[], None);
+    assert!(text(&out.stdout).contains(".TH guestsock-config-set 8"));
+    // As a person quotes a command's name, too.
+    let out = guestsock(&["man", "config set"], &[], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(".TH guestsock-config-set 8"));
     let out = guestsock(&["man", "nope"], &[], None);
     assert!(!out.status.success());
@@ -896,4 +918,66 @@ fn serve_without_permission_says_run_as_root_or_pick_paths() {
     ] {
         assert!(err.contains(needle), "{needle:?} not in {err}");
     }
+}
+
+#[test]
+fn a_host_only_key_is_set_and_said_to_be_host_only() {
+    let me = util::my_uid();
+    let server = util::Server::start(
+        json!([{"name": "c1", "match": {"uid_range": [me, 1]}, "root_uid": me}]),
+    );
+    assert_eq!(
+        ok(&server, &["config", "set", "c1", "foo", "bar"]),
+        "config c1 foo set (host-only: guests see only user.* and cloud-init.* keys)\n"
+    );
+    assert_eq!(
+        ok(&server, &["config", "set", "c1", "user.foo", "bar"]),
+        "config c1 user.foo set\n"
+    );
+    // What the guest meets, as the line said.
+    assert_eq!(server.get("/1.0/config/foo").status, 403);
+    assert_eq!(server.get("/1.0/config/user.foo").text(), "bar");
+}
+
+#[test]
+fn the_wrong_socket_is_named_as_such() {
+    let me = util::my_uid();
+    let server = util::Server::start(
+        json!([{"name": "c1", "match": {"uid_range": [me + 1, 1]}, "root_uid": me + 1}]),
+    );
+    let guest = server.socket.to_str().unwrap();
+    let admin = server.admin_socket.to_str().unwrap();
+    // An admin command pointed at the guest socket.
+    let out = guestsock(&["instance", "list", "--admin", guest], &[], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("{guest} is not guestsock's admin socket")),
+        "{err}"
+    );
+    assert!(err.contains("it looks like the guest socket"), "{err}");
+    assert!(err.contains("--admin PATH or GUESTSOCK_ADMIN"), "{err}");
+    // A guest query pointed at the admin socket: the answer, and a note.
+    let out = guestsock(&["query", "--socket", admin, "/1.0"], &[], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("\"guest_socket\""));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "note: {admin} is guestsock's admin socket, so this is the host's answer, not a guest's; guests ask the guest socket ({guest}"
+        )),
+        "{err}"
+    );
+    // The guest socket, asked by a process of no instance: what to do.
+    let out = guestsock(&["query", "--socket", guest, "/1.0"], &[], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("is not part of any registered instance"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`guestsock instance list` on the host"),
+        "{err}"
+    );
 }

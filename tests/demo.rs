@@ -1,8 +1,9 @@
-//! `serve --demo` answers the person who started it and never root: started
-//! by an ordinary user, that user; through sudo, the user who ran sudo;
-//! from a root shell, `nobody`. Its directory lets that uid reach the
-//! socket, and an instance registered beside it, as a container would be,
-//! is answered as itself, never refused as ambiguous.
+//! `serve --demo` answers the person who started it: started by an ordinary
+//! user, that user; through sudo, the user who ran sudo; from a root shell,
+//! root. Its directory lets that uid reach the socket, and an instance
+//! registered beside it, as a container would be, is answered as itself
+//! unless its root is the demo's uid too (a privileged container beside a
+//! root demo), which is refused as ambiguous, never guessed.
 
 mod util;
 
@@ -88,20 +89,37 @@ fn started_as_root_it_answers_the_user_and_no_root_process() {
 }
 
 #[test]
-fn from_a_root_shell_it_answers_nobody() {
+fn from_a_root_shell_it_answers_root() {
     require_root!();
     let demo = util::Demo::start(None, &[], &[]);
-    let (status, body) = util::curl_as(65534, &demo.socket(), "/1.0/config/user.greeting");
+    // A root shell beside the demo: what README's "Try it" pastes.
+    let (status, body) = util::curl_as(0, &demo.socket(), "/1.0/config/user.greeting");
     assert_eq!((status, body.as_str()), (200, "hello from guestsock"));
-    let (status, _) = util::curl_as(0, &demo.socket(), "/1.0");
-    assert_eq!(status, 403);
-    // Its greeting says how to call it as that user.
+    // Other host users are not the demo's.
+    let (status, body) = util::curl_as(65534, &demo.socket(), "/1.0/config/user.greeting");
+    assert_eq!(status, 403, "{body}");
+    // An unprivileged container registered beside it is answered as
+    // itself; a privileged one (its root is uid 0 too) is refused as
+    // ambiguous, as README says.
+    let group = util::Cgroup::new();
+    let c1 = json!({"name": "c1", "match": {"cgroup": group.path}, "root_uid": 1_000_000, "config": {"user.who": "c1"}});
+    let reply = util::Client::connect(&demo.admin_socket()).request(
+        "POST",
+        "/1.0/instances",
+        c1.to_string().as_bytes(),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let (status, body) = group.curl(Some(1_000_000), &demo.socket(), "/1.0/config/user.who");
+    assert_eq!((status, body.as_str()), (200, "c1"), "c1's root is c1's");
+    let (status, body) = group.curl(Some(0), &demo.socket(), "/1.0/config/user.who");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("matches more than one instance"), "{body}");
+    // Its greeting's commands work as printed, in this shell.
+    let out = demo.stdout();
+    assert!(out.contains("answers processes of uid 0. Try:"), "{out}");
     assert!(
-        demo.stdout().contains(
-            "setpriv --reuid=65534 --regid=65534 --clear-groups curl --unix-socket guestsock-demo/guest/sock http://lxd/1.0/config"
-        ),
-        "{}",
-        demo.stdout()
+        out.contains("\n  curl --unix-socket guestsock-demo/guest/sock http://lxd/1.0/config\n"),
+        "{out}"
     );
 }
 

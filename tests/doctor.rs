@@ -155,3 +155,56 @@ fn finds_each_broken_mount() {
         "{text}"
     );
 }
+
+#[test]
+fn checks_an_instance_matched_by_cgroup_by_its_name() {
+    require_root!();
+    util::tool("mount");
+    let server = util::Server::start(json!([]));
+    let sock_dir = server.socket.parent().unwrap().display().to_string();
+    let base = util::TempDir::new();
+    let root = base.join("c");
+    std::fs::create_dir_all(&root).unwrap();
+    let root = root.display().to_string();
+    // A container as a hook registers it: its init in a cgroup of its own,
+    // the instance matching that cgroup; and one whose group is empty.
+    let group = util::Cgroup::new();
+    let empty = util::Cgroup::new();
+    let _c = Container::new(&format!(
+        "echo $$ > {}/cgroup.procs && mount -t tmpfs none {root} && mkdir {root}/lxd && mount --bind -o ro {sock_dir} {root}/lxd",
+        group.dir.display()
+    ));
+    server.create_instance(&json!({"name": "c1", "match": {"cgroup": group.path}}));
+    server.create_instance(&json!({"name": "gone", "match": {"cgroup": empty.path}}));
+    server.create_instance(&json!({"name": "u", "match": {"uid_range": [70000, 10]}}));
+    let admin = server.admin_socket.display().to_string();
+    let path = format!("{root}/lxd/sock");
+    let (ok, text) = doctor(&["c1", "--admin", &admin, "--path", &path]);
+    assert!(ok, "{text}");
+    assert!(
+        text.starts_with(&format!("c1: {path} is guestsock's socket: fine")),
+        "{text}"
+    );
+    // Asked for by name, an instance with nothing to look through says why.
+    let (ok, text) = doctor(&["gone", "--admin", &admin, "--path", &path]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!("gone: no process is in cgroup {}", empty.path))
+            && text.contains("is the container running?"),
+        "{text}"
+    );
+    let (ok, text) = doctor(&["u", "--admin", &admin]);
+    assert!(!ok && text.contains("u: its rule is a uid range"), "{text}");
+    let (ok, text) = doctor(&["nope", "--admin", &admin]);
+    assert!(
+        !ok && text.contains("no instance is named \"nope\""),
+        "{text}"
+    );
+    // Unnamed, every instance with a process is checked, the others passed
+    // over.
+    let (ok, text) = doctor(&["--admin", &admin, "--path", &path]);
+    assert!(
+        ok && text.contains("c1: ") && !text.contains("gone"),
+        "{text}"
+    );
+}

@@ -49,6 +49,16 @@ fn default_is_info_in_the_old_format() {
     let log = log_of(start(&[], None));
     assert!(log.contains(SERVING), "{log}");
     assert!(refusal_logged(&log), "{log}");
+    // The refused caller's cgroup (this test's own), which says which rule
+    // would have claimed it, though no cgroup rule is registered.
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "is not part of any registered instance; its cgroup is {own}\n"
+        )),
+        "{log}"
+    );
     assert!(log.contains("guestsock: SIGTERM: stopping"), "{log}");
     assert!(!log.contains("trace: "), "{log}");
 }

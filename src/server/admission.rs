@@ -122,7 +122,19 @@ impl Server {
                     None => Counted::Unknown,
                 },
                 Err(refusal) => {
-                    self.log_throttled(format_args!("unrecognised caller: {refusal}"));
+                    // The caller's cgroup is what a runtime's operator needs
+                    // to see (which rule would have claimed it); read here
+                    // only for a line the throttle lets through.
+                    if log_due(self.refusal_logged) {
+                        let cgroup = match &peer.cgroup {
+                            Some(path) => path.to_string(),
+                            None => identity::cgroup_of(peer.pid)
+                                .unwrap_or_else(|e| format!("unknown ({e})")),
+                        };
+                        self.log_throttled(format_args!(
+                            "unrecognised caller: {refusal}; its cgroup is {cgroup}"
+                        ));
+                    }
                     Counted::Unknown
                 }
             },

@@ -197,11 +197,16 @@ pub(super) struct Successor {
 /// Logs `message` unless a line was logged through `last` less than a
 /// second ago, so that an attack cannot flood the log.
 pub(crate) fn log_throttled(last: &mut Option<Instant>, message: std::fmt::Arguments<'_>) {
-    let now = Instant::now();
-    if last.is_none_or(|then| now.duration_since(then) >= LOG_THROTTLE) {
-        *last = Some(now);
+    if log_due(*last) {
+        *last = Some(Instant::now());
         log::warn(message);
     }
+}
+
+/// Whether [`log_throttled`] through `last` would log now: for a line that
+/// costs something to put together.
+pub(crate) fn log_due(last: Option<Instant>) -> bool {
+    last.is_none_or(|then| then.elapsed() >= LOG_THROTTLE)
 }
 
 /// Takes `key` off a list.

@@ -195,6 +195,15 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
 
     let mut guest = Listener::bind_or_adopt(activated.guest, config.socket, 0o666)?;
     let mut admin = Listener::bind_or_adopt(activated.admin, config.admin_socket, 0o600)?;
+    // The socket's owner (this process's user) passes its mode already.
+    let owner = nix::unistd::geteuid().as_raw();
+    let granted: Vec<u32> = config
+        .admin_uids
+        .iter()
+        .copied()
+        .filter(|&uid| uid != owner)
+        .collect();
+    crate::acl::grant_admin_uids(&admin.path, &granted)?;
     if handed_over {
         // Taken over from a predecessor, not from systemd: this process owns
         // the files now and removes them when it stops for good.
