@@ -34,8 +34,8 @@ use crate::identity::{self, CgroupPaths, PeerFacts};
 use crate::issuer::Issuer;
 use crate::limits::{
     MAX_ADMIN_BODY_BYTES, MAX_EVENT_FRAMING_BYTES, MAX_GUEST_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES,
-    MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES, SPARE_BUFFER_BYTES,
-    Tunables,
+    MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES, REFUSALS_PER_CONNECTION,
+    REQUESTS_PER_TURN, SPARE_BUFFER_BYTES, Tunables,
 };
 use crate::metrics::Metrics;
 use crate::registry::{InstanceId, Registry};
@@ -187,6 +187,9 @@ pub enum ConnState {
 pub enum Next {
     /// Keep it; it waits for readiness.
     Wait,
+    /// Keep it; it used up its turn ([`REQUESTS_PER_TURN`]) with more to
+    /// do: drive it again in the next turn, after the others.
+    Yield,
     /// Drop it: finished, or the socket failed.
     Close,
 }
@@ -262,6 +265,9 @@ pub struct Conn<S = UnixStream> {
     /// generation (`dispatch`): while the registry is unchanged, a request
     /// costs no identity lookup.
     known: KnownCaller,
+    /// Requests refused on this connection (`403`, `429`); at
+    /// [`REFUSALS_PER_CONNECTION`] it is closed.
+    refusals: u8,
 }
 
 /// Which connection count a guest connection is in, decided at accept.
@@ -318,6 +324,7 @@ impl<S: Read + Write + AsFd> Conn<S> {
             timer: None,
             served: false,
             known: None,
+            refusals: 0,
         }
     }
 
@@ -650,6 +657,7 @@ impl<S: Read + Write + AsFd> Conn<S> {
 
     /// [`Conn::drive`] with the buffers in place.
     fn drive_buffered(&mut self, ctx: &mut Ctx<'_>) -> Next {
+        let mut budget = REQUESTS_PER_TURN;
         loop {
             if self.hold.is_some() {
                 return Next::Wait;
@@ -659,9 +667,15 @@ impl<S: Read + Write + AsFd> Conn<S> {
                 Ok(false) => return Next::Wait,
                 Err(_) => return Next::Close,
             }
+            if budget == 0
+                && self.state == ConnState::Open
+                && (self.readable || !self.input.is_empty())
+            {
+                return Next::Yield;
+            }
             let progressed = match self.state {
                 ConnState::Closing => return Next::Close,
-                ConnState::Open => self.answer_buffered(ctx),
+                ConnState::Open => self.answer_buffered(ctx, &mut budget),
                 ConnState::WebSocket { .. } => self.read_frames(),
                 ConnState::Stream(_) => {
                     // "any byte from the client, or EOF, ends it".
@@ -751,9 +765,10 @@ impl<S: Read + Write + AsFd> Conn<S> {
     }
 
     /// Answers the complete requests in `input`, in order, until the input
-    /// holds none, the output bound is reached or the connection changes
-    /// state. Returns whether it did anything.
-    fn answer_buffered(&mut self, ctx: &mut Ctx<'_>) -> bool {
+    /// holds none, `budget` requests were answered, the output bound is
+    /// reached or the connection changes state. Returns whether it did
+    /// anything.
+    fn answer_buffered(&mut self, ctx: &mut Ctx<'_>, budget: &mut usize) -> bool {
         let mut answered = false;
         let max_body = match self.side {
             Side::Guest => MAX_GUEST_BODY_BYTES,
@@ -762,6 +777,7 @@ impl<S: Read + Write + AsFd> Conn<S> {
         while self.state == ConnState::Open
             && self.hold.is_none()
             && !self.input.is_empty()
+            && *budget > 0
             && self.output.len() - self.written < MAX_PENDING_OUTPUT_BYTES
         {
             let req = match request::parse(&self.input, self.scan_from, max_body) {
@@ -784,6 +800,7 @@ impl<S: Read + Write + AsFd> Conn<S> {
                 }
             };
             answered = true;
+            *budget -= 1;
             if self.side == Side::Guest {
                 // A rule of a kind this connection has no facts for may have
                 // been registered since it was accepted.
@@ -822,7 +839,13 @@ impl<S: Read + Write + AsFd> Conn<S> {
                         return true;
                     }
                 };
-            let keep_alive = req.keep_alive && !response.close && !ctx.stopping;
+            if matches!(response.status, 403 | 429) {
+                self.refusals = self.refusals.saturating_add(1);
+            }
+            let keep_alive = req.keep_alive
+                && !response.close
+                && !ctx.stopping
+                && self.refusals < REFUSALS_PER_CONNECTION;
             self.served = true;
             let at = self.output.len();
             response.write_to(
@@ -1029,6 +1052,25 @@ mod tests {
             // The GET carries the value, the HEAD only its length.
             assert_eq!(out.matches("\r\n\r\n1").count(), 1, "step {step}: {out}");
         }
+    }
+
+    #[test]
+    fn a_long_pipeline_is_answered_whole_over_several_turns() {
+        // Five turns' worth (REQUESTS_PER_TURN each), in one chunk.
+        let n = super::REQUESTS_PER_TURN * 5 + 3;
+        let input = "GET /1.0/config/user.a HTTP/1.1\r\nHost: x\r\n\r\n".repeat(n);
+        let out = text(Side::Guest, &input, input.len());
+        assert_eq!(statuses(&out), vec!["200"; n]);
+    }
+
+    #[test]
+    fn a_refused_caller_is_closed_after_a_few_refusals() {
+        // `volatile.x` is host-only: 403, again and again.
+        let input = "GET /1.0/config/volatile.x HTTP/1.1\r\nHost: x\r\n\r\n".repeat(10);
+        let out = text(Side::Guest, &input, input.len());
+        let limit = usize::from(super::REFUSALS_PER_CONNECTION);
+        assert_eq!(statuses(&out), vec!["403"; limit]);
+        assert_eq!(out.matches("Connection: close\r\n").count(), 1, "{out}");
     }
 
     #[test]

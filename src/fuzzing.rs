@@ -325,8 +325,10 @@ pub fn run_connection(side: crate::conn::Side, input: &[u8], step: usize) -> Vec
             }
         }
         let done = chunks.peek().is_none();
-        // Drive until nothing moves: the server would, on readiness.
-        for _ in 0..64 {
+        // Drive until nothing moves: the server would, on readiness and
+        // in the turns after one that used up a connection's budget (at
+        // most one turn per request, each at least 16 bytes long).
+        for _ in 0..64 + input.len() / 16 {
             conn.on_readable(done);
             let mut ctx = Ctx {
                 registry: &mut registry,
@@ -402,6 +404,11 @@ pub fn run_connection(side: crate::conn::Side, input: &[u8], step: usize) -> Vec
                     }
                     Err(_) => break,
                 }
+            }
+            // A connection that used up its turn is driven again, as the
+            // server does in its next turn.
+            if next == crate::conn::Next::Yield {
+                progressed = true;
             }
             if next == crate::conn::Next::Close || !progressed {
                 break;

@@ -106,6 +106,27 @@ pub const EVENTS_PER_POLL: usize = 1024;
 /// fast as it can, stall everything else for as long as it keeps going.
 pub const ACCEPTS_PER_TURN: usize = 64;
 
+/// Requests one connection has answered per turn of the event loop: 8.
+///
+/// A client may pipeline as many requests as its socket buffer holds (a
+/// flooder: 200 deep, again and again); answered all at once, one
+/// connection's pipeline would delay every other connection's first
+/// request by its whole length. After this many the connection goes to the
+/// back of the turn and is driven again in the next one, after everyone
+/// else that had something to do (RFC 9112 section 9.3.2 lets a server
+/// answer pipelined requests at its own pace, in order).
+pub const REQUESTS_PER_TURN: usize = 8;
+
+/// Refusals (`403` for a caller of no instance, `429` over the rate) one
+/// keep-alive connection is given before it is closed: 4.
+///
+/// Answering a flood of refused requests costs the server as much as
+/// serving them; a real client that is refused stops asking, or asks once
+/// more after a while on a new connection. Closing after a few makes a
+/// refused flooder pay for a new connection (accepted a bounded number per
+/// turn) for every few answers.
+pub const REFUSALS_PER_CONNECTION: u8 = 4;
+
 /// How long the accept loop waits before retrying after the process ran out
 /// of file descriptors (`EMFILE`/`ENFILE`): 100 ms.
 ///

@@ -169,15 +169,22 @@ fn idle_keep_alive_connections_are_closed_but_event_streams_are_not() {
 fn the_rate_limit_answers_429_and_refills() {
     let server = me(&["--rate-limit", "5", "--rate-burst", "5"]);
     let mut c = server.connect();
-    let statuses: Vec<u16> = (0..8)
+    let statuses: Vec<u16> = (0..7)
         .map(|_| c.request("GET", "/1.0", b"").status)
         .collect();
     assert_eq!(&statuses[..5], &[200; 5], "{statuses:?}");
     let limited = c.request("GET", "/1.0", b"");
     assert_eq!(limited.status, 429);
     assert_eq!(limited.header("retry-after"), Some("1"));
+    // The fourth refusal on one connection is its last: it is closed.
+    let last = c.request("GET", "/1.0", b"");
+    assert_eq!(
+        (last.status, last.header("connection")),
+        (429, Some("close"))
+    );
+    assert!(c.is_closed_by_server());
     thread::sleep(Duration::from_millis(1100));
-    assert_eq!(c.request("GET", "/1.0", b"").status, 200);
+    assert_eq!(server.connect().request("GET", "/1.0", b"").status, 200);
 }
 
 #[test]

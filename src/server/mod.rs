@@ -127,6 +127,12 @@ struct Server {
     waiting: Vec<(u64, usize)>,
     /// Connections to drop at the end of this pass.
     finished: Vec<usize>,
+    /// Connections that used up their turn with more to do: driven again
+    /// in the next turn, after the others (`limits::REQUESTS_PER_TURN`).
+    deferred: Vec<usize>,
+    /// Guest connections with readiness this turn, driven after the admin
+    /// socket's (reused from turn to turn).
+    guest_turn: Vec<usize>,
     /// Connections to drive again in this pass (a wait was answered).
     ready: Vec<usize>,
     /// Each instance's event subscribers: an event costs work for its own
@@ -238,7 +244,7 @@ impl Server {
             .flatten()
             .min();
             let mut timeout = wake_at.map(|at| at.saturating_duration_since(now));
-            if self.backlog_pending() {
+            if self.backlog_pending() || !self.deferred.is_empty() {
                 // Connections are left in a backlog: look at the other
                 // sources, then accept more, without sleeping.
                 timeout = Some(Duration::ZERO);
@@ -250,6 +256,9 @@ impl Server {
                 return Err(format!("epoll failed: {e}"));
             }
             let now = Instant::now();
+            // Those that used up their last turn go after this turn's
+            // events (those that use this one up go to the next).
+            let carried = std::mem::take(&mut self.deferred);
             if self.accept_retry_at.is_some_and(|at| at <= now) {
                 self.accept_retry_at = None;
                 self.backlog = Waiting {
@@ -272,14 +281,30 @@ impl Server {
                         None => {}
                     },
                     Token(key) => {
-                        if let Some(conn) = self.conns.get_mut(key)
-                            && (event.is_readable() || event.is_read_closed() || event.is_error())
-                        {
+                        let Some(conn) = self.conns.get_mut(key) else {
+                            continue;
+                        };
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
                             conn.on_readable(event.is_read_closed() || event.is_error());
                         }
-                        self.drive(key);
+                        // The admin socket's connections first: no guest's
+                        // traffic delays the host's own calls.
+                        match conn.side {
+                            Side::Admin { .. } => {
+                                self.drive(key);
+                            }
+                            Side::Guest => self.guest_turn.push(key),
+                        }
                     }
                 }
+            }
+            let mut guests = std::mem::take(&mut self.guest_turn);
+            for key in guests.drain(..) {
+                self.drive(key);
+            }
+            self.guest_turn = guests;
+            for key in carried {
+                self.drive(key);
             }
             // Accepting comes after the connections already open, the
             // signals and the writer's reports, and takes a bounded number
@@ -511,9 +536,13 @@ impl Server {
             issuer: &mut self.issuer,
             mints: &mut self.mints,
         };
-        let open = conn.drive(&mut ctx) == Next::Wait;
+        let next = conn.drive(&mut ctx);
+        let open = next != Next::Close;
         if !open {
             self.finished.push(key);
+        }
+        if next == Next::Yield {
+            self.deferred.push(key);
         }
 
         if let Some(registration) = conn.take_registration() {

@@ -259,6 +259,8 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         in_flight: VecDeque::new(),
         writer,
         committed,
+        deferred: Vec::new(),
+        guest_turn: Vec::new(),
         waiting: Vec::new(),
         finished: Vec::new(),
         ready: Vec::new(),
