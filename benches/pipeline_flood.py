@@ -9,7 +9,8 @@ as root (real cgroups). Two builds side by side in one run:
 For each build and each flood (none; 1 and 2 processes from a registered
 instance over its rate, answered 429; 1 and 2 from a cgroup of no instance,
 answered 403), each flooder connects, sends 200 pipelined GETs, reads every
-answer until the server closes or all 200 came, and starts again, for
+answer until the server closes (or resets: it closed with requests unread) or
+all 200 came, and starts again, for
 SECONDS (default 5). Meanwhile:
 
 - a neighbour in another registered instance makes requests the way Go,
@@ -39,12 +40,14 @@ path, secs = sys.argv[1], float(sys.argv[2])
 req = b"GET /1.0 HTTP/1.1\r\nHost: lxd\r\n\r\n" * 200
 answers = 0
 end = time.monotonic() + secs
+connections = 0
 while time.monotonic() < end:
     s = socket.socket(socket.AF_UNIX)
+    data = b""
     try:
         s.connect(path)
+        connections += 1
         s.sendall(req)
-        data = b""
         while True:
             chunk = s.recv(65536)
             if not chunk:
@@ -52,12 +55,14 @@ while time.monotonic() < end:
             data += chunk
             if data.count(b"HTTP/1.1 ") >= 200 and data.endswith(b"\n"):
                 break
-        answers += data.count(b"HTTP/1.1 ")
     except OSError:
-        time.sleep(0.001)
+        # A server that closes with requests unread resets the connection
+        # (ECONNRESET); a full backlog refuses a connect (EAGAIN).
+        pass
     finally:
+        answers += data.count(b"HTTP/1.1 ")
         s.close()
-print(answers)
+print(answers, connections)
 """
 
 NEIGHBOUR = r"""
@@ -92,7 +97,9 @@ while time.monotonic() < end:
         errors += 1
     finally:
         s.close()
-    time.sleep(0.005)
+    # 50 requests a second: within the default rate (100/s), as a real
+    # neighbour is.
+    time.sleep(0.02)
 print(json.dumps({"times": times, "errors": errors, "count": count}))
 """
 
@@ -192,7 +199,10 @@ def run(binary, flood_kind, flooders, root):
                           stdout=subprocess.PIPE, text=True)
     for t in threads:
         t.start()
-    answers = sum(int(f.communicate()[0] or 0) for f in floods)
+    answers = connections = 0
+    for f in floods:
+        a, c = (f.communicate()[0] or "0 0").split()
+        answers, connections = answers + int(a), connections + int(c)
     result = json.loads(neighbour.communicate()[0])
     for t in threads:
         t.join()
@@ -220,8 +230,10 @@ def run(binary, flood_kind, flooders, root):
         "admin_put_p99_ms": round(p([x for x, _ in puts], 0.99) * 1000, 1),
         "admin_errors": sum(1 for _, s in gets + puts if s != 200),
         "flood_answers_per_s": round(answers / SECONDS),
+        "flood_connections_per_s": round(connections / SECONDS),
         "server_cpu_s": round(cpu, 2),
         "cpu_us_per_flood_answer": round(cpu / answers * 1e6, 1) if answers else None,
+        "cpu_us_per_flood_connection": round(cpu / connections * 1e6, 1) if connections else None,
     }
 
 
