@@ -157,7 +157,9 @@ impl NotServed {
     pub fn status(&self) -> u16 {
         match self {
             NotServed::Unreadable(e) => match e {
-                RequestError::Malformed(_) | RequestError::BadHost => 400,
+                RequestError::Malformed(_)
+                | RequestError::BadHost
+                | RequestError::RepeatedField { .. } => 400,
                 RequestError::HeadTooLarge | RequestError::TooManyHeaders => 431,
                 RequestError::BodyTooLarge { .. } => 413,
                 RequestError::UnsupportedTransferEncoding => 501,
@@ -351,6 +353,15 @@ mod tests {
                 NotServed::Unreadable(RequestError::BadHost),
                 400,
                 exact_host,
+                None,
+                None,
+            ),
+            (
+                NotServed::Unreadable(RequestError::RepeatedField {
+                    name: "Content-Length",
+                }),
+                400,
+                "the header field Content-Length appears more than once; send it once",
                 None,
                 None,
             ),

@@ -30,7 +30,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::NotServed;
 use crate::events::Event;
 use crate::jwt::{self, Claims, Jwk, JwkSet};
-use crate::limits::{MAX_PUBLISHED_KEYS, MAX_TOKEN_TTL_SECS, ROTATION_RETRY_SECS};
+use crate::limits::{
+    LOW_S_SIGN_ATTEMPTS, MAX_PUBLISHED_KEYS, MAX_TOKEN_TTL_SECS, ROTATION_RETRY_SECS,
+};
 
 /// The version of the key file format written by this build.
 const FORMAT_VERSION: u32 = 1;
@@ -171,15 +173,30 @@ impl SigningKey {
         })
     }
 
-    /// Signs `claims` (with `jti` filled in) into a compact JWS. `rng` is
-    /// the operating system's randomness (ECDSA's nonce).
+    /// Signs `claims` (with `jti` filled in) into a compact JWS with a
+    /// low-S signature ([`jwt::is_low_s`]), which is all `verify` accepts.
+    /// `rng` is the operating system's randomness (ECDSA's nonce).
+    ///
+    /// ring signs with a random nonce k and does not choose between `s`
+    /// and `n - s`; the twin `(r, n - s)` is the signature nonce `-k` gives.
+    /// So a signature is made again, on a fresh nonce, until its S is low:
+    /// keeping the low-S member of a uniformly drawn pair `{k, -k}` is what
+    /// normalizing S (libsecp256k1's `normalize`) publishes too, with no
+    /// arithmetic on the signature here. At most [`LOW_S_SIGN_ATTEMPTS`].
     pub fn sign(&self, rng: &SystemRandom, claims: &Claims) -> Result<String, String> {
         let input = jwt::signing_input(&self.header, claims);
-        let signature = self
-            .pair
-            .sign(rng, input.as_bytes())
-            .map_err(|_| "the signature could not be made (no randomness?)".to_owned())?;
-        Ok(format!("{input}.{}", jwt::b64(signature.as_ref())))
+        for _ in 0..LOW_S_SIGN_ATTEMPTS {
+            let signature = self
+                .pair
+                .sign(rng, input.as_bytes())
+                .map_err(|_| "the signature could not be made (no randomness?)".to_owned())?;
+            if jwt::is_low_s(signature.as_ref()) {
+                return Ok(format!("{input}.{}", jwt::b64(signature.as_ref())));
+            }
+        }
+        Err(format!(
+            "no low-S signature in {LOW_S_SIGN_ATTEMPTS} attempts (the random source is broken)"
+        ))
     }
 }
 
@@ -643,6 +660,45 @@ mod tests {
         let config =
             IssuerConfig::new("host1", None, None, Duration::from_secs(rotate), None).unwrap();
         Issuer::open(config, None, Path::new("k"), 1000).unwrap().0
+    }
+
+    /// Every token the issuer signs is low-S (ring alone gives a high S
+    /// half the time: 64 tokens all low by chance is 2^-64), and verifies.
+    #[test]
+    fn tokens_are_signed_with_low_s() {
+        let i = issuer(86_400);
+        let key = &i.ring().signing().key;
+        let rng = SystemRandom::new();
+        let claims = Claims {
+            iss: "https://host1".into(),
+            sub: "spiffe://host1/host/host1/instance/c1".into(),
+            aud: "a".into(),
+            iat: 1000,
+            nbf: 1000,
+            exp: 1600,
+            jti: "j".into(),
+            guestsock: jwt::InstanceClaim {
+                instance: "c1".into(),
+                kind: "container".into(),
+                location: String::new(),
+                host: "host1".into(),
+                uid: 0,
+            },
+        };
+        for _ in 0..64 {
+            let token = key.sign(&rng, &claims).unwrap();
+            let signature = jwt::unb64(token.rsplit('.').next().unwrap()).unwrap();
+            assert!(jwt::is_low_s(&signature), "{token}");
+            assert_eq!(
+                jwt::verify(
+                    &token,
+                    std::slice::from_ref(&key.jwk),
+                    1000,
+                    jwt::Expected::default()
+                ),
+                Ok(claims.clone())
+            );
+        }
     }
 
     #[test]

@@ -160,6 +160,30 @@ pub fn signing_input(encoded_header: &str, claims: &Claims) -> String {
     format!("{encoded_header}.{}", b64(&json))
 }
 
+/// Half the order n of P-256's group, rounded down: `(n - 1) / 2`,
+/// big-endian. n is FIPS 186-4 D.1.2.3's (SEC 2 2.4.2's `secp256r1`):
+/// `FFFFFFFF 00000000 FFFFFFFF FFFFFFFF BCE6FAAD A7179E84 F3B9CAC2 FC632551`.
+const HALF_ORDER: [u8; 32] = [
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+];
+
+/// Whether a fixed-form ES256 signature (`R || S`, 32 bytes each, RFC 7518
+/// 3.4) has its S in the lower half of the group order: `S <= (n - 1) / 2`.
+///
+/// ECDSA is malleable: if `(r, s)` is a signature of a message, so is its
+/// twin `(r, n - s)`, which anyone can compute from a token without the
+/// key; exactly one of the two is "low-S". It is not a forgery (the claims
+/// are the ones the host signed), but it is a second spelling of the same
+/// token, which a verifier that keeps a token's bytes (a replay cache, a
+/// revocation list) would take for another token. guestsock mints low-S
+/// signatures only, so `verify` accepts those only. Comparing two public
+/// numbers of fixed width, big-endian, is a comparison of their bytes in
+/// order; nothing secret is involved.
+pub fn is_low_s(signature: &[u8]) -> bool {
+    signature.len() == 64 && signature[32..] <= HALF_ORDER[..]
+}
+
 /// Why a token did not verify. The token's fault in every case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerifyError {
@@ -172,6 +196,9 @@ pub enum VerifyError {
     UnknownKey(String),
     /// The signature does not verify with that key.
     BadSignature,
+    /// The signature verifies but its S is the high one ([`is_low_s`]): the
+    /// malleated twin of the signature guestsock made, not one it made.
+    HighS,
     /// `exp` has passed.
     Expired {
         /// The token's `exp`.
@@ -200,6 +227,10 @@ impl std::fmt::Display for VerifyError {
                 )
             }
             VerifyError::BadSignature => f.write_str("the signature does not verify"),
+            VerifyError::HighS => f.write_str(
+                "the signature is the high-S twin of a signature (ECDSA malleability); \
+                 guestsock signs with low S only",
+            ),
             VerifyError::Expired { exp } => write!(f, "expired at {exp}"),
             VerifyError::NotYetValid { nbf } => write!(f, "not valid before {nbf}"),
             VerifyError::WrongAudience(aud) => write!(f, "issued for audience {aud:?}"),
@@ -219,7 +250,7 @@ pub struct Expected<'a> {
 
 /// Verifies a compact JWS against `keys` at time `now` (seconds since the
 /// epoch): the header must say ES256 and name a key of the set, the
-/// signature must verify, `nbf <= now < exp`, and the issuer and audience
+/// signature must verify and be low-S ([`is_low_s`]), `nbf <= now < exp`, and the issuer and audience
 /// must be the expected ones. Returns the claims.
 pub fn verify(
     token: &str,
@@ -255,6 +286,9 @@ pub fn verify(
     UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &sec1)
         .verify(signed.as_bytes(), &signature)
         .map_err(|_| VerifyError::BadSignature)?;
+    if !is_low_s(&signature) {
+        return Err(VerifyError::HighS);
+    }
     let claims_json = unb64(payload).ok_or(VerifyError::Malformed("claims are not base64url"))?;
     let claims: Claims = serde_json::from_slice(&claims_json)
         .map_err(|_| VerifyError::Malformed("claims are not guestsock's"))?;
@@ -307,15 +341,76 @@ mod tests {
         }
     }
 
-    fn token(pair: &EcdsaKeyPair, jwk: &Jwk, claims: &Claims) -> String {
+    /// A token signed by ring directly, its signature's S low or high as
+    /// asked (ring makes either, one half of the time each).
+    fn token_with(pair: &EcdsaKeyPair, jwk: &Jwk, claims: &Claims, low_s: bool) -> String {
         let input = signing_input(&encoded_header(&jwk.kid), claims);
-        let sig = pair.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
-        assert_eq!(
-            sig.as_ref().len(),
-            64,
-            "RFC 7518 3.4: R || S, 32 bytes each"
+        loop {
+            let sig = pair.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+            assert_eq!(
+                sig.as_ref().len(),
+                64,
+                "RFC 7518 3.4: R || S, 32 bytes each"
+            );
+            if is_low_s(sig.as_ref()) == low_s {
+                return format!("{input}.{}", b64(sig.as_ref()));
+            }
+        }
+    }
+
+    fn token(pair: &EcdsaKeyPair, jwk: &Jwk, claims: &Claims) -> String {
+        token_with(pair, jwk, claims, true)
+    }
+
+    /// `HALF_ORDER` is P-256's n (FIPS 186-4 D.1.2.3, written here again
+    /// from the standard) shifted right by one bit; S at it is low, one
+    /// above it high.
+    #[test]
+    fn half_order_is_half_of_p256s_n() {
+        let n = "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551";
+        let n: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&n[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let mut half = [0u8; 32];
+        let mut carry = 0;
+        for (out, byte) in half.iter_mut().zip(&n) {
+            *out = carry << 7 | byte >> 1;
+            carry = byte & 1;
+        }
+        assert_eq!(half, HALF_ORDER);
+        let r = [0x11u8; 32];
+        let at = [&r[..], &HALF_ORDER].concat();
+        assert!(is_low_s(&at));
+        let mut above = HALF_ORDER;
+        above[31] += 1;
+        assert!(!is_low_s(&[&r[..], &above].concat()));
+        assert!(is_low_s(&[&r[..], &[0; 32]].concat()));
+        assert!(!is_low_s(&[&r[..], &[0xff; 32]].concat()));
+        assert!(!is_low_s(&at[..63]), "not the fixed 64-byte form");
+    }
+
+    /// A high-S signature verifies as ECDSA (ring accepts it) but is the
+    /// twin of the low-S one, and `verify` refuses it.
+    #[test]
+    fn a_high_s_signature_is_refused() {
+        let (pair, jwk) = key();
+        let high = token_with(&pair, &jwk, &claims(), false);
+        let (input, signature) = high.rsplit_once('.').unwrap();
+        assert!(
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &jwk.sec1().unwrap())
+                .verify(input.as_bytes(), &unb64(signature).unwrap())
+                .is_ok(),
+            "ring accepts it as a signature"
         );
-        format!("{input}.{}", b64(sig.as_ref()))
+        assert_eq!(
+            verify(&high, std::slice::from_ref(&jwk), 1000, Expected::default()),
+            Err(VerifyError::HighS)
+        );
+        let low = token(&pair, &jwk, &claims());
+        assert_eq!(
+            verify(&low, &[jwk], 1000, Expected::default()),
+            Ok(claims())
+        );
     }
 
     /// RFC 7638's rules on RFC 7517 A.1's example P-256 key, the expected

@@ -541,6 +541,13 @@ pub const ROTATION_RETRY_SECS: u64 = 60;
 /// the JWKS (and every verifier's cache of it) without bound.
 pub const MAX_PUBLISHED_KEYS: usize = 32;
 
+/// Signatures made at most for one token until one is low-S
+/// (`jwt::is_low_s`): 64. Each is low-S with probability one half, on a
+/// fresh nonce, so two are made on average and all 64 miss with
+/// probability 2^-64; the bound keeps a broken random source from holding
+/// the signer thread in a loop.
+pub const LOW_S_SIGN_ATTEMPTS: u32 = 64;
+
 /// Largest identity key file read at start: 1 MiB, far above
 /// [`MAX_PUBLISHED_KEYS`] keys of a few hundred bytes each.
 pub const MAX_KEYS_FILE_BYTES: u64 = 1024 * 1024;

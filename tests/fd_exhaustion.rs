@@ -2,7 +2,8 @@
 //! open-file limit allows (the limit lowered under it with `prlimit`), the
 //! operator still gets in on the admin socket and the state writer still
 //! persists, on descriptors guests cannot take; and when the process truly
-//! has none left, it says so in the log at most once a second
+//! has none left, it says so in the log at most once a second, and the
+//! clients that queued meanwhile are served once descriptors are free
 //! (SECURITY.md).
 
 mod util;
@@ -181,4 +182,82 @@ fn lowest_free_fd(pid: u32) -> usize {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     (0..).find(|n| !used.contains(n)).expect("a free number")
+}
+
+/// Clients that connected while the server had no descriptor at all wait
+/// in the listen backlog; once descriptors are free they are all served,
+/// with no new connection to wake the server: an edge-triggered listener
+/// gives no new edge for connections already queued, so the server must
+/// look again by itself.
+#[test]
+fn the_backlog_is_served_once_descriptors_are_free() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    const QUEUED: usize = 50;
+
+    require_root!();
+    // Websocket pings off for longer than the test (the loop's periodic
+    // wake-up): nothing but the server's own retry may wake it.
+    let server = util::Server::start_with(
+        json!([{"name": "c1", "match": {"uid_range": [util::my_uid(), 1]}, "guest_access": "any"}]),
+        &[
+            "--max-per-instance",
+            "100000",
+            "--rate-limit",
+            "0",
+            "--ws-ping-interval",
+            "3600",
+        ],
+    );
+    let pid = server.pid();
+    // Room, once freed, for every queued client above the reserve.
+    let limit = open_fds(pid) + QUEUED + 200;
+    prlimit(pid, limit, limit);
+    // No descriptor left at all: accept(2) fails with EMFILE.
+    prlimit(pid, lowest_free_fd(pid), limit);
+
+    let mut queued = Vec::new();
+    for _ in 0..QUEUED {
+        let mut stream = UnixStream::connect(&server.socket).expect("connect");
+        stream
+            .write_all(b"GET /1.0 HTTP/1.1\r\nHost: lxd\r\nConnection: close\r\n\r\n")
+            .expect("a request fits in the socket buffer");
+        queued.push(stream);
+    }
+    // The server tried to accept them and could not.
+    let deadline = Instant::now() + util::PATIENCE;
+    while exhaustion_lines(&server) == 0 {
+        assert!(Instant::now() < deadline, "exhaustion never logged");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Let it go round its loop a while longer with none of them accepted:
+    // no answer yet, since there was no descriptor to read a request with.
+    thread::sleep(Duration::from_millis(500));
+    for stream in &mut queued {
+        stream.set_nonblocking(true).expect("nonblocking");
+        let mut byte = [0u8; 1];
+        let got = stream.read(&mut byte);
+        assert!(
+            got.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "a client was answered with no descriptor to accept it: {got:?}"
+        );
+        stream.set_nonblocking(false).expect("blocking");
+    }
+
+    // Descriptors are free again; nobody connects. Every queued client is
+    // answered (the deadline only catches a hang).
+    prlimit(pid, limit, limit);
+    for (i, stream) in queued.iter_mut().enumerate() {
+        stream
+            .set_read_timeout(Some(util::PATIENCE))
+            .expect("timeout");
+        let mut reply = String::new();
+        let read = stream.read_to_string(&mut reply);
+        assert!(
+            read.is_ok() && reply.starts_with("HTTP/1.1 200"),
+            "queued client {i} of {QUEUED} was not served ({read:?}): {reply:?}\n{}",
+            server.stderr()
+        );
+    }
 }

@@ -341,6 +341,32 @@ fn every_refusal_has_its_status_and_the_jwks_is_public() {
         (
             &known,
             None,
+            "audience=a&ttl=60&ttl=60",
+            vec![YES],
+            400,
+            "ttl is given twice",
+        ),
+        // Two answers to "did you mean to ask": refused, not one of them
+        // picked (the first mints a token if the last one wins).
+        (
+            &known,
+            None,
+            "audience=a",
+            vec!["Guestsock-Identity: false", YES],
+            400,
+            "the header field Guestsock-Identity appears more than once",
+        ),
+        (
+            &known,
+            None,
+            "audience=a",
+            vec![YES, "guestsock-identity: TRUE"],
+            400,
+            "the header field Guestsock-Identity appears more than once",
+        ),
+        (
+            &known,
+            None,
             "audience=a&ttl=59",
             vec![YES],
             400,
@@ -388,11 +414,13 @@ fn every_refusal_has_its_status_and_the_jwks_is_public() {
         )
     );
     assert!(key.get("d").is_none(), "no private part: {key}");
-    // Refusals are counted like any other request.
+    // Refusals are counted like any other request: the nine 400s of the
+    // query. (The two with a repeated header are not: a request that
+    // cannot be read names no endpoint.)
     let metrics = server.admin_call("GET", "/1.0/metrics", b"").text();
     assert!(
         metrics.contains(
-            "guestsock_requests_total{endpoint=\"/1.0/identity/token\",status=\"400\"} 8"
+            "guestsock_requests_total{endpoint=\"/1.0/identity/token\",status=\"400\"} 9"
         ),
         "{metrics}"
     );
@@ -754,5 +782,77 @@ fn file_kids(path: &std::path::Path, count: usize) -> Vec<String> {
             path.display()
         );
         thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Anyone holding a token can make its signature's high-S twin `(r, n - s)`
+/// without the key (ECDSA malleability): a second spelling of the same
+/// token. guestsock mints low-S tokens only, and `guestsock identity
+/// verify` refuses the twin, although `cryptography` accepts its signature.
+#[test]
+fn identity_verify_refuses_a_signatures_high_s_twin() {
+    util::needs_installed(
+        "cryptography (for python3)",
+        "python3 -m pip install 'PyJWT[crypto]'",
+        &["python3", "-c", "import jwt, cryptography"],
+    );
+    let server = util::Server::start_with(
+        json!([{"name": "me", "match": {"uid_range": [util::my_uid(), 1]}, "root_uid": util::my_uid()}]),
+        &FLAGS,
+    );
+    let admin = server.admin_socket.display().to_string();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/high_s_twin.py");
+    let verify_cli = |token: &str| {
+        util::run_guestsock(
+            &[
+                "identity",
+                "verify",
+                token,
+                "--audience",
+                "twin",
+                "--admin",
+                &admin,
+            ],
+            None,
+        )
+    };
+    // Several tokens: ring alone would make a high S for half of them.
+    for _ in 0..8 {
+        let token = my_token(&server, "audience=twin");
+        let mut child = Command::new(util::tool("python3"))
+            .arg(&script)
+            .arg(&server.socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(token.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "high_s_twin.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let twin: Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
+        assert_eq!(twin["low_s"], true, "a minted token is low-S: {token}");
+        assert_eq!(twin["twin_verifies"], true, "the twin is a valid signature");
+
+        let out = verify_cli(&token);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = verify_cli(twin["twin"].as_str().unwrap());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "the twin verified: {stderr}");
+        assert!(stderr.contains("high-S twin"), "{stderr}");
     }
 }

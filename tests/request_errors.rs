@@ -231,3 +231,81 @@ fn half_closed_client_still_gets_its_answer() {
     c.stream.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty());
 }
+
+/// A field that HTTP allows once only and that guestsock acts on, sent
+/// twice (same value, different values, or a name in another case), is
+/// `400` naming the field, and the connection closes; a field that may
+/// repeat (a list, or one guestsock does not read) still gets `200`.
+#[test]
+fn a_field_allowed_once_is_refused_twice() {
+    let server = server();
+    let websocket = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+    // The field, two values, the path, and the other headers the request
+    // needs to reach the field.
+    let fields: [(&str, [&str; 2], &str, &str); 6] = [
+        ("Host", ["lxd", "elsewhere"], "/1.0", ""),
+        ("Content-Length", ["0", "2"], "/1.0", "Host: lxd\r\n"),
+        (
+            "Content-Type",
+            ["application/json", "text/plain"],
+            "/1.0",
+            "Host: lxd\r\n",
+        ),
+        (
+            "Guestsock-Identity",
+            ["true", "false"],
+            "/1.0/identity/token?audience=a",
+            "Host: lxd\r\n",
+        ),
+        (
+            "Sec-WebSocket-Key",
+            ["dGhlIHNhbXBsZSBub25jZQ==", "AQIDBAUGBwgJCgsMDQ4PEA=="],
+            "/1.0/events",
+            "Host: lxd\r\nSec-WebSocket-Version: 13\r\n",
+        ),
+        (
+            "Sec-WebSocket-Version",
+            ["13", "8"],
+            "/1.0/events",
+            "Host: lxd\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        ),
+    ];
+    for (name, [one, other], path, needs) in fields {
+        let needs = if path == "/1.0/events" {
+            format!("{needs}{websocket}")
+        } else {
+            needs.to_owned()
+        };
+        let lower = name.to_ascii_lowercase();
+        for (first, second) in [
+            (format!("{name}: {one}"), format!("{name}: {one}")),
+            (format!("{name}: {one}"), format!("{name}: {other}")),
+            (format!("{name}: {other}"), format!("{name}: {one}")),
+            (
+                format!("{lower}: {one}"),
+                format!("{}: {one}", name.to_ascii_uppercase()),
+            ),
+        ] {
+            let raw = format!("GET {path} HTTP/1.1\r\n{first}\r\n{needs}{second}\r\n\r\n");
+            let reply = answer_then_close(&server, raw.as_bytes());
+            assert_eq!(reply.status, 400, "{raw:?}: {}", reply.text());
+            assert_eq!(
+                reply.text(),
+                format!("the header field {name} appears more than once; send it once\n"),
+                "{raw:?}"
+            );
+        }
+    }
+
+    // Lists, and fields guestsock does not read, may repeat.
+    let mut c = server.connect();
+    c.send(
+        b"GET /1.0/config/user.foo HTTP/1.1\r\nHost: lxd\r\nConnection: keep-alive\r\n\
+          Connection: keep-alive\r\nAccept: text/plain\r\nAccept: */*\r\nX-Trace: 1\r\nX-Trace: 2\r\n\
+          If-None-Match: \"no\"\r\nIf-None-Match: \"nor-this\"\r\n\r\n",
+    );
+    let reply = c.read_reply(false);
+    assert_eq!((reply.status, reply.text()), (200, "bar".to_owned()));
+    // Kept open: the next request on it is served.
+    assert_eq!(c.request("GET", "/1.0/config/user.foo", b"").text(), "bar");
+}

@@ -73,8 +73,14 @@ pub enum Parsed<'b> {
 pub enum RequestError {
     /// Not HTTP/1.x syntax, or a header that makes no sense (`400`).
     Malformed(&'static str),
-    /// HTTP/1.1 without `Host`, or more than one `Host` (`400`).
+    /// HTTP/1.1 without `Host` (`400`).
     BadHost,
+    /// A header field that may appear once only appears more than once
+    /// (`400`): one of [`SINGLETON_FIELDS`], named as that table spells it.
+    RepeatedField {
+        /// The field's name.
+        name: &'static str,
+    },
     /// The head passed [`MAX_HEAD_BYTES`] (`431`).
     HeadTooLarge,
     /// More than [`MAX_HEADERS`] header fields (`431`).
@@ -96,6 +102,12 @@ impl std::fmt::Display for RequestError {
             RequestError::BadHost => {
                 f.write_str("an HTTP/1.1 request needs exactly one Host header")
             }
+            RequestError::RepeatedField { name } => {
+                write!(
+                    f,
+                    "the header field {name} appears more than once; send it once"
+                )
+            }
             RequestError::HeadTooLarge => f.write_str("request head too large"),
             RequestError::TooManyHeaders => f.write_str("too many header fields"),
             RequestError::BodyTooLarge { limit } => {
@@ -105,6 +117,59 @@ impl std::fmt::Display for RequestError {
                 f.write_str("Transfer-Encoding is not supported; send Content-Length")
             }
         }
+    }
+}
+
+/// The header fields a request may carry once only and that say how to
+/// read or answer it. "A sender MUST NOT generate multiple field lines with
+/// the same name in a message ... unless that field's definition allows
+/// multiple field line values to be recombined as a comma-separated list"
+/// (RFC 9110 5.3);
+/// none of these is a list, so two of them leave the request ambiguous (two
+/// hosts, two lengths, two media types, two answers to "did you mean to ask
+/// for a token"), and a server that picks one may not pick the one a proxy
+/// in front of it picked. Refused rather than guessed, same value or not
+/// (RFC 9112 6.3 allows either for a repeated `Content-Length`).
+/// `Sec-WebSocket-Key` "MUST NOT appear more than once in an HTTP request"
+/// (RFC 6455 11.3.1); `Sec-WebSocket-Version` is one number (RFC 6455 4.1).
+/// Fields defined as lists (`Connection`, `Upgrade`, `If-None-Match`,
+/// `X-Forwarded-For`) may repeat, as may any field guestsock does not read.
+pub const SINGLETON_FIELDS: [&str; 6] = [
+    "Host",
+    "Content-Length",
+    "Content-Type",
+    "Guestsock-Identity",
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+];
+
+/// Which of [`SINGLETON_FIELDS`] a request carried so far, one bit each.
+#[derive(Debug, Default)]
+struct Seen(u8);
+
+impl Seen {
+    /// Notes one more `name` field; a second one of a singleton is
+    /// [`RequestError::RepeatedField`]. Other names pass untouched.
+    fn note(&mut self, name: &str) -> Result<(), RequestError> {
+        let Some(i) = SINGLETON_FIELDS
+            .iter()
+            .position(|field| field.eq_ignore_ascii_case(name))
+        else {
+            return Ok(());
+        };
+        let bit = 1 << i;
+        if self.0 & bit != 0 {
+            return Err(RequestError::RepeatedField {
+                name: SINGLETON_FIELDS[i],
+            });
+        }
+        self.0 |= bit;
+        Ok(())
+    }
+
+    /// Whether `Host` (the table's first) was sent.
+    fn host(&self) -> bool {
+        self.0 & 1 != 0
     }
 }
 
@@ -183,7 +248,7 @@ pub fn parse(buf: &[u8], scan_from: usize, max_body: usize) -> Result<Parsed<'_>
     };
     let http10 = version == 0;
 
-    let mut hosts = 0;
+    let mut seen = Seen::default();
     let mut content_length: Option<usize> = None;
     let mut close = false;
     let mut keep_alive_token = false;
@@ -193,16 +258,9 @@ pub fn parse(buf: &[u8], scan_from: usize, max_body: usize) -> Result<Parsed<'_>
     let mut websocket = WebSocketHeaders::default();
     for header in req.headers.iter() {
         let name = header.name;
-        if name.eq_ignore_ascii_case("host") {
-            hosts += 1;
-        } else if name.eq_ignore_ascii_case("content-length") {
-            let n = parse_content_length(header.value)?;
-            if content_length.is_some_and(|m| m != n) {
-                return Err(RequestError::Malformed(
-                    "conflicting Content-Length headers",
-                ));
-            }
-            content_length = Some(n);
+        seen.note(name)?;
+        if name.eq_ignore_ascii_case("content-length") {
+            content_length = Some(parse_content_length(header.value)?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             // RFC 9112 6.1: a server that receives a transfer coding it does
             // not understand SHOULD respond with 501.
@@ -232,9 +290,11 @@ pub fn parse(buf: &[u8], scan_from: usize, max_body: usize) -> Result<Parsed<'_>
             forwarded = true;
         }
     }
-    // RFC 9112 3.2: a server MUST respond with 400 to an HTTP/1.1 request
-    // that lacks a Host header field, and to one with more than one.
-    if hosts > 1 || (hosts == 0 && !http10) {
+    // RFC 9112 3.2: "A server MUST respond with a 400 (Bad Request) status
+    // code to any HTTP/1.1 request message that lacks a Host header field
+    // and to any request message that contains more than one Host header
+    // field line" (the second, `Seen::note`).
+    if !seen.host() && !http10 {
         return Err(RequestError::BadHost);
     }
     let body_len = content_length.unwrap_or(0);
@@ -465,7 +525,7 @@ mod tests {
             ("GET / HTTP/1.1\r\n\r\n", RequestError::BadHost),
             (
                 "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-                RequestError::BadHost,
+                RequestError::RepeatedField { name: "Host" },
             ),
             (
                 "GET / HTTP/2.0\r\nHost: a\r\n\r\n",
@@ -501,7 +561,9 @@ mod tests {
             ),
             (
                 "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-                RequestError::Malformed("conflicting Content-Length headers"),
+                RequestError::RepeatedField {
+                    name: "Content-Length",
+                },
             ),
             (
                 "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n",
@@ -523,6 +585,71 @@ mod tests {
         for (input, want) in table {
             assert_eq!(error(input), *want, "{input:?}");
         }
+    }
+
+    /// Each field of [`SINGLETON_FIELDS`] twice (same value, different
+    /// values, names in different case, apart or together, in HTTP/1.0
+    /// too) is refused naming the field; fields that may repeat still
+    /// parse, as one list.
+    #[test]
+    fn a_field_allowed_once_is_refused_twice() {
+        let values: [(&str, [&str; 2]); 6] = [
+            ("Host", ["lxd", "other"]),
+            ("Content-Length", ["0", "1"]),
+            ("Content-Type", ["application/json", "text/plain"]),
+            ("Guestsock-Identity", ["true", "false"]),
+            (
+                "Sec-WebSocket-Key",
+                ["dGhlIHNhbXBsZSBub25jZQ==", "AQIDBAUGBwgJCgsMDQ4PEA=="],
+            ),
+            ("Sec-WebSocket-Version", ["13", "8"]),
+        ];
+        assert_eq!(values.map(|(name, _)| name), SINGLETON_FIELDS);
+        for (name, [one, other]) in values {
+            let lower = name.to_ascii_lowercase();
+            let upper = name.to_ascii_uppercase();
+            for (first, second, between) in [
+                (format!("{name}: {one}"), format!("{name}: {one}"), ""),
+                (format!("{name}: {one}"), format!("{name}: {other}"), ""),
+                (format!("{name}: {other}"), format!("{lower}:{one}"), ""),
+                (
+                    format!("{upper}: {one}"),
+                    format!("{name}: {one}"),
+                    "X-A: b\r\n",
+                ),
+            ] {
+                for version in ["1.1", "1.0"] {
+                    // Host once, unless Host is the field repeated.
+                    let host = if name == "Host" { "" } else { "Host: lxd\r\n" };
+                    let input = format!(
+                        "GET / HTTP/{version}\r\n{host}{first}\r\n{between}{second}\r\n\r\n"
+                    );
+                    assert_eq!(
+                        error(&input),
+                        RequestError::RepeatedField { name },
+                        "{input:?}"
+                    );
+                }
+            }
+            // Once is fine.
+            let host = if name == "Host" { "" } else { "Host: lxd\r\n" };
+            let input = format!("GET / HTTP/1.1\r\n{host}{name}: {one}\r\n\r\n");
+            let _ = complete(&input);
+        }
+        let message = RequestError::RepeatedField { name: "Host" }.to_string();
+        assert!(message.contains("Host"), "{message}");
+
+        // Lists, and fields guestsock does not read, may repeat.
+        let req = complete(
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nConnection: close\r\n\
+             Accept: a/b\r\nAccept: c/d\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\n\
+             Upgrade: h2c\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        );
+        assert!(!req.keep_alive && req.forwarded);
+        assert!(req.websocket.upgrade_websocket && req.websocket.connection_upgrade);
+        let _ = complete(
+            "GET / HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"a\"\r\nIf-None-Match: \"b\"\r\n\r\n",
+        );
     }
 
     #[test]
