@@ -183,3 +183,215 @@ fn first_process(dir: &Path) -> Option<i32> {
     }
     None
 }
+
+/// How a running server's CPU priority compares with what the shipped unit
+/// gives it (`dist/guestsock.service`, docs/priority.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PriorityFinding {
+    /// At least the unit's nice value and CPU weight: what it has.
+    Fine(String),
+    /// Something the unit gives it is missing: each, with the command that
+    /// gives it.
+    Lacking(Vec<String>),
+    /// The server's priority cannot be read.
+    Unreadable(String),
+}
+
+impl PriorityFinding {
+    /// Whether nothing needs fixing.
+    pub fn is_fine(&self) -> bool {
+        matches!(self, PriorityFinding::Fine(_))
+    }
+
+    /// What the server has, or what it lacks with the fixes (one line
+    /// each, indented).
+    pub fn explain(&self) -> String {
+        match self {
+            PriorityFinding::Fine(has) => format!("priority {has}, as the unit ships it: fine"),
+            PriorityFinding::Lacking(missing) => format!(
+                "lacks the priority the unit ships (docs/priority.md); \
+                 dist/guestsock.service gives it all, or by hand:\n  - {}",
+                missing.join("\n  - ")
+            ),
+            PriorityFinding::Unreadable(why) => format!("cannot read its priority: {why}"),
+        }
+    }
+}
+
+/// Compares the priority of the server with pid `pid` with the shipped
+/// unit's `Nice=` and `CPUWeight=`: a lower nice value or a higher weight
+/// is fine too.
+pub fn diagnose_priority(pid: u32) -> PriorityFinding {
+    let shipped = match crate::priority::UnitPriority::shipped() {
+        Ok(shipped) => shipped,
+        Err(e) => return PriorityFinding::Unreadable(e),
+    };
+    match crate::priority::of_process(pid) {
+        Ok(found) => judge_priority(pid, shipped, &found),
+        Err(e) => PriorityFinding::Unreadable(e),
+    }
+}
+
+/// The judgement of [`diagnose_priority`], on facts already read.
+fn judge_priority(
+    pid: u32,
+    shipped: crate::priority::UnitPriority,
+    found: &crate::priority::ProcessPriority,
+) -> PriorityFinding {
+    use crate::priority::Hierarchy;
+    let mut missing = Vec::new();
+    let mut has = vec![format!("nice {}", found.nice)];
+    if found.nice > shipped.nice {
+        missing.push(format!(
+            "its nice value is {}, the unit's {}: `renice -n {} -p {pid}` (the event loop's \
+             thread; `nice -n {} guestsock serve` at start gives every thread)",
+            found.nice, shipped.nice, shipped.nice, shipped.nice
+        ));
+    }
+    match &found.cpu {
+        None => missing.push(format!(
+            "no cgroup hierarchy on this host has the cpu controller, so it has no CPU weight \
+             (the unit's CPUWeight={}): mount the cpu controller",
+            shipped.cpu_weight
+        )),
+        Some(group) => {
+            let (file, wanted) = match group.hierarchy {
+                Hierarchy::V2 => ("cpu.weight", shipped.cpu_weight),
+                Hierarchy::V1 => ("cpu.shares", shipped.cpu_shares()),
+            };
+            let dir = group.dir.display();
+            let set = if group.path.ends_with(".service") {
+                let unit = group.path.rsplit('/').next().unwrap_or_default();
+                format!(
+                    "`systemctl set-property {unit} CPUWeight={}`",
+                    shipped.cpu_weight
+                )
+            } else {
+                format!("`echo {wanted} > {dir}/{file}`")
+            };
+            match group.value {
+                Some(value) if value >= wanted => has.push(format!("{file} {value} in {dir}")),
+                Some(value) => missing.push(format!(
+                    "its cgroup {} has {file} {value}, the unit's {wanted}: {set}",
+                    group.path
+                )),
+                None if group.path == "/" => {
+                    let parent = group.dir.display();
+                    let enable = if group.hierarchy == Hierarchy::V2 {
+                        format!("echo +cpu > {parent}/cgroup.subtree_control && ")
+                    } else {
+                        String::new()
+                    };
+                    missing.push(format!(
+                        "it is in the root of the cpu hierarchy ({parent}), where it has no \
+                         {file} of its own: `{enable}mkdir {parent}/guestsock && echo {wanted} > \
+                         {parent}/guestsock/{file} && echo {pid} > {parent}/guestsock/cgroup.procs`"
+                    ));
+                }
+                None => {
+                    let parent = group.dir.parent().unwrap_or(&group.dir).display();
+                    missing.push(format!(
+                        "its cgroup {} has no {file} (the cpu controller is not enabled for \
+                         it): `echo +cpu > {parent}/cgroup.subtree_control && echo {wanted} > \
+                         {dir}/{file}`",
+                        group.path
+                    ));
+                }
+            }
+        }
+    }
+    if missing.is_empty() {
+        PriorityFinding::Fine(has.join(", "))
+    } else {
+        PriorityFinding::Lacking(missing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::priority::{CpuGroup, Hierarchy, ProcessPriority, UnitPriority};
+    use std::path::PathBuf;
+
+    fn group(hierarchy: Hierarchy, path: &str, value: Option<u64>) -> Option<CpuGroup> {
+        Some(CpuGroup {
+            hierarchy,
+            path: path.into(),
+            dir: PathBuf::from(format!("/cg{path}").trim_end_matches('/')),
+            value,
+        })
+    }
+
+    #[test]
+    fn priority_table() {
+        let shipped = UnitPriority {
+            nice: -10,
+            cpu_weight: 1000,
+        };
+        // (nice, its cgroup, None if fine or the parts its fix must name)
+        type Case = (i32, Option<CpuGroup>, Option<&'static [&'static str]>);
+        let cases: &[Case] = &[
+            (-10, group(Hierarchy::V2, "/g", Some(1000)), None),
+            (-15, group(Hierarchy::V1, "/g", Some(10240)), None),
+            (-10, group(Hierarchy::V2, "/g", Some(5000)), None),
+            (
+                0,
+                group(Hierarchy::V2, "/g", Some(1000)),
+                Some(&["renice -n -10 -p 7"]),
+            ),
+            (
+                -10,
+                group(Hierarchy::V1, "/g", Some(1024)),
+                Some(&["echo 10240 > /cg/g/cpu.shares"]),
+            ),
+            (
+                -10,
+                group(Hierarchy::V2, "/g", Some(999)),
+                Some(&["echo 1000 > /cg/g/cpu.weight"]),
+            ),
+            (
+                -10,
+                group(Hierarchy::V2, "/system.slice/guestsock.service", Some(100)),
+                Some(&["systemctl set-property guestsock.service CPUWeight=1000"]),
+            ),
+            (
+                0,
+                group(Hierarchy::V1, "/", None),
+                Some(&[
+                    "renice",
+                    "mkdir /cg/guestsock && echo 10240 > /cg/guestsock/cpu.shares && echo 7 > /cg/guestsock/cgroup.procs",
+                ]),
+            ),
+            (
+                -10,
+                group(Hierarchy::V2, "/", None),
+                Some(&["echo +cpu > /cg/cgroup.subtree_control && mkdir"]),
+            ),
+            (
+                -10,
+                group(Hierarchy::V2, "/a/b", None),
+                Some(&[
+                    "echo +cpu > /cg/a/cgroup.subtree_control && echo 1000 > /cg/a/b/cpu.weight",
+                ]),
+            ),
+            (-10, None, Some(&["no cgroup hierarchy", "CPUWeight=1000"])),
+        ];
+        for (nice, cpu, want) in cases {
+            let found = ProcessPriority {
+                nice: *nice,
+                cpu: cpu.clone(),
+            };
+            let finding = judge_priority(7, shipped, &found);
+            let text = finding.explain();
+            match want {
+                None => assert!(finding.is_fine(), "{found:?}: {text}"),
+                Some(parts) => {
+                    assert!(!finding.is_fine(), "{found:?}: {text}");
+                    for part in *parts {
+                        assert!(text.contains(part), "{found:?}: {text} lacks {part}");
+                    }
+                }
+            }
+        }
+    }
+}

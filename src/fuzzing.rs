@@ -289,6 +289,7 @@ pub fn run_connection(side: crate::conn::Side, input: &[u8], step: usize) -> Vec
     registry.insert(me).expect("registered");
     let facts = ServerFacts {
         version: "fuzz",
+        pid: 0,
         guest_socket: "guest".into(),
         admin_socket: "admin".into(),
         state_dir: "state".into(),

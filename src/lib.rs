@@ -33,6 +33,7 @@ pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod pidfile;
+pub mod priority;
 pub mod registry;
 pub mod runtime;
 pub mod server;

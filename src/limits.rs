@@ -552,6 +552,11 @@ pub const LOW_S_SIGN_ATTEMPTS: u32 = 64;
 /// [`MAX_PUBLISHED_KEYS`] keys of a few hundred bytes each.
 pub const MAX_KEYS_FILE_BYTES: u64 = 1024 * 1024;
 
+/// Largest `/proc/self/mountinfo` `doctor` reads to find the cgroup
+/// hierarchies: 16 MiB, room for about 100,000 mounts (a dense host's
+/// containers each add a few).
+pub const MAX_MOUNTINFO_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Reads `reader` to its end, refusing more than `limit` bytes: at most
 /// `limit + 1` bytes are ever read, and a longer input is an error
 /// ("larger than N bytes"), never silently cut short.

@@ -576,7 +576,12 @@ fn anchor(heading: &str) -> String {
 #[test]
 fn every_link_resolves_inside_the_repository() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for doc in ["README.md", "docs/protocol.md", "docs/mounting.md"] {
+    for doc in [
+        "README.md",
+        "docs/protocol.md",
+        "docs/mounting.md",
+        "docs/priority.md",
+    ] {
         let text = std::fs::read_to_string(root.join(doc)).unwrap();
         let base = root.join(doc).parent().unwrap().to_path_buf();
         let mut rest = text.as_str();

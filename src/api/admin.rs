@@ -30,6 +30,10 @@ use crate::registry::{Instance, Registry, Staged};
 pub struct ServerFacts {
     /// guestsock's version.
     pub version: &'static str,
+    /// This server's process id (`doctor` reads its priority in `/proc`;
+    /// under socket activation or after a SIGHUP handoff, the socket's own
+    /// credentials name whoever bound it, not the server).
+    pub pid: u32,
     /// Where the guest socket is.
     pub guest_socket: String,
     /// Where the admin socket is.

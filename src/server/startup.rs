@@ -237,6 +237,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     .map_err(|e| format!("cannot start the signer: {e}"))?;
     let facts = ServerFacts {
         version: env!("CARGO_PKG_VERSION"),
+        pid: std::process::id(),
         guest_socket: guest.path.display().to_string(),
         admin_socket: admin.path.display().to_string(),
         state_dir: config.state_dir.display().to_string(),
