@@ -201,10 +201,15 @@ fn checks_an_instance_matched_by_cgroup_by_its_name() {
         "{text}"
     );
     // Unnamed, every instance with a process is checked, the others passed
-    // over.
+    // over (and the server itself, started here without the unit's
+    // priority, is told so).
     let (ok, text) = doctor(&["--admin", &admin, "--path", &path]);
     assert!(
-        ok && text.contains("c1: ") && !text.contains("gone"),
+        !ok && text.contains("lacks the priority the unit ships"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("c1: {path} is guestsock's socket: fine")) && !text.contains("gone"),
         "{text}"
     );
 }
