@@ -10,10 +10,10 @@
 //! `nsenter`. Dropping the host kills the holder, and with it the
 //! namespace.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
 
 use super::{PATIENCE, TempDir, bin, tool};
 
@@ -73,11 +73,10 @@ impl FreshHost {
                 }
             }
         }
-        let ready = dir.join("ready");
+        // Ready is told on standard output: a layer may hide every path.
         script.push_str(&format!(
-            "cp {} /usr/local/bin/guestsock\ntouch {}\nexec sleep 1800\n",
-            bin(),
-            ready.display()
+            "cp {} /usr/local/bin/guestsock\necho ready\nexec sleep 1800\n",
+            bin()
         ));
         let log = dir.join("set-up.log");
         let mut holder = Command::new(tool("unshare"))
@@ -85,20 +84,26 @@ impl FreshHost {
             .env_clear()
             .env("PATH", ROOT_PATH)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("set-up log"))
             .spawn()
             .expect("spawn unshare");
-        let deadline = Instant::now() + PATIENCE;
-        while !ready.exists() {
-            if let Ok(Some(status)) = holder.try_wait() {
-                panic!(
-                    "the fresh host's set-up failed: {status}: {}\n{script}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            assert!(Instant::now() < deadline, "the fresh host was never set up");
-            thread::sleep(Duration::from_millis(20));
+        // The set-up is a few mounts: a hang shows as no line by then.
+        let stdout = holder.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(PATIENCE).unwrap_or_default();
+        if line != "ready\n" {
+            let _ = holder.kill();
+            let status = holder.wait();
+            panic!(
+                "the fresh host's set-up failed: {status:?}: {}\n{script}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
         let pid = holder.id();
         FreshHost { holder, pid, dir }
