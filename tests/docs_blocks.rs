@@ -232,14 +232,50 @@ fn every_mounting_block_runs() {
     doc.assert_all_taken();
 }
 
+/// How the fresh host's cgroup hierarchies are mounted.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    /// As this machine: cgroup2 at `/sys/fs/cgroup/unified` beside the v1
+    /// controllers.
+    Hybrid,
+    /// cgroup2 alone at `/sys/fs/cgroup` (the v1 hierarchies unmounted in
+    /// the namespace).
+    Unified,
+}
+
+impl Shape {
+    /// The set-up line, and where cgroup2 is then mounted.
+    fn layer(self) -> (Layer<'static>, String) {
+        match self {
+            Shape::Hybrid => (
+                Layer::Line("true".into()),
+                util::cgroup2_mount().display().to_string(),
+            ),
+            Shape::Unified => (
+                Layer::Line(
+                    "umount -R -l /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup".into(),
+                ),
+                "/sys/fs/cgroup".into(),
+            ),
+        }
+    }
+}
+
 #[test]
 fn every_identity_block_runs() {
     require_root!(); // mount namespaces, cgroups
+    identity_blocks(Shape::Hybrid);
+    identity_blocks(Shape::Unified);
+}
+
+fn identity_blocks(shape: Shape) {
     let mut doc = Doc::load("docs/identity.md");
     let repo = FreshHost::repo();
+    let (cgroups, cgroup2) = shape.layer();
     // A fresh /var (for /var/www) with an empty /var/lib, and /dev/lxd,
     // where a container has the guest socket's directory.
     let fresh = FreshHost::new(&[
+        cgroups,
         Layer::Empty("/run"),
         Layer::Copy("/var"),
         Layer::Empty("/var/lib"),
@@ -298,9 +334,9 @@ fn every_identity_block_runs() {
         "guestsock token https://vault.example.com",
     ] {
         let block = doc.take(start);
-        let in_group = format!("echo $$ > {}/cgroup.procs && {block}", group.dir.display());
+        let in_group = format!("echo $$ > {cgroup2}{}/cgroup.procs && {block}", group.path);
         let token = ok(fresh.sh(&in_group, &repo), &block);
-        assert!(token.starts_with("eyJ"), "{block}: {token}");
+        assert!(token.starts_with("eyJ"), "{shape:?}: {block}: {token}");
         let verify = format!(
             "guestsock identity verify {} --audience https://vault.example.com",
             token.trim()
