@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod docs;
+pub mod fresh;
 pub mod oci;
 pub mod rootfs;
 

@@ -1,14 +1,21 @@
 //! The OCI runtimes of the real-runtime tests (runc, crun and podman), set
-//! up as an operator sets them up once per host: from the files in `dist/`
-//! (the runc/crun config fragment, podman's hooks.d file and its
-//! containers.conf drop-in) with their paths turned into the test's own, so
-//! that the shipped files are the ones under test and cannot rot.
+//! up as an operator sets them up once per host. runc and crun: from the
+//! config fragment in `dist/` with its paths turned into the test's own.
+//! podman: exactly as docs/mounting.md says, its install block and its
+//! host-settings block run as written in a root shell on a fresh host (a
+//! private mount namespace, `util::fresh`) whose `/etc/containers`,
+//! `/usr/share/containers` and `/usr/local/bin` are private copies and
+//! whose `/run` is empty but for this test's guestsock sockets at their
+//! default paths; podman then reads its configuration and hooks from the
+//! default places, with no `--hooks-dir` and no `CONTAINERS_CONF`. So the
+//! shipped files and the documented commands are the ones under test and
+//! cannot rot.
 //!
 //! Every piece of runtime state lives in temporary directories of the test
-//! (runc/crun `--root`, podman `--root`/`--runroot`/`tmp_dir`, file locks,
-//! `--hooks-dir`, a `CONTAINERS_CONF` of its own), so nothing touches the
-//! host's defaults and tests run side by side. Each container gets its own
-//! pid namespace and its own cgroup below a parent named for the test.
+//! (runc/crun `--root`, podman `--root`/`--runroot`, its `tmp_dir` and file
+//! locks in the private `/run`), so nothing touches the host's defaults and
+//! tests run side by side. Each container gets its own pid namespace and
+//! its own cgroup below a parent named for the test.
 //!
 //! Facts of this project's machine kind handled here: cgroups are hybrid
 //! (v1 controllers, cgroup2 at `/sys/fs/cgroup/unified`). runc uses both
@@ -19,9 +26,9 @@
 //! cgroup2 mount unmounted (it then sees a v1-only host) from a cgroup2
 //! group of its own, which its containers share: the hook registers those
 //! by pid namespace. podman needs `runtime = "runc"` (its default, crun,
-//! fails as above), the cgroupfs manager (no systemd) and explicit
-//! `nofile`/`nproc` ulimits (it raises them past the hard limit otherwise,
-//! which fails without CAP_SYS_RESOURCE).
+//! fails as above), the cgroupfs manager (no systemd) and `nofile`/`nproc`
+//! ulimits (it raises them past the hard limit otherwise, which fails
+//! without CAP_SYS_RESOURCE): docs/mounting.md's host-settings block.
 //!
 //! Cleans up on drop: containers are deleted by force, cgroups removed.
 
@@ -36,6 +43,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::docs::Doc;
+use super::fresh::{FreshHost, Layer};
 use super::rootfs::Rootfs;
 use super::{Cgroup, PATIENCE, Server, TempDir, bin, cgroup2_mount, tool, unique};
 
@@ -48,10 +57,13 @@ const DIST_GUEST_DIR: &str = "/run/guestsock/guest";
 /// otherwise, showing only "error executing hook"; runc ignores it).
 const DIST_HOOK_LOG: &str = "/var/log/guestsock-hooks.log";
 
-/// podman's `--ulimit`s: low enough for any host's hard limits, plenty for
-/// a shell, a sleep and a query.
-const PODMAN_ULIMIT_NOFILE: &str = "nofile=1024:1024";
-const PODMAN_ULIMIT_NPROC: &str = "nproc=1024:1024";
+/// Where docs/mounting.md installs podman's hook.
+const PODMAN_HOOK: &str = "/etc/containers/oci/hooks.d/guestsock.json";
+
+/// The test's own podman settings, beside the documented ones: events and
+/// locks in files of the private `/run` (podman's default shared-memory
+/// locks would be shared with every other podman on the machine).
+const PODMAN_ISOLATION: &str = "[engine]\nevents_logger = \"file\"\nlock_type = \"file\"\n";
 
 /// The key every container reads at its first command.
 pub const KEY: &str = "user.foo";
@@ -215,6 +227,9 @@ pub struct Host {
     crun_groups: Mutex<BTreeMap<String, Cgroup>>,
     /// crun: the cgroup2 parent of those groups.
     crun_parent: Option<Cgroup>,
+    /// podman: the fresh host it runs on, with the documented files
+    /// installed.
+    podman_host: Option<FreshHost>,
 }
 
 impl Host {
@@ -225,6 +240,7 @@ impl Host {
         kind.program();
         let dir = TempDir::new();
         let rootfs = Rootfs::busybox();
+        let podman_host = (kind == Kind::Podman).then(|| podman_host(&guestsock, optional));
         let host = Host {
             kind,
             dir,
@@ -235,9 +251,9 @@ impl Host {
             started: Mutex::new(Vec::new()),
             crun_groups: Mutex::new(BTreeMap::new()),
             crun_parent: (kind == Kind::Crun).then(Cgroup::new),
+            podman_host,
         };
         if kind == Kind::Podman {
-            host.write_podman_config();
             // podman mounts a file over this one; in a user namespace it
             // cannot create it in the root-owned /run.
             fs::write(host.rootfs.path().join("run/.containerenv"), "")
@@ -271,46 +287,6 @@ impl Host {
         text
     }
 
-    /// podman's configuration: `dist/containers.conf.d/guestsock.conf`
-    /// (the mount) plus this test's `[engine]` table in one file given as
-    /// `CONTAINERS_CONF` (which podman then reads alone, ignoring
-    /// `/etc/containers`), and `dist/oci-hooks.d/guestsock.json` in the
-    /// directory given as `--hooks-dir`.
-    fn write_podman_config(&self) {
-        let dropin = self.dist("containers.conf.d/guestsock.conf", &[DIST_GUEST_DIR]);
-        assert!(
-            !dropin.contains("[engine]"),
-            "the drop-in has an [engine] table: merge it with the test's own"
-        );
-        let tmp = self.dir.join("podman-tmp");
-        let conf = format!(
-            "{dropin}\n\
-             # The test's own: runc (crun refuses this host's hybrid cgroups),\n\
-             # no systemd, and nothing shared with the host's podman.\n\
-             [engine]\n\
-             runtime = \"runc\"\n\
-             cgroup_manager = \"cgroupfs\"\n\
-             events_logger = \"file\"\n\
-             lock_type = \"file\"\n\
-             tmp_dir = \"{}\"\n",
-            tmp.display()
-        );
-        fs::write(self.dir.join("containers.conf"), conf).expect("write containers.conf");
-        let mut hook: Value = serde_json::from_str(
-            &self.dist("oci-hooks.d/guestsock.json", &[DIST_BINARY, DIST_ADMIN]),
-        )
-        .expect("dist/oci-hooks.d/guestsock.json is JSON");
-        if self.optional {
-            hook["hook"]["args"]
-                .as_array_mut()
-                .expect("hook.args")
-                .push("--optional".into());
-        }
-        let hooks_dir = self.dir.join("hooks.d");
-        fs::create_dir_all(&hooks_dir).expect("hooks dir");
-        fs::write(hooks_dir.join("guestsock.json"), hook.to_string()).expect("write hook");
-    }
-
     /// A runtime command with this host's state directories.
     fn command(&self, id: &str) -> Command {
         match self.kind {
@@ -336,14 +312,16 @@ impl Host {
                 cmd
             }
             Kind::Podman => {
-                let mut cmd = Command::new(Kind::Podman.program());
-                cmd.env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+                // Storage of the test's own; configuration and hooks from
+                // the fresh host's default places.
+                let fresh = self.podman_host.as_ref().expect("podman's host");
+                let mut cmd = fresh.command(&FreshHost::repo());
+                cmd.arg(Kind::Podman.program())
                     .arg("--root")
                     .arg(self.dir.join("podman-root"))
                     .arg("--runroot")
                     .arg(self.dir.join("podman-run"))
-                    .args(["--storage-driver", "vfs", "--hooks-dir"])
-                    .arg(self.dir.join("hooks.d"));
+                    .args(["--storage-driver", "vfs"]);
                 cmd
             }
         }
@@ -521,15 +499,6 @@ impl Host {
             "k8s-file".into(),
             "--cgroup-parent".into(),
             format!("/{}", self.cgroup_parent),
-            // Without these podman asks for 1048576 of each, past this
-            // machine's hard limits, which needs CAP_SYS_RESOURCE. Not this
-            // process's own limits either: podman runs conmon (and so the
-            // container) with a hard nproc of its own, 32768 here, below
-            // this machine's.
-            "--ulimit".into(),
-            PODMAN_ULIMIT_NOFILE.into(),
-            "--ulimit".into(),
-            PODMAN_ULIMIT_NPROC.into(),
         ];
         for (key, value) in &spec.annotations {
             // podman reads --annotation as comma-separated values (CSV):
@@ -1030,7 +999,12 @@ pub fn server_down_fails_unless_optional(kind: Kind) {
         .start(&spec)
         .expect_err("a container guestsock cannot register must not start");
     let said = strict.refusal(&refused);
-    let reason = hook_reason(&strict.guestsock.admin, &strict.oci_id(&spec.id), &spec);
+    let mut reason = hook_reason(&strict.guestsock.admin, &strict.oci_id(&spec.id), &spec);
+    if kind == Kind::Podman {
+        // Its hook names the admin socket at the default path, where the
+        // fresh host has this one.
+        reason = reason.replace(&strict.guestsock.admin.display().to_string(), DIST_ADMIN);
+    }
     assert!(
         said.contains(&reason),
         "the runtime shows the hook's reason {reason:?}: {said}"
@@ -1099,4 +1073,77 @@ pub fn root_uid_from_user_namespace(kind: Kind) {
     assert_eq!(host.first_read(&spec.id), (0, "mapped".to_string()));
     let instance = the_instance(&server, &host.oci_id(&spec.id));
     assert_eq!(instance["root_uid"], first, "{instance:#}");
+}
+
+/// The fresh host podman runs on: `guestsock`'s sockets at their default
+/// paths in an empty `/run`, private copies of `/etc/containers` and
+/// `/usr/share/containers`, and docs/mounting.md's install and
+/// host-settings blocks run there as written, from the repository (the
+/// install names `dist/` files). With `optional`, `--optional` is added to
+/// the installed hook's `args`, as the doc says.
+fn podman_host(guestsock: &Guestsock, optional: bool) -> FreshHost {
+    let sockets = format!(
+        "mkdir -p /run/guestsock/guest && touch /run/guestsock/admin.sock && \
+         mount --bind {} /run/guestsock/guest && mount --bind {} /run/guestsock/admin.sock",
+        guestsock.guest_dir.display(),
+        guestsock.admin.display()
+    );
+    let fresh = FreshHost::new(&[
+        Layer::Empty("/run"),
+        Layer::Line(sockets),
+        Layer::Copy("/etc/containers"),
+        Layer::Copy("/usr/share/containers"),
+    ]);
+    let mut doc = Doc::load("docs/mounting.md");
+    for start in [
+        "install -D -m 0644 dist/containers.conf.d/guestsock.conf",
+        "cat > /etc/containers/containers.conf.d/host.conf",
+    ] {
+        let block = doc.take(start);
+        run_root(&fresh, &block, None);
+    }
+    run_root(
+        &fresh,
+        "cat > /etc/containers/containers.conf.d/zz-test-isolation.conf",
+        Some(PODMAN_ISOLATION),
+    );
+    if optional {
+        let hook = run_root(&fresh, &format!("cat {PODMAN_HOOK}"), None);
+        let mut hook: Value = serde_json::from_str(&hook).expect("the installed hook is JSON");
+        hook["hook"]["args"]
+            .as_array_mut()
+            .expect("hook.args")
+            .push("--optional".into());
+        run_root(
+            &fresh,
+            &format!("cat > {PODMAN_HOOK}"),
+            Some(&hook.to_string()),
+        );
+    }
+    fresh
+}
+
+/// `script` in a root shell on `fresh`, in the repository, with `input` on
+/// its standard input; it must succeed. Its standard output.
+fn run_root(fresh: &FreshHost, script: &str, input: Option<&str>) -> String {
+    use std::io::Write;
+    let mut cmd = fresh.sh(script, &FreshHost::repo());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run sh on the fresh host");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(input.unwrap_or("").as_bytes())
+        .expect("write stdin");
+    drop(stdin);
+    let out = child.wait_with_output().expect("sh's output");
+    assert!(
+        out.status.success(),
+        "{script}: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
