@@ -201,11 +201,19 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long a guestsock started by SIGHUP waits for its predecessor, first
 /// for the listening sockets, then for the state directory: 60 s.
 ///
-/// The predecessor lets go of the directory after at most
-/// [`SHUTDOWN_GRACE`] and its last writes; a minute leaves a slow disk
-/// plenty of room, and a predecessor that hangs makes the successor fail
-/// with an error instead of waiting for ever.
+/// The predecessor lets go of the directory as soon as the changes it
+/// acknowledged or is writing are on disk (it never waits for its guests);
+/// a minute leaves a slow disk plenty of room, and a predecessor that hangs
+/// makes the successor fail with an error instead of waiting for ever.
 pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a guestsock in a handoff waits, once the other process closed
+/// the handoff channel, for its pidfd to say it exited: 5 s.
+///
+/// A process closes its descriptors on its way out and is a zombie a moment
+/// later; a process that closed the channel and lives on ended the handoff
+/// on purpose, and this bounds how long that takes to tell.
+pub const HANDOFF_EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a server that got SIGHUP goes on serving while its successor
 /// reads the state, before it hands over without hearing that the
