@@ -103,6 +103,7 @@ pub fn dispatch(
                     ctx.facts.connections.admin,
                     ctx.subscribers,
                     ctx.registry.len(),
+                    (ctx.cgroups.len(), ctx.cgroups.bytes()),
                 );
                 let mut response = Response::raw(body.into_bytes());
                 response.kind = BodyKind::Metrics;

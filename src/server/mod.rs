@@ -59,9 +59,9 @@ use crate::identity;
 use crate::instance::{InstanceSpec, RuleKinds};
 use crate::issuer::{Issuer, IssuerConfig};
 use crate::limits::{
-    ACCEPT_RETRY_MS, ACCEPTS_PER_TURN, EVENTS_PER_POLL, FALLBACK_FD_LIMIT, HANDOFF_LOAD_TIMEOUT,
-    LOG_THROTTLE, MAX_ADMIN_CONNECTIONS, READ_CHUNK_BYTES, RESERVED_FDS, SHUTDOWN_GRACE,
-    SILENT_PINGS, Tunables,
+    ACCEPT_RETRY_MS, ACCEPTS_PER_TURN, CGROUP_SWEEP_INTERVAL, CGROUP_SWEEP_PER_TURN,
+    EVENTS_PER_POLL, FALLBACK_FD_LIMIT, HANDOFF_LOAD_TIMEOUT, LOG_THROTTLE, MAX_ADMIN_CONNECTIONS,
+    READ_CHUNK_BYTES, RESERVED_FDS, SHUTDOWN_GRACE, SILENT_PINGS, Tunables,
 };
 use crate::log;
 use crate::metrics::{Limit, Metrics};
@@ -158,6 +158,8 @@ struct Server {
     scratch: Vec<u8>,
     /// cgroup ids proved to name cgroup paths, shared by every connection.
     cgroups: identity::CgroupPaths,
+    /// When the cgroup-id cache is next swept for removed cgroups.
+    next_cgroup_sweep: Instant,
     /// The buffers connections borrow while driven.
     buffers: Buffers,
     /// Open event subscribers (guest and admin), for the metrics.
@@ -280,6 +282,7 @@ impl Server {
                     .filter(|s| s.phase == Phase::Loading)
                     .map(|s| s.ready_by),
                 self.issuer.until_due().map(|wait| now + wait),
+                (!self.cgroups.is_empty()).then_some(self.next_cgroup_sweep),
             ]
             .into_iter()
             .flatten()
@@ -337,6 +340,10 @@ impl Server {
             self.sweep();
             self.accept_turn();
             self.fire_timers(now);
+            if !self.cgroups.is_empty() && self.next_cgroup_sweep <= now {
+                self.cgroups.sweep(CGROUP_SWEEP_PER_TURN);
+                self.next_cgroup_sweep = now + CGROUP_SWEEP_INTERVAL;
+            }
             if self
                 .successor
                 .as_ref()

@@ -291,6 +291,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         metrics: Metrics::default(),
         scratch: vec![0; READ_CHUNK_BYTES],
         cgroups: identity::CgroupPaths::new(),
+        next_cgroup_sweep: Instant::now(),
         buffers: Buffers::default(),
         subscriber_count: 0,
         stopping: None,
