@@ -4,12 +4,22 @@
 //! systemd, the SIGHUP handoff of the listening sockets to a successor over
 //! SCM_RIGHTS.
 //!
-//! This is the one module with `unsafe`: adopting a file descriptor that
+//! The handoff's protocol, on one stream socket: the predecessor passes the
+//! sockets; the successor says `L` once it has read the state; the
+//! predecessor says `R` once it has released the state directory (or `A`
+//! if it was told to stop first); the successor says `S` once it serves.
+//! Each watches the other's death through a pidfd: a predecessor that dies
+//! has released the directory (its lock dies with it), and a successor that
+//! dies before `S` leaves the predecessor serving.
+//!
+//! One of the two modules with `unsafe`: adopting a file descriptor that
 //! guestsock did not open (the listening sockets systemd passes at 3, 4, ...,
 //! or a predecessor passes) needs `OwnedFd::from_raw_fd`, which nix and std
-//! only offer unsafely. Each descriptor is checked before it is adopted.
+//! only offer unsafely, and so does `pidfd_open`, which nix does not wrap.
+//! Each descriptor is checked before it is adopted.
 #![allow(unsafe_code)]
 
+use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::PathBuf;
@@ -131,19 +141,60 @@ pub fn notify(state: &str) {
 /// a predecessor (`SIGHUP`) passes to its successor.
 const HANDOFF_ENV: &str = "GUESTSOCK_HANDOFF_FD";
 
+/// The environment variable naming the predecessor's pid: by the time the
+/// successor looks, the predecessor may have died and the successor been
+/// given another parent.
+const HANDOFF_PID_ENV: &str = "GUESTSOCK_HANDOFF_PID";
+
 /// The byte the predecessor sends once it has released the state
 /// directory.
 const RELEASED: u8 = b'R';
+
+/// The byte the predecessor sends when it was told to stop (SIGTERM) before
+/// the successor was ready: the successor gives up rather than take over.
+const ABORTED: u8 = b'A';
 
 /// The byte the successor sends once it has read the state and is ready
 /// to take over: until then its predecessor goes on serving.
 pub const LOADED: u8 = b'L';
 
+/// The byte the successor sends once it serves: until then its predecessor
+/// takes the state directory back if the successor dies.
+pub const SERVING: u8 = b'S';
+
+/// How the predecessor let go of the state directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// It said so, after its last write.
+    Said,
+    /// It died (its pidfd says so): its lock on the state directory went
+    /// with it, and what it acknowledged is on disk.
+    Died,
+}
+
 /// The successor's end of a handoff: the predecessor sends the listening
-/// sockets over it, then says when the state directory is free.
+/// sockets over it, then says when the state directory is free. A pidfd of
+/// the predecessor (this process's parent) tells its death from a handoff
+/// it ended on purpose.
 #[derive(Debug)]
 pub struct Handoff {
     channel: std::os::unix::net::UnixStream,
+    /// Whether the predecessor lives, as far as this process can tell.
+    predecessor: Predecessor,
+    /// The predecessor's pid, for messages.
+    pub predecessor_pid: i32,
+}
+
+/// What a successor knows of its predecessor's life.
+#[derive(Debug)]
+enum Predecessor {
+    /// Its pidfd, readable once it has exited.
+    Watched(OwnedFd),
+    /// It had died already when this process looked.
+    Dead,
+    /// No pidfd (an old kernel, or a predecessor of an earlier release that
+    /// passed no pid): a closed channel is a failure, as before pidfds.
+    Unknown,
 }
 
 /// The handoff channel a predecessor passed to this process, if any.
@@ -151,8 +202,14 @@ pub fn take_handoff() -> Result<Option<Handoff>, String> {
     let Ok(value) = std::env::var(HANDOFF_ENV) else {
         return Ok(None);
     };
+    let predecessor_pid = std::env::var(HANDOFF_PID_ENV)
+        .ok()
+        .and_then(|pid| pid.parse::<i32>().ok());
     // SAFETY: see `listen_fds`: at start, before any other thread exists.
-    unsafe { std::env::remove_var(HANDOFF_ENV) };
+    unsafe {
+        std::env::remove_var(HANDOFF_ENV);
+        std::env::remove_var(HANDOFF_PID_ENV);
+    }
     let fd: RawFd = value
         .parse()
         .map_err(|_| format!("{HANDOFF_ENV}={value:?} is not a descriptor"))?;
@@ -168,7 +225,30 @@ pub fn take_handoff() -> Result<Option<Handoff>, String> {
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let channel = std::os::unix::net::UnixStream::from(owned);
     let _ = channel.set_read_timeout(Some(crate::limits::HANDOFF_TIMEOUT));
-    Ok(Some(Handoff { channel }))
+    // The predecessor started this process: it is the parent, until it
+    // dies (an orphan is given another parent before its parent's pid can
+    // be reused). So a pidfd opened while the parent is still that pid
+    // names the predecessor, and another parent means it is dead.
+    let predecessor = match predecessor_pid {
+        None => Predecessor::Unknown,
+        Some(pid) if nix::unistd::getppid().as_raw() != pid => Predecessor::Dead,
+        Some(pid) => match pidfd_open(pid) {
+            Ok(_) if nix::unistd::getppid().as_raw() != pid => Predecessor::Dead,
+            Ok(pidfd) => Predecessor::Watched(pidfd),
+            Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => Predecessor::Dead,
+            Err(e) => {
+                crate::log::warn(format_args!(
+                    "cannot watch the old guestsock (pid {pid}) through a pidfd ({e}): if it dies during the handoff, this one gives up"
+                ));
+                Predecessor::Unknown
+            }
+        },
+    };
+    Ok(Some(Handoff {
+        channel,
+        predecessor,
+        predecessor_pid: predecessor_pid.unwrap_or(0),
+    }))
 }
 
 impl Handoff {
@@ -216,33 +296,103 @@ impl Handoff {
     }
 
     /// Tells the predecessor that this process has read the state and is
-    /// ready to take over.
-    pub fn say_loaded(&mut self) -> Result<(), String> {
+    /// ready to take over. A predecessor that died meanwhile is no error:
+    /// [`Handoff::wait_released`] finds out.
+    pub fn say_loaded(&mut self) {
         use std::io::Write;
-        self.channel
-            .write_all(&[LOADED])
-            .map_err(|e| format!("cannot tell the old process this one is ready: {e}"))
+        if let Err(e) = self.channel.write_all(&[LOADED]) {
+            crate::log::info(format_args!(
+                "cannot tell the old process this one is ready ({e}); waiting for it to let go"
+            ));
+        }
     }
 
-    /// Waits until the predecessor has released the state directory.
-    pub fn wait_released(&mut self) -> Result<(), String> {
+    /// Waits until the predecessor has released the state directory, by
+    /// saying so or by dying. Fails if it was stopped (SIGTERM) before
+    /// this process was ready, or ended the handoff and lives on, or says
+    /// nothing for [`crate::limits::HANDOFF_TIMEOUT`].
+    pub fn wait_released(&mut self) -> Result<Released, String> {
         use std::io::Read;
         let mut byte = [0u8; 1];
+        // The byte, if any was sent, is read before the end of the
+        // channel: it was written before the predecessor closed it.
         match self.channel.read(&mut byte) {
-            Ok(1) if byte[0] == RELEASED => Ok(()),
-            Ok(_) => Err("the old process ended without releasing the state directory".into()),
+            Ok(1) if byte[0] == RELEASED => Ok(Released::Said),
+            Ok(1) if byte[0] == ABORTED => Err(
+                "the old process was told to stop during the handoff; this one stops too".into(),
+            ),
+            Ok(1) => Err("the old process said something unexpected".into()),
+            Ok(_) => self.died("it closed the handoff channel"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                self.died(&e.to_string())
+            }
             Err(e) => Err(format!("waiting for the old process: {e}")),
         }
     }
+
+    /// Whether the predecessor has died, waiting a little for its exit to
+    /// complete: its channel closes before it is a zombie.
+    pub fn predecessor_died(&self) -> bool {
+        let pidfd = match &self.predecessor {
+            Predecessor::Watched(pidfd) => pidfd,
+            Predecessor::Dead => return true,
+            Predecessor::Unknown => return false,
+        };
+        use std::os::fd::AsFd;
+
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        let wait =
+            PollTimeout::try_from(crate::limits::HANDOFF_EXIT_WAIT).unwrap_or(PollTimeout::MAX);
+        matches!(poll(&mut fds, wait), Ok(n) if n > 0)
+    }
+
+    fn died(&self, how: &str) -> Result<Released, String> {
+        if self.predecessor_died() {
+            Ok(Released::Died)
+        } else {
+            Err(format!(
+                "the old process ended the handoff without releasing the state directory ({how})"
+            ))
+        }
+    }
+
+    /// Tells the predecessor that this process serves: it no longer takes
+    /// the state directory back. It may have stopped listening already.
+    pub fn say_serving(mut self) {
+        use std::io::Write;
+        let _ = self.channel.write_all(&[SERVING]);
+    }
+}
+
+/// A pidfd for process `pid` (pidfd_open(2), Linux 5.3): it names that
+/// process and no other, and polls readable once the process has exited.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; no memory is passed.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::other("descriptor out of range"))?;
+    // SAFETY: the kernel just returned this new descriptor, owned by no one
+    // else in this process.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Starts a new guestsock with this process's arguments and hands it the
 /// listening sockets; returns the channel on which to say, later, that the
-/// state directory is released.
+/// state directory is released, the new process's pid, and its pidfd (`None`
+/// if the kernel gives none), which says when it dies.
 pub fn spawn_successor(
     guest: std::os::fd::BorrowedFd<'_>,
     admin: std::os::fd::BorrowedFd<'_>,
-) -> Result<std::os::unix::net::UnixStream, String> {
+) -> Result<(std::os::unix::net::UnixStream, u32, Option<OwnedFd>), String> {
     use std::io::IoSlice;
     use std::os::fd::{AsFd, AsRawFd};
 
@@ -264,13 +414,15 @@ pub fn spawn_successor(
     let child = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env(HANDOFF_ENV, theirs.as_raw_fd().to_string())
+        .env(HANDOFF_PID_ENV, std::process::id().to_string())
         .spawn()
         .map_err(|e| format!("cannot start the new guestsock: {e}"))?;
     drop(theirs);
-    crate::log::info(format_args!(
-        "started the new guestsock, pid {}",
-        child.id()
-    ));
+    let pid = child.id();
+    crate::log::info(format_args!("started the new guestsock, pid {pid}"));
+    // The child is not waited for until this process exits, so its pid
+    // cannot be reused before the pidfd is opened.
+    let pidfd = i32::try_from(pid).ok().and_then(|p| pidfd_open(p).ok());
     let fds = [guest.as_raw_fd(), admin.as_raw_fd()];
     sendmsg::<()>(
         ours.as_raw_fd(),
@@ -280,7 +432,7 @@ pub fn spawn_successor(
         None,
     )
     .map_err(|e| format!("cannot pass the sockets to the new guestsock: {e}"))?;
-    Ok(std::os::unix::net::UnixStream::from(ours))
+    Ok((std::os::unix::net::UnixStream::from(ours), pid, pidfd))
 }
 
 /// The binary a SIGHUP starts: this process's own, or, once a package
@@ -303,4 +455,12 @@ pub fn release(channel: &mut std::os::unix::net::UnixStream) {
     if let Err(e) = channel.write_all(&[RELEASED]) {
         crate::log::warn(format_args!("cannot tell the new guestsock to go on: {e}"));
     }
+}
+
+/// Tells a successor that is not ready yet to give up: this process was
+/// told to stop. Without it the successor would take this one's exit for a
+/// death and take over.
+pub fn abort(channel: &mut std::os::unix::net::UnixStream) {
+    use std::io::Write;
+    let _ = channel.write_all(&[ABORTED]);
 }

@@ -106,6 +106,9 @@ pub struct Ctx<'a> {
     pub buffers: &'a mut Buffers,
     /// The server is stopping: every answer closes its connection.
     pub stopping: bool,
+    /// The server has handed the state over to a successor (SIGHUP): it
+    /// answers what reads the state and refuses what would change it.
+    pub handing_over: bool,
     /// When a refusal was last logged (one line a second at most).
     pub refusal_logged: &'a mut Option<Instant>,
     /// The identity issuer: its JWKS, and its keys for admin rotation.

@@ -56,6 +56,18 @@ pub fn dispatch(
     ctx: &mut Ctx<'_>,
 ) -> Outcome {
     let outcome = match side {
+        // A server that handed its state to a successor can no longer make
+        // a change durable; the successor, listening already, can.
+        _ if ctx.handing_over && !matches!(req.method, "GET" | "HEAD") => {
+            let response = NotServed::HandingOver.response();
+            Outcome::Respond(
+                match side {
+                    Side::Admin { .. } => response.enveloped(),
+                    Side::Guest => response,
+                },
+                None,
+            )
+        }
         // Public keys are public: any caller, no instance needed.
         Side::Guest if req.path == "/1.0/identity/jwks" => {
             Outcome::Respond(identity::jwks(req, ctx.issuer), None)
@@ -91,6 +103,7 @@ pub fn dispatch(
                     ctx.facts.connections.admin,
                     ctx.subscribers,
                     ctx.registry.len(),
+                    (ctx.cgroups.len(), ctx.cgroups.bytes()),
                 );
                 let mut response = Response::raw(body.into_bytes());
                 response.kind = BodyKind::Metrics;

@@ -125,6 +125,11 @@ pub enum NotServed {
     /// The request was not sent within the header or body timeout (a
     /// slowloris, or a client that stalled). The client's fault.
     TooSlow,
+    /// A change sent, on a connection opened before a SIGHUP handoff, to
+    /// the old process once it has handed the state to its successor.
+    /// Nobody's fault: sent again on a new connection, it reaches the new
+    /// process.
+    HandingOver,
     /// The change could not be made durable, so it was not made at all;
     /// `0` is the writer's error. The server's (its disk's) fault.
     NotDurable(String),
@@ -198,7 +203,7 @@ impl NotServed {
             | NotServed::WaitUnanswered
             | NotServed::NoKey(_)
             | NotServed::SigningFailed(_) => 500,
-            NotServed::AtCapacity { .. } => 503,
+            NotServed::AtCapacity { .. } | NotServed::HandingOver => 503,
         }
     }
 
@@ -234,6 +239,11 @@ impl NotServed {
             // order of magnitude.
             NotServed::RateLimited | NotServed::AtCapacity { .. } => {
                 response.extra_header = Some("Retry-After: 1");
+            }
+            // The successor is listening already.
+            NotServed::HandingOver => {
+                response.extra_header = Some("Retry-After: 0");
+                response.close = true;
             }
             // "...the server MUST ... send a |Sec-WebSocket-Version| header
             // field containing the version(s) the server understands"
@@ -290,6 +300,9 @@ impl fmt::Display for NotServed {
             }
             NotServed::AtCapacity { why, .. } => f.write_str(why),
             NotServed::TooSlow => f.write_str("the request was not sent in time"),
+            NotServed::HandingOver => f.write_str(
+                "this guestsock has handed over to a new process; nothing changed: send the request again on a new connection",
+            ),
             NotServed::NotDurable(error) => write!(
                 f,
                 "the change was not made ({error}); nothing changed, so it can be retried"
@@ -599,6 +612,13 @@ mod tests {
                 Some(Reason::Limit(Limit::Timeout)),
             ),
             (
+                NotServed::HandingOver,
+                503,
+                "this guestsock has handed over to a new process; nothing changed: send the request again on a new connection",
+                Some("Retry-After: 0"),
+                None,
+            ),
+            (
                 NotServed::NotDurable("disk full".into()),
                 500,
                 "the change was not made (disk full); nothing changed, so it can be retried",
@@ -669,7 +689,7 @@ mod tests {
             );
             assert_eq!(
                 r.close,
-                matches!(error, NotServed::Unreadable(_)),
+                matches!(error, NotServed::Unreadable(_) | NotServed::HandingOver),
                 "{error:?}"
             );
             let text = String::from_utf8(r.body).unwrap();
@@ -726,8 +746,9 @@ mod tests {
             NotServed::NoKey(_) => 29,
             NotServed::SigningFailed(_) => 30,
             NotServed::Batch(_) => 31,
+            NotServed::HandingOver => 32,
         };
-        let mut seen = [false; 32];
+        let mut seen = [false; 33];
         for (error, ..) in table() {
             seen[name(&error)] = true;
         }

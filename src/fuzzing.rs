@@ -342,6 +342,7 @@ pub fn run_connection(side: crate::conn::Side, input: &[u8], step: usize) -> Vec
                 cgroups: &mut cgroups,
                 buffers: &mut buffers,
                 stopping: false,
+                handing_over: false,
                 refusal_logged: &mut refusal_logged,
                 issuer: &mut issuer,
                 mints: &mut mints,

@@ -9,10 +9,13 @@
 //! alive after the read. Which instance those facts select is `registry`'s
 //! business.
 //!
-//! The `ioctl` lives in the small `pidfd` module below, the second of the
-//! two places with `unsafe` (the first is `activation`).
+//! Also owns the cgroup-id cache ([`CgroupPaths`]): bounded by what it
+//! costs, shared fairly between containers, and swept of removed cgroups.
+//!
+//! The `ioctl` lives in the small `pidfd` module below, and `malloc_trim` in
+//! `heap`: with `activation`, the only places with `unsafe`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -25,7 +28,10 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{getsockopt, sockopt};
 
 use crate::instance::RuleKinds;
-use crate::limits::{MAX_CGROUP_FILE_BYTES, MAX_KNOWN_CGROUPS};
+use crate::limits::{
+    CGROUP_CACHE_SHARE_DIVISOR, CGROUP_ENTRY_OVERHEAD_BYTES, MAX_CGROUP_CACHE_BYTES,
+    MAX_CGROUP_FILE_BYTES,
+};
 
 /// The facts about a caller that match rules are evaluated against, taken
 /// once when its connection is accepted.
@@ -178,13 +184,19 @@ enum Proof {
 /// cgroup ids, as the peer's pidfd reports them, and the cgroup v2 paths
 /// they name. A cgroup v2 directory cannot be renamed and its id is never
 /// given to another cgroup while the system runs, so a pair once proved
-/// stays true; the map only has to stay bounded ([`MAX_KNOWN_CGROUPS`]).
+/// stays true until the cgroup is removed.
 ///
 /// A pair is learned on the first connection from a cgroup: the path read
 /// from `/proc/<pid>/cgroup` is believed for the id only if the directory at
 /// that path in the unified hierarchy has that id as its inode number (which
 /// cgroupfs makes the cgroup id). Later connections from the same cgroup
 /// cost one `ioctl` and no `/proc` read.
+///
+/// Guests can create cgroups, so the cache is bounded by what it costs
+/// ([`MAX_CGROUP_CACHE_BYTES`], oldest out first), each container may fill
+/// only its share of that ([`CGROUP_CACHE_SHARE_DIVISOR`]), and
+/// [`CgroupPaths::sweep`] drops, a bounded number at a time, the pairs of
+/// cgroups that are gone, giving their memory back.
 #[derive(Debug, Default)]
 pub struct CgroupPaths {
     /// Where the unified hierarchy is mounted, if it is mounted with its
@@ -192,10 +204,41 @@ pub struct CgroupPaths {
     /// id only on cgroupfs itself. Without it nothing is learned.
     mount: Option<(PathBuf, u64)>,
     /// Proved pairs.
-    known: HashMap<u64, Rc<str>>,
+    known: HashMap<u64, Known>,
+    /// The ids of `known`, oldest first: the sweep takes from the front and
+    /// puts a live one at the back, and past the bound the front goes.
+    order: VecDeque<u64>,
+    /// What `known` costs, as counted against the bound.
+    bytes: usize,
+    /// What each container's share holds, by its name ([`share_of`]).
+    shares: HashMap<Rc<str>, usize>,
     /// `PIDFD_GET_INFO` is unknown to this kernel (before Linux 6.13): every
     /// connection reads `/proc`, as it had to before.
     unsupported: bool,
+}
+
+/// One proved pair's path, the share it is counted in, and its cost.
+#[derive(Debug)]
+struct Known {
+    path: Rc<str>,
+    share: Rc<str>,
+    cost: usize,
+}
+
+/// The share of the cache a cgroup's pair is counted in: its path up to its
+/// first component that is not a systemd slice, which is one container's
+/// (`/lxc.payload.c1/init` is in `/lxc.payload.c1`,
+/// `/system.slice/docker-ID.scope/x` in `/system.slice/docker-ID.scope`).
+fn share_of(path: &str) -> &str {
+    let mut end = 0;
+    for component in path.split('/').filter(|c| !c.is_empty()) {
+        // Components are slices of `path`: where this one ends.
+        end = component.as_ptr() as usize - path.as_ptr() as usize + component.len();
+        if !component.ends_with(".slice") {
+            break;
+        }
+    }
+    if end == 0 { "/" } else { &path[..end] }
 }
 
 impl CgroupPaths {
@@ -212,6 +255,21 @@ impl CgroupPaths {
             mount,
             ..CgroupPaths::default()
         }
+    }
+
+    /// How many pairs are cached.
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+
+    /// What the cached pairs cost, as counted against the bound.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The cgroup path of the process behind `pidfd`, whose pid is `pid`.
@@ -232,22 +290,91 @@ impl CgroupPaths {
                 Err(_) => None,
             }
         };
-        if let Some(path) = id.and_then(|id| self.known.get(&id)) {
-            return Ok((Rc::clone(path), Proof::Pidfd));
+        if let Some(known) = id.and_then(|id| self.known.get(&id)) {
+            return Ok((Rc::clone(&known.path), Proof::Pidfd));
         }
         let path: Rc<str> = cgroup_of(pid)
             .map_err(|_| "its cgroup could not be read")?
             .into();
         match id {
             Some(id) if self.names(&path, id) => {
-                if self.known.len() >= MAX_KNOWN_CGROUPS {
-                    self.known.clear();
-                }
-                self.known.insert(id, Rc::clone(&path));
+                self.learn(id, Rc::clone(&path));
                 Ok((path, Proof::Pidfd))
             }
             _ => Ok((path, Proof::ReadByPid)),
         }
+    }
+
+    /// Caches a proved pair, unless its container's share is full: then
+    /// its connections go on reading `/proc`. Past the whole bound, the
+    /// oldest pairs go.
+    fn learn(&mut self, id: u64, path: Rc<str>) -> bool {
+        let cost = path.len() + CGROUP_ENTRY_OVERHEAD_BYTES;
+        let share = share_of(&path);
+        let held = self.shares.get(share).copied().unwrap_or(0);
+        if held + cost > MAX_CGROUP_CACHE_BYTES / CGROUP_CACHE_SHARE_DIVISOR {
+            return false;
+        }
+        while self.bytes + cost > MAX_CGROUP_CACHE_BYTES {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.forget(oldest);
+        }
+        let share: Rc<str> = match self.shares.get_key_value(share) {
+            Some((name, _)) => Rc::clone(name),
+            None => share.into(),
+        };
+        *self.shares.entry(Rc::clone(&share)).or_insert(0) += cost;
+        self.bytes += cost;
+        self.order.push_back(id);
+        self.known.insert(id, Known { path, share, cost });
+        true
+    }
+
+    /// Drops a pair (already taken off `order`).
+    fn forget(&mut self, id: u64) {
+        let Some(known) = self.known.remove(&id) else {
+            return;
+        };
+        self.bytes -= known.cost;
+        if let Some(held) = self.shares.get_mut(&known.share) {
+            *held -= known.cost;
+            if *held == 0 {
+                self.shares.remove(&known.share);
+            }
+        }
+    }
+
+    /// Checks at most `budget` pairs, oldest first, against cgroupfs, and
+    /// drops those whose cgroup is gone (or whose path names another
+    /// cgroup now); once the cache has shrunk well below what it held, its
+    /// tables shrink and the freed memory goes back to the system. Returns
+    /// how many were dropped.
+    pub fn sweep(&mut self, budget: usize) -> usize {
+        let mut dropped = 0;
+        for _ in 0..budget.min(self.order.len()) {
+            let Some(id) = self.order.pop_front() else {
+                break;
+            };
+            let alive = self
+                .known
+                .get(&id)
+                .is_some_and(|known| self.names(&known.path, id));
+            if alive {
+                self.order.push_back(id);
+            } else {
+                self.forget(id);
+                dropped += 1;
+            }
+        }
+        if dropped > 0 && self.known.len() < self.known.capacity() / 4 {
+            self.known.shrink_to_fit();
+            self.order.shrink_to_fit();
+            self.shares.shrink_to_fit();
+            heap::give_back();
+        }
+        dropped
     }
 
     /// Whether the cgroup at `path` has id `id`.
@@ -272,6 +399,22 @@ pub fn cgroup2_root_mount(mountinfo: &str) -> Option<PathBuf> {
         (rest.split(' ').next() == Some("cgroup2") && *root == "/" && !point.contains('\\'))
             .then(|| PathBuf::from(point))
     })
+}
+
+/// Giving freed memory back to the system.
+#[allow(unsafe_code)]
+mod heap {
+    /// Returns the free pages of the allocator's heap to the system: glibc
+    /// keeps freed small blocks (a swept cache's paths) in its arenas, and
+    /// gives back only the top of the heap by itself.
+    pub fn give_back() {
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim(3) takes no pointer and only releases memory
+        // the allocator holds free; it is safe to call at any time.
+        unsafe {
+            nix::libc::malloc_trim(0);
+        }
+    }
 }
 
 /// The one system call nix has no safe wrapper for.
@@ -426,6 +569,91 @@ mod tests {
         let (again, proof) = cgroups.path_of(&pidfd, 1).unwrap();
         assert_eq!((&*again, proof), (own.as_str(), Proof::Pidfd));
         assert!(Rc::ptr_eq(&path, &again));
+    }
+
+    #[test]
+    fn a_share_is_one_container() {
+        let cases = [
+            ("/lxc.payload.c1/init", "/lxc.payload.c1"),
+            ("/lxc.payload.c1", "/lxc.payload.c1"),
+            (
+                "/system.slice/docker-ab.scope/x/y",
+                "/system.slice/docker-ab.scope",
+            ),
+            (
+                "/machine.slice/libpod-1.scope",
+                "/machine.slice/libpod-1.scope",
+            ),
+            (
+                "/user.slice/user-1000.slice/session-2.scope",
+                "/user.slice/user-1000.slice/session-2.scope",
+            ),
+            ("/a.slice", "/a.slice"),
+            ("/", "/"),
+        ];
+        for (path, share) in cases {
+            assert_eq!(share_of(path), share, "{path}");
+        }
+    }
+
+    #[test]
+    fn the_cache_keeps_to_its_bound_and_each_container_to_its_share() {
+        let mut cgroups = CgroupPaths::default();
+        let cost = |path: &str| path.len() + CGROUP_ENTRY_OVERHEAD_BYTES;
+        let share_cap = MAX_CGROUP_CACHE_BYTES / CGROUP_CACHE_SHARE_DIVISOR;
+        // One container learns until its share is full, and no further.
+        let mut id = 0;
+        let mut held = 0;
+        loop {
+            id += 1;
+            let path = format!("/lxc.payload.greedy/c{id}");
+            if !cgroups.learn(id, path.as_str().into()) {
+                break;
+            }
+            held += cost(&path);
+        }
+        assert!(held <= share_cap && held + cost("/lxc.payload.greedy/c1") * 2 > share_cap);
+        assert_eq!(cgroups.bytes(), held);
+        // Many containers fill the whole bound; the oldest pairs go first.
+        for c in 0..4 * CGROUP_CACHE_SHARE_DIVISOR {
+            for n in 0..3000 {
+                id += 1;
+                assert!(cgroups.learn(id, format!("/lxc.payload.c{c}/n{n}").into()));
+                assert!(cgroups.bytes() <= MAX_CGROUP_CACHE_BYTES);
+            }
+        }
+        assert!(!cgroups.known.contains_key(&1), "the oldest stayed");
+        assert!(cgroups.known.contains_key(&id), "the newest went");
+        let counted: usize = cgroups.known.values().map(|k| k.cost).sum();
+        assert_eq!(counted, cgroups.bytes());
+        assert_eq!(cgroups.shares.values().sum::<usize>(), counted);
+        assert_eq!(cgroups.order.len(), cgroups.known.len());
+    }
+
+    #[test]
+    fn the_sweep_drops_removed_cgroups_and_keeps_live_ones() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let pidfd = getsockopt(&a, sockopt::PeerPidfd).unwrap();
+        let mut cgroups = CgroupPaths::new();
+        assert!(cgroups.mount.is_some(), "no cgroup2 mount with its root");
+        let (own, _) = cgroups.path_of(&pidfd, std::process::id() as i32).unwrap();
+        // Pairs no cgroup has (any more): an id that is not the inode.
+        for n in 0..10_000u64 {
+            assert!(cgroups.learn(u64::MAX - n, format!("/gone.{n}").into()));
+        }
+        let grown = cgroups.known.capacity();
+        // The live one, learned first, is among the first checked.
+        assert_eq!(cgroups.sweep(4000), 3999);
+        assert_eq!(cgroups.len(), 6002);
+        while cgroups.sweep(4000) > 0 {}
+        assert_eq!(cgroups.len(), 1);
+        assert!(
+            cgroups.known.capacity() < grown / 4,
+            "the table kept its size"
+        );
+        assert_eq!(cgroups.bytes(), own.len() + CGROUP_ENTRY_OVERHEAD_BYTES);
+        let (again, proof) = cgroups.path_of(&pidfd, 1).unwrap();
+        assert!(Rc::ptr_eq(&own, &again) && proof == Proof::Pidfd);
     }
 
     #[test]

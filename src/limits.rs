@@ -47,14 +47,47 @@ pub const READ_CHUNK_BYTES: usize = 4 * 1024;
 /// config value), but no second one is queued behind it.
 pub const MAX_PENDING_OUTPUT_BYTES: usize = 256 * 1024;
 
-/// cgroup ids remembered with the path they name (`identity::CgroupPaths`):
-/// 65,536, about 6 MiB at most.
+/// What the cgroup ids remembered with the paths they name
+/// (`identity::CgroupPaths`) may cost at most, counted as each path's bytes
+/// plus [`CGROUP_ENTRY_OVERHEAD_BYTES`]: 8 MiB.
 ///
-/// Each is learned on the first connection from a cgroup and spares later
-/// ones a `/proc` read. A host creating and removing cgroups for ever would
-/// grow the map without end, so at this size it is emptied and learned
-/// again; a dense host's live cgroups fit many times over.
-pub const MAX_KNOWN_CGROUPS: usize = 65_536;
+/// Each id is learned on the first connection from a cgroup and spares later
+/// ones a `/proc` read. A guest can create cgroups (a container with a
+/// delegated subtree, without end), so the cache is bounded by what it
+/// costs: about 40,000 entries of 40-byte paths, many times the live cgroups
+/// of a dense host. Past it the oldest entry goes first.
+pub const MAX_CGROUP_CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+/// The part of [`MAX_CGROUP_CACHE_BYTES`] the cgroups of one container may
+/// take: an eighth (1 MiB, about 5,000 entries).
+///
+/// A container is a share of the cache: the cgroup path up to its first
+/// component that is not a systemd slice (`/lxc.payload.c1`,
+/// `/system.slice/docker-ID.scope`). One that creates cgroups without end
+/// fills its own share and no more; its further cgroups are read from
+/// `/proc` at each connection, as every cgroup was before the cache.
+pub const CGROUP_CACHE_SHARE_DIVISOR: usize = 8;
+
+/// What one cached cgroup id costs beyond its path's bytes, as counted
+/// against [`MAX_CGROUP_CACHE_BYTES`]: 160 bytes.
+///
+/// The map's slot (48 bytes: id, path, share, cost) twice over for the
+/// spare capacity a hash table keeps, the sweep queue's slot (8, twice), the
+/// shared path's reference counts and allocator header (32); rounded up, so
+/// that the count bounds the real cost, which `benches/cgroup_cache.py`
+/// measures from the server's RSS (BENCHMARKS.md).
+pub const CGROUP_ENTRY_OVERHEAD_BYTES: usize = 160;
+
+/// How many cached cgroup ids are checked against cgroupfs (still there,
+/// with the same id) each [`CGROUP_SWEEP_INTERVAL`]: 4,096.
+///
+/// One `stat` each, a few milliseconds at most on the loop; a full cache is
+/// swept in about 15 s, and the memory of removed cgroups given back.
+pub const CGROUP_SWEEP_PER_TURN: usize = 4096;
+
+/// How often the cgroup-id cache is swept for removed cgroups, while it
+/// holds anything: 1 s.
+pub const CGROUP_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Longest instance name: 63 bytes of `a-z`, `0-9` and `-` (docs/protocol.md
 /// section 4).
@@ -222,11 +255,19 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long a guestsock started by SIGHUP waits for its predecessor, first
 /// for the listening sockets, then for the state directory: 60 s.
 ///
-/// The predecessor lets go of the directory after at most
-/// [`SHUTDOWN_GRACE`] and its last writes; a minute leaves a slow disk
-/// plenty of room, and a predecessor that hangs makes the successor fail
-/// with an error instead of waiting for ever.
+/// The predecessor lets go of the directory as soon as the changes it
+/// acknowledged or is writing are on disk (it never waits for its guests);
+/// a minute leaves a slow disk plenty of room, and a predecessor that hangs
+/// makes the successor fail with an error instead of waiting for ever.
 pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a guestsock in a handoff waits, once the other process closed
+/// the handoff channel, for its pidfd to say it exited: 5 s.
+///
+/// A process closes its descriptors on its way out and is a zombie a moment
+/// later; a process that closed the channel and lives on ended the handoff
+/// on purpose, and this bounds how long that takes to tell.
+pub const HANDOFF_EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a server that got SIGHUP goes on serving while its successor
 /// reads the state, before it hands over without hearing that the

@@ -220,6 +220,7 @@ impl Metrics {
         admin_connections: usize,
         subscribers: usize,
         instances: usize,
+        cgroup_cache: (usize, usize),
     ) -> String {
         let mut out = String::new();
         let gauge = |out: &mut String, name: &str, help: &str, value: String| {
@@ -233,6 +234,18 @@ impl Metrics {
             "guestsock_instances",
             "Registered instances.",
             instances.to_string(),
+        );
+        gauge(
+            &mut out,
+            "guestsock_cgroup_cache_entries",
+            "cgroup ids cached with the path they name.",
+            cgroup_cache.0.to_string(),
+        );
+        gauge(
+            &mut out,
+            "guestsock_cgroup_cache_bytes",
+            "What the cgroup-id cache costs, as counted against its bound.",
+            cgroup_cache.1.to_string(),
         );
         let _ = writeln!(
             out,
@@ -326,7 +339,15 @@ mod tests {
         m.request("/1.0/config/user.foo", 200, 0.003);
         m.request("/../etc/passwd", 404, 0.000_01);
         m.refused(Reason::Limit(Limit::Rate));
-        let text = m.render(3, 1, 2, 7);
+        let text = m.render(3, 1, 2, 7, (5, 640));
+        assert!(
+            text.contains("\nguestsock_cgroup_cache_entries 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nguestsock_cgroup_cache_bytes 640\n"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "guestsock_requests_total{endpoint=\"/1.0/config/{key}\",status=\"200\"} 2"
@@ -367,7 +388,7 @@ mod tests {
                     )
                 }
             };
-            let text = m.render(0, 0, 0, 0);
+            let text = m.render(0, 0, 0, 0, (0, 0));
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
             // Every other refusal counter is still 0.
             let counted = text

@@ -59,9 +59,9 @@ use crate::identity;
 use crate::instance::{InstanceSpec, RuleKinds};
 use crate::issuer::{Issuer, IssuerConfig};
 use crate::limits::{
-    ACCEPT_RETRY_MS, ACCEPTS_PER_TURN, EVENTS_PER_POLL, FALLBACK_FD_LIMIT, HANDOFF_LOAD_TIMEOUT,
-    LOG_THROTTLE, MAX_ADMIN_CONNECTIONS, READ_CHUNK_BYTES, RESERVED_FDS, SHUTDOWN_GRACE,
-    SILENT_PINGS, Tunables,
+    ACCEPT_RETRY_MS, ACCEPTS_PER_TURN, CGROUP_SWEEP_INTERVAL, CGROUP_SWEEP_PER_TURN,
+    EVENTS_PER_POLL, FALLBACK_FD_LIMIT, HANDOFF_LOAD_TIMEOUT, LOG_THROTTLE, MAX_ADMIN_CONNECTIONS,
+    READ_CHUNK_BYTES, RESERVED_FDS, SHUTDOWN_GRACE, SILENT_PINGS, Tunables,
 };
 use crate::log;
 use crate::metrics::{Limit, Metrics};
@@ -84,8 +84,11 @@ const ADMIN_LISTENER: Token = Token(usize::MAX - 3);
 /// signer signed a token (mio allows one `Waker` per `Poll`; they share it).
 const WAKER: Token = Token(usize::MAX - 4);
 
-/// The handoff channel to a successor (SIGHUP), while it loads the state.
+/// The handoff channel to a successor (SIGHUP), until it serves.
 const SUCCESSOR: Token = Token(usize::MAX - 5);
+
+/// The successor's pidfd, readable once it has exited.
+const SUCCESSOR_EXIT: Token = Token(usize::MAX - 6);
 
 /// Which listening sockets may have connections waiting in their backlog
 /// (`Waiting`, not `Backlog`: nix names the listen(2) argument that):
@@ -161,6 +164,8 @@ struct Server {
     scratch: Vec<u8>,
     /// cgroup ids proved to name cgroup paths, shared by every connection.
     cgroups: identity::CgroupPaths,
+    /// When the cgroup-id cache is next swept for removed cgroups.
+    next_cgroup_sweep: Instant,
     /// The buffers connections borrow while driven.
     buffers: Buffers,
     /// Open event subscribers (guest and admin), for the metrics.
@@ -169,6 +174,13 @@ struct Server {
     stopping: Option<Instant>,
     /// After SIGHUP: the new guestsock.
     successor: Option<Successor>,
+    /// Where the pid file is, written again if a successor dies before it
+    /// serves and this process goes on.
+    pid_file: PathBuf,
+    /// The state directory, taken back in that case.
+    state_dir: PathBuf,
+    /// What the writer thread calls after each batch (a new writer needs it).
+    wake: Arc<dyn Fn() + Send + Sync>,
     /// The identity issuer: settings, keys, the change of keys in flight.
     issuer: Issuer,
     /// The signer thread.
@@ -192,12 +204,46 @@ struct Server {
 /// it is ready to take over.
 #[derive(Debug)]
 pub(super) struct Successor {
-    /// The handoff channel (non-blocking while registered with epoll).
+    /// The handoff channel (non-blocking, registered with epoll).
     pub(super) channel: std::os::unix::net::UnixStream,
+    /// Its pid, for messages.
+    pid: u32,
+    /// Its pidfd (registered with epoll): its death, told apart from a
+    /// channel it closed on purpose.
+    pidfd: Option<std::os::fd::OwnedFd>,
     /// Until when this process waits for it to say it is ready.
     ready_by: Instant,
-    /// It said so: this process stops and then releases the state.
-    pub(super) ready: bool,
+    /// How far the handoff is.
+    pub(super) phase: Phase,
+    /// Whether the listeners were systemd's, to put back if this process
+    /// goes on serving.
+    activated: (bool, bool),
+}
+
+/// How far a handoff is, from the old process's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// The successor reads the state; this process serves as before.
+    Loading,
+    /// The successor is ready: this process accepts nothing more and
+    /// refuses changes (`503`), and releases the state directory as soon as
+    /// the changes in flight are durable. Its open connections finish in
+    /// the background, for at most [`SHUTDOWN_GRACE`].
+    Releasing,
+    /// Released: the successor opens the state directory and starts
+    /// listening. If it dies before it says it serves, this process takes
+    /// the directory back and goes on serving.
+    Released,
+    /// The successor serves (or, an earlier release, has let go of the
+    /// channel): this process only finishes its connections.
+    Serving,
+}
+
+impl Phase {
+    /// Whether the state directory is the successor's (or about to be).
+    pub(super) fn handed_over(self) -> bool {
+        self != Phase::Loading
+    }
 }
 
 /// Logs `message` unless a line was logged through `last` less than a
@@ -213,6 +259,14 @@ pub(crate) fn log_throttled(last: &mut Option<Instant>, message: std::fmt::Argum
 /// costs something to put together.
 pub(crate) fn log_due(last: Option<Instant>) -> bool {
     last.is_none_or(|then| then.elapsed() >= LOG_THROTTLE)
+}
+
+/// Whether the process behind a pidfd has exited (it polls readable).
+fn exited(pidfd: &std::os::fd::OwnedFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
 /// Takes `key` off a list.
@@ -236,9 +290,10 @@ impl Server {
                 self.stopping,
                 self.successor
                     .as_ref()
-                    .filter(|s| !s.ready)
+                    .filter(|s| s.phase == Phase::Loading)
                     .map(|s| s.ready_by),
                 self.issuer.until_due().map(|wait| now + wait),
+                (!self.cgroups.is_empty()).then_some(self.next_cgroup_sweep),
             ]
             .into_iter()
             .flatten()
@@ -274,7 +329,7 @@ impl Server {
                         self.take_commits();
                         self.take_signed();
                     }
-                    SUCCESSOR => self.hear_successor(now),
+                    SUCCESSOR | SUCCESSOR_EXIT => self.hear_successor(now),
                     SIGNALS => match self.take_signal() {
                         Some(Signal::SIGHUP) => self.hand_over(now),
                         Some(signal) => self.begin_shutdown(signal, now),
@@ -315,10 +370,14 @@ impl Server {
             self.sweep();
             self.accept_turn();
             self.fire_timers(now);
+            if !self.cgroups.is_empty() && self.next_cgroup_sweep <= now {
+                self.cgroups.sweep(CGROUP_SWEEP_PER_TURN);
+                self.next_cgroup_sweep = now + CGROUP_SWEEP_INTERVAL;
+            }
             if self
                 .successor
                 .as_ref()
-                .is_some_and(|s| !s.ready && s.ready_by <= now)
+                .is_some_and(|s| s.phase == Phase::Loading && s.ready_by <= now)
             {
                 log::warn(format_args!(
                     "SIGHUP: the new guestsock did not say it was ready within {:?} (a release older than this one says nothing); handing over anyway",
@@ -334,6 +393,7 @@ impl Server {
                 self.drive(key);
             }
             self.sweep();
+            self.release_when_durable();
             if let Some(deadline) = self.stopping {
                 // Connections that finished their last answer go now.
                 let done: Vec<usize> = self
@@ -345,7 +405,13 @@ impl Server {
                 for key in done {
                     self.remove_conn(key);
                 }
-                if self.conns.is_empty() || Instant::now() >= deadline {
+                // A successor between release and serving may still die
+                // and leave this process to take the directory back.
+                let settled = self
+                    .successor
+                    .as_ref()
+                    .is_none_or(|s| s.phase == Phase::Serving || s.phase == Phase::Loading);
+                if (self.conns.is_empty() && settled) || Instant::now() >= deadline {
                     if !self.conns.is_empty() {
                         log::warn(format_args!(
                             "stopping with {} connections still busy after {:?}",
@@ -360,12 +426,14 @@ impl Server {
     }
 
     /// SIGHUP: start a new guestsock and hand it the listening sockets, and
-    /// go on serving while it reads the state; once it says it is ready,
-    /// stop like on SIGTERM, and release the state directory to it once
-    /// this process has written everything (in `serve`). Connections made
-    /// meanwhile are served here, or wait in the backlog for the successor:
-    /// no connection attempt fails, the sockets' inodes, which containers
-    /// have mounted, never change, and nobody waits for a state load.
+    /// go on serving while it reads the state. Once it says it is ready,
+    /// stop accepting at once, refuse changes, and release the state
+    /// directory to it as soon as the changes in flight are durable
+    /// ([`Server::release_when_durable`]); the connections still open here
+    /// finish in the background and never hold the successor up.
+    /// Connections made meanwhile wait in the backlog for the successor (a
+    /// few milliseconds): no connection attempt fails, and the sockets'
+    /// inodes, which containers have mounted, never change.
     pub(super) fn hand_over(&mut self, now: Instant) {
         if self.stopping.is_some() || self.successor.is_some() {
             log::info(format_args!("SIGHUP: a handoff is already under way"));
@@ -374,77 +442,205 @@ impl Server {
         use std::os::fd::AsFd;
         let spawned =
             activation::spawn_successor(self.guest.socket.as_fd(), self.admin.socket.as_fd())
-                .and_then(|channel| {
+                .and_then(|(channel, pid, pidfd)| {
                     channel
                         .set_nonblocking(true)
                         .map_err(|e| format!("cannot set up the handoff channel: {e}"))?;
-                    self.poll
-                        .registry()
+                    let registry = self.poll.registry();
+                    registry
                         .register(
                             &mut SourceFd(&channel.as_raw_fd()),
                             SUCCESSOR,
                             Interest::READABLE,
                         )
                         .map_err(|e| format!("cannot register the handoff channel: {e}"))?;
-                    Ok(channel)
+                    if let Some(pidfd) = &pidfd {
+                        registry
+                            .register(
+                                &mut SourceFd(&pidfd.as_raw_fd()),
+                                SUCCESSOR_EXIT,
+                                Interest::READABLE,
+                            )
+                            .map_err(|e| format!("cannot register the successor's pidfd: {e}"))?;
+                    }
+                    Ok((channel, pid, pidfd))
                 });
         match spawned {
-            Ok(channel) => {
+            Ok((channel, pid, pidfd)) => {
                 self.successor = Some(Successor {
                     channel,
+                    pid,
+                    pidfd,
                     ready_by: now + HANDOFF_LOAD_TIMEOUT,
-                    ready: false,
+                    phase: Phase::Loading,
+                    activated: (self.guest.activated, self.admin.activated),
                 });
             }
             Err(e) => log::error(format_args!("SIGHUP: {e}; going on serving")),
         }
     }
 
-    /// The successor said something, or went away.
+    /// The successor said something, went away, or died.
     fn hear_successor(&mut self, now: Instant) {
         use std::io::Read;
-        let Some(successor) = self.successor.as_mut().filter(|s| !s.ready) else {
+        let closed = loop {
+            let Some(successor) = self.successor.as_mut() else {
+                return;
+            };
+            let mut byte = [0u8; 1];
+            match successor.channel.read(&mut byte) {
+                Ok(1) if byte[0] == activation::LOADED && successor.phase == Phase::Loading => {
+                    self.successor_ready(now);
+                }
+                Ok(1) if byte[0] == activation::SERVING => {
+                    successor.phase = Phase::Serving;
+                    log::info(format_args!(
+                        "SIGHUP: the new guestsock (pid {}) serves",
+                        successor.pid
+                    ));
+                    self.forget_successor_fds();
+                    return;
+                }
+                Ok(1) => break Some("it said something unexpected".to_string()),
+                Ok(_) => break Some("it exited".to_string()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(e.to_string()),
+            }
+        };
+        let Some(successor) = self.successor.as_mut() else {
             return;
         };
-        let mut byte = [0u8; 1];
-        match successor.channel.read(&mut byte) {
-            Ok(1) if byte[0] == activation::LOADED => self.successor_ready(now),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            other => {
-                let _ = self
-                    .poll
-                    .registry()
-                    .deregister(&mut SourceFd(&successor.channel.as_raw_fd()));
+        let died = successor.pidfd.as_ref().is_some_and(exited);
+        match successor.phase {
+            Phase::Loading if closed.is_some() || died => {
+                self.forget_successor_fds();
                 self.successor = None;
-                let why = match other {
-                    Ok(0) => "it exited".to_string(),
-                    Ok(_) => "it said something unexpected".to_string(),
-                    Err(e) => e.to_string(),
-                };
+                let why = closed.unwrap_or_else(|| "it died".into());
                 log::error(format_args!(
                     "SIGHUP: the new guestsock failed before it was ready ({why}; its own log says why); going on serving"
                 ));
             }
+            Phase::Releasing | Phase::Released if died => self.resume(now),
+            Phase::Released if closed.is_some() && successor.pidfd.is_none() => {
+                // No pidfd to tell a death by: a closed channel is taken
+                // for a successor (of an earlier release) that serves.
+                successor.phase = Phase::Serving;
+                self.forget_successor_fds();
+            }
+            _ => {}
         }
     }
 
-    /// The successor has the state loaded: stop serving, so that it can
-    /// take over.
+    /// Stops watching the successor's channel and pidfd.
+    fn forget_successor_fds(&mut self) {
+        let Some(successor) = self.successor.as_mut() else {
+            return;
+        };
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut SourceFd(&successor.channel.as_raw_fd()));
+        if let Some(pidfd) = successor.pidfd.take() {
+            let _ = registry.deregister(&mut SourceFd(&pidfd.as_raw_fd()));
+        }
+    }
+
+    /// The successor has the state loaded: stop accepting and refuse
+    /// changes now; the state directory is released once what is in flight
+    /// is durable.
     fn successor_ready(&mut self, now: Instant) {
         let Some(successor) = self.successor.as_mut() else {
             return;
         };
-        successor.ready = true;
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&successor.channel.as_raw_fd()));
-        let _ = successor.channel.set_nonblocking(false);
+        successor.phase = Phase::Releasing;
         // The files belong to the successor now.
         self.guest.activated = true;
         self.admin.activated = true;
         self.begin_shutdown(Signal::SIGHUP, now);
+        self.release_when_durable();
+    }
+
+    /// Releases the state directory to a ready successor once no change is
+    /// in flight: the writer thread, idle by then, is stopped (closing the
+    /// database and its lock) and the successor is told.
+    pub(super) fn release_when_durable(&mut self) {
+        let Some(successor) = self.successor.as_mut() else {
+            return;
+        };
+        if successor.phase != Phase::Releasing
+            || !self.in_flight.is_empty()
+            || !self.waiting.is_empty()
+        {
+            return;
+        }
+        self.writer.finish();
+        activation::release(&mut successor.channel);
+        successor.phase = Phase::Released;
+        log::info(format_args!(
+            "SIGHUP: released the state directory to the new guestsock (pid {}); {} connection(s) finish here",
+            successor.pid,
+            self.conns.len()
+        ));
+    }
+
+    /// The successor died during the handoff before it served: take the
+    /// state directory back if it was released, and serve again.
+    fn resume(&mut self, now: Instant) {
+        let Some(successor) = self.successor.take() else {
+            return;
+        };
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut SourceFd(&successor.channel.as_raw_fd()));
+        if let Some(pidfd) = &successor.pidfd {
+            let _ = registry.deregister(&mut SourceFd(&pidfd.as_raw_fd()));
+        }
+        if successor.phase == Phase::Released {
+            // What this process acknowledged is in the directory, and the
+            // successor served nothing: the registry here is up to date.
+            let reopened =
+                store::open(&self.state_dir, None, &mut |_| Ok(())).and_then(|(state, _)| {
+                    state
+                        .spawn_writer(Arc::clone(&self.wake))
+                        .map_err(|e| format!("cannot start the state writer: {e}"))
+                });
+            match reopened {
+                Ok((writer, committed)) => {
+                    self.writer = writer;
+                    self.committed = committed;
+                }
+                Err(e) => {
+                    log::error(format_args!(
+                        "SIGHUP: the new guestsock (pid {}) died, and the state directory cannot be taken back: {e}; stopping",
+                        successor.pid
+                    ));
+                    return;
+                }
+            }
+        }
+        (self.guest.activated, self.admin.activated) = successor.activated;
+        let registry = self.poll.registry();
+        let listening = registry
+            .register(&mut self.guest.socket, GUEST_LISTENER, Interest::READABLE)
+            .and_then(|()| {
+                registry.register(&mut self.admin.socket, ADMIN_LISTENER, Interest::READABLE)
+            });
+        if let Err(e) = listening {
+            log::error(format_args!("cannot listen again: {e}; stopping"));
+            return;
+        }
+        self.stopping = None;
+        self.backlog = Waiting {
+            guest: true,
+            admin: true,
+        };
+        if let Err(e) = crate::pidfile::PidFile::write(&self.pid_file) {
+            log::warn(format_args!("{e}"));
+        }
+        self.next_ping = now + self.limits.ping_interval;
+        log::error(format_args!(
+            "SIGHUP: the new guestsock (pid {}) died during the handoff; this one goes on serving",
+            successor.pid
+        ));
+        activation::notify("READY=1\nSTATUS=serving (a handoff failed)");
     }
 
     /// SIGTERM or SIGINT: stop accepting, end event streams (websockets
@@ -532,6 +728,10 @@ impl Server {
             cgroups: &mut self.cgroups,
             buffers: &mut self.buffers,
             stopping: self.stopping.is_some(),
+            handing_over: self
+                .successor
+                .as_ref()
+                .is_some_and(|s| s.phase.handed_over()),
             refusal_logged: &mut self.refusal_logged,
             issuer: &mut self.issuer,
             mints: &mut self.mints,

@@ -129,28 +129,50 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
 
     // A successor started by SIGHUP gets the listening sockets first and
     // reads the state while its predecessor goes on serving; it says when it
-    // is ready, waits for the predecessor to stop and release the state
-    // directory, then catches up on the changes made meanwhile. New
-    // connections wait in the listen backlog only for that last step.
+    // is ready, waits for the predecessor to release the state directory
+    // (once its last changes are durable, not once its guests are done),
+    // then catches up on the changes made meanwhile. New connections wait in
+    // the listen backlog only for that last step. A predecessor that dies
+    // at any moment of this releases the directory by dying: its pidfd
+    // says so, and this process carries on.
     let mut registry = Registry::new(config.host_name);
     let db = config.state_dir.join(store::DB_FILE);
-    let (activated, handed_over, since) = match activation::take_handoff()? {
-        Some(mut handoff) => {
-            let sockets = handoff.receive_sockets()?;
+    let mut handoff = activation::take_handoff()?;
+    let sockets = match handoff.as_mut().map(|h| (h.receive_sockets(), h)) {
+        Some((Ok(sockets), _)) => Some(sockets),
+        Some((Err(e), h)) if h.predecessor_died() => {
+            log::warn(format_args!(
+                "{e}: the old guestsock (pid {}) died before it passed the sockets; starting as a first start does",
+                h.predecessor_pid
+            ));
+            handoff = None;
+            None
+        }
+        Some((Err(e), _)) => return Err(e),
+        None => None,
+    };
+    let (activated, since) = match (sockets, handoff.as_mut()) {
+        (Some(sockets), Some(handoff)) => {
             let since = store::snapshot(&config.state_dir, &mut |stored| {
                 restore(&mut registry, stored, &db)
             })?
             // The previous release's layout: only read once released.
             .map(|loaded| loaded.version);
-            handoff.say_loaded()?;
-            handoff.wait_released()?;
-            log::info(format_args!(
-                "took over the sockets from the previous guestsock"
-            ));
-            (sockets, true, since)
+            handoff.say_loaded();
+            match handoff.wait_released()? {
+                activation::Released::Said => log::info(format_args!(
+                    "took over the sockets from the previous guestsock"
+                )),
+                activation::Released::Died => log::warn(format_args!(
+                    "the old guestsock (pid {}) died during the handoff; this one has its sockets and takes over its state directory",
+                    handoff.predecessor_pid
+                )),
+            }
+            (sockets, since)
         }
-        None => (activation::listen_fds()?, false, None),
+        _ => (activation::listen_fds()?, None),
     };
+    let handed_over = handoff.is_some();
     let mut changed = 0;
     let (state, loaded) = store::open(&config.state_dir, since, &mut |stored| {
         // After a snapshot, a changed instance replaces the version read.
@@ -226,9 +248,10 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         Waker::new(poll.registry(), WAKER).map_err(|e| format!("cannot create a waker: {e}"))?,
     );
     let signer_waker = Arc::clone(&waker);
+    let writer_waker = Arc::clone(&waker);
     let (writer, committed) = state
         .spawn_writer(Arc::new(move || {
-            let _ = waker.wake();
+            let _ = writer_waker.wake();
         }))
         .map_err(|e| format!("cannot start the state writer: {e}"))?;
     let (signer, signed) = Signer::spawn(Arc::new(move || {
@@ -243,6 +266,9 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         state_dir: config.state_dir.display().to_string(),
         connections: Connections::default(),
     };
+    let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        let _ = waker.wake();
+    });
     let mut server = Server {
         poll,
         guest,
@@ -277,10 +303,14 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         metrics: Metrics::default(),
         scratch: vec![0; READ_CHUNK_BYTES],
         cgroups: identity::CgroupPaths::new(),
+        next_cgroup_sweep: Instant::now(),
         buffers: Buffers::default(),
         subscriber_count: 0,
         stopping: None,
         successor: None,
+        pid_file: config.pid_file.clone(),
+        state_dir: config.state_dir.clone(),
+        wake,
         issuer,
         signer,
         signed,
@@ -323,16 +353,29 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         server.registry.len(),
         server.guest.path.display()
     ));
+    if let Some(handoff) = handoff {
+        // The predecessor no longer takes the directory back.
+        handoff.say_serving();
+    }
     let result = server.run();
     server.signer.finish();
     // Finishing the writer closes the state directory and its lock.
     server.writer.finish();
     match server.successor.as_mut() {
-        // The successor writes its own pid once released.
-        Some(successor) if successor.ready => activation::release(&mut successor.channel),
-        // Stopped (SIGTERM) before the successor was ready: it is told
-        // nothing and gives up; the files are still this process's.
-        Some(_) => pid_file.remove(),
+        // Released already, and the successor writes its own pid.
+        Some(successor) if successor.phase != Phase::Releasing && successor.phase.handed_over() => {
+        }
+        // Ready, but a write was still in flight at the deadline: it is
+        // done now.
+        Some(successor) if successor.phase == Phase::Releasing => {
+            activation::release(&mut successor.channel)
+        }
+        // Stopped (SIGTERM) before the successor was ready: it is told to
+        // give up; the files are still this process's.
+        Some(successor) => {
+            activation::abort(&mut successor.channel);
+            pid_file.remove();
+        }
         None => pid_file.remove(),
     }
     server.guest.remove();

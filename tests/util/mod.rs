@@ -300,6 +300,11 @@ impl Server {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Where its standard error goes (it outlives the server).
+    pub fn stderr_path(&self) -> PathBuf {
+        self.stderr_path.clone()
+    }
+
     /// The server's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
