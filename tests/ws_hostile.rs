@@ -96,7 +96,13 @@ fn each_violation_gets_its_close_code() {
     ];
     for (what, bytes, want) in cases {
         let mut c = raw_ws(&server);
-        c.send(&bytes);
+        // The server may answer a frame's head and close before the rest
+        // of a long frame is written (the kernel writes it in parts): a
+        // broken pipe then is its answer, still waiting to be read.
+        match c.stream.write_all(&bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            sent => sent.expect("send"),
+        }
         assert_eq!(close_code(&mut c), want, "{what}");
         // Everyone else is still served.
         assert_eq!(
