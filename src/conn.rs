@@ -24,7 +24,7 @@ use mio::net::UnixStream;
 use crate::api::Change;
 use crate::api::admin::ServerFacts;
 use crate::api::guest::{self, GuestAnswer};
-use crate::api::identity::Mint;
+use crate::api::identity::{JWKS_PATH, Mint};
 use crate::dispatch::{KnownCaller, Outcome, dispatch};
 use crate::error::NotServed;
 use crate::events::TypeFilter;
@@ -271,6 +271,10 @@ pub struct Conn<S = UnixStream> {
     /// Requests refused on this connection (`403`, `429`); at
     /// [`REFUSALS_PER_CONNECTION`] it is closed.
     refusals: u8,
+    /// Until when the connection is not read nor answered: its instance is
+    /// over its rate, and the next request waits for the bucket's next
+    /// token (back-pressure) instead of being answered `429`.
+    paused_until: Option<Instant>,
 }
 
 /// Which connection count a guest connection is in, decided at accept.
@@ -289,6 +293,8 @@ pub enum Counted {
 pub enum Expired {
     /// Nothing was due (the deadline moved).
     Nothing,
+    /// The pause for its instance's rate is over: drive it.
+    Resumed,
     /// An answer was queued: drive the connection to send it.
     Answered,
     /// Close it.
@@ -328,6 +334,7 @@ impl<S: Read + Write + AsFd> Conn<S> {
             served: false,
             known: None,
             refusals: 0,
+            paused_until: None,
         }
     }
 
@@ -547,6 +554,9 @@ impl<S: Read + Write + AsFd> Conn<S> {
         if self.hold.is_some() {
             return None;
         }
+        if self.paused_until.is_some() {
+            return self.paused_until;
+        }
         match &self.state {
             ConnState::Waiting(wait) => Some(wait.deadline),
             ConnState::Stream(_) | ConnState::WebSocket { .. } => None,
@@ -565,6 +575,10 @@ impl<S: Read + Write + AsFd> Conn<S> {
     pub fn expire(&mut self, now: Instant, limits: &Tunables, registry: &mut Registry) -> Expired {
         if self.deadline(limits).is_none_or(|at| at > now) {
             return Expired::Nothing;
+        }
+        if self.paused_until.take().is_some() {
+            // Its next request's token is there: answer it.
+            return Expired::Resumed;
         }
         match self.state {
             ConnState::Waiting(_) => {
@@ -670,6 +684,10 @@ impl<S: Read + Write + AsFd> Conn<S> {
                 Ok(false) => return Next::Wait,
                 Err(_) => return Next::Close,
             }
+            // Not read, so a flood waits in its own socket buffer.
+            if self.paused_until.is_some() {
+                return Next::Wait;
+            }
             if budget == 0
                 && self.state == ConnState::Open
                 && (self.readable || !self.input.is_empty())
@@ -759,6 +777,27 @@ impl<S: Read + Write + AsFd> Conn<S> {
         Ok(true)
     }
 
+    /// How long the next request must wait for its instance's rate, if it
+    /// must: only on a guest connection that was answered before and whose
+    /// instance is known at the registry's current generation. A first
+    /// request is identified and, over the rate, answered `429`: a caller
+    /// that connects anew for every request pays for its connection, and
+    /// learns to slow down from the answer.
+    fn rate_wait(&self, ctx: &Ctx<'_>) -> Option<Duration> {
+        if self.side != Side::Guest || !self.served {
+            return None;
+        }
+        let (generation, id) = self.known?;
+        if generation != ctx.registry.generation() {
+            return None;
+        }
+        ctx.registry.get(id)?.bucket.wait(
+            Instant::now(),
+            ctx.limits.rate_per_sec,
+            ctx.limits.rate_burst,
+        )
+    }
+
     /// The admin socket's envelope around `response`, on that socket.
     fn side_response(&self, response: Response) -> Response {
         match self.side {
@@ -802,6 +841,12 @@ impl<S: Read + Write + AsFd> Conn<S> {
                     return true;
                 }
             };
+            if req.path != JWKS_PATH
+                && let Some(wait) = self.rate_wait(ctx)
+            {
+                self.paused_until = Some(Instant::now() + wait);
+                break;
+            }
             answered = true;
             *budget -= 1;
             if self.side == Side::Guest {

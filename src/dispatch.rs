@@ -69,7 +69,7 @@ pub fn dispatch(
             )
         }
         // Public keys are public: any caller, no instance needed.
-        Side::Guest if req.path == "/1.0/identity/jwks" => {
+        Side::Guest if req.path == identity::JWKS_PATH => {
             Outcome::Respond(identity::jwks(req, ctx.issuer), None)
         }
         Side::Guest => {

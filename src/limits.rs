@@ -343,7 +343,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// `--rate-limit`'s default: 100 guest requests a second per instance.
 ///
 /// Far above what cloud-init or an agent asks; a guest that loops on the
-/// socket gets `429` instead of a growing share of the one event loop.
+/// socket is slowed to it (its kept connections are not read until the
+/// next token) or told `429` (a connection's first request) instead of
+/// taking a growing share of the one event loop.
 pub const DEFAULT_RATE_PER_SEC: u32 = 100;
 
 /// `--rate-burst`'s default: a bucket of 200 requests, so that a guest
@@ -389,8 +391,10 @@ pub struct Tunables {
     /// rule instead).
     pub idle_timeout: Duration,
     /// `--rate-limit`: guest requests per second per instance, refilling a
-    /// token bucket of `rate_burst` ([`DEFAULT_RATE_PER_SEC`]). Past it,
-    /// `429` with `Retry-After`. 0 turns it off (benchmarks).
+    /// token bucket of `rate_burst` ([`DEFAULT_RATE_PER_SEC`]). Past it, a
+    /// connection's first request is `429` with `Retry-After`, and a kept
+    /// connection waits unread for the next token. 0 turns it off
+    /// (benchmarks).
     pub rate_per_sec: u32,
     /// `--rate-burst`: the bucket's size ([`DEFAULT_RATE_BURST`]).
     pub rate_burst: u32,

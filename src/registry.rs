@@ -62,16 +62,36 @@ impl TokenBucket {
         }
     }
 
+    /// The tokens there are at `now` (refilled since the last use).
+    fn tokens_at(&self, now: std::time::Instant, rate: u32, burst: u32) -> f64 {
+        let elapsed = self.updated.map_or(0.0, |then| {
+            now.saturating_duration_since(then).as_secs_f64()
+        });
+        (self.tokens.min(f64::from(burst)) + elapsed * f64::from(rate)).min(f64::from(burst.max(1)))
+    }
+
+    /// How long from `now` until a token is there: `None` if there is one
+    /// now (or `rate` is 0, unlimited). Never more than `1 / rate` seconds.
+    /// Takes nothing.
+    pub fn wait(
+        &self,
+        now: std::time::Instant,
+        rate: u32,
+        burst: u32,
+    ) -> Option<std::time::Duration> {
+        if rate == 0 {
+            return None;
+        }
+        let missing = 1.0 - self.tokens_at(now, rate, burst);
+        (missing > 0.0).then(|| std::time::Duration::from_secs_f64(missing / f64::from(rate)))
+    }
+
     /// Takes one token at `now` if there is one. `rate` 0 means unlimited.
     pub fn take(&mut self, now: std::time::Instant, rate: u32, burst: u32) -> bool {
         if rate == 0 {
             return true;
         }
-        let elapsed = self.updated.map_or(0.0, |then| {
-            now.saturating_duration_since(then).as_secs_f64()
-        });
-        self.tokens = (self.tokens.min(f64::from(burst)) + elapsed * f64::from(rate))
-            .min(f64::from(burst.max(1)));
+        self.tokens = self.tokens_at(now, rate, burst);
         self.updated = Some(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -1012,6 +1032,32 @@ fn rules_conflict(a: (&MatchRule, Option<u64>), b: (&MatchRule, Option<u64>)) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bucket_says_how_long_until_its_next_token_and_takes_nothing() {
+        use std::time::{Duration, Instant};
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new();
+        // Unlimited, or a token there: no wait.
+        assert_eq!(bucket.wait(start, 0, 0), None);
+        assert_eq!(bucket.wait(start, 10, 2), None);
+        assert!(bucket.take(start, 10, 2));
+        assert!(bucket.take(start, 10, 2));
+        assert!(!bucket.take(start, 10, 2));
+        // Empty at 10 a second: a token in 100 ms, 40 ms later in 60 ms.
+        let wait = bucket.wait(start, 10, 2).unwrap();
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
+        let later = start + Duration::from_millis(40);
+        let wait = bucket.wait(later, 10, 2).unwrap();
+        assert!((wait.as_secs_f64() - 0.06).abs() < 1e-6, "{wait:?}");
+        // Asking took nothing: at the wait's end a token is there.
+        assert_eq!(bucket.wait(start + Duration::from_millis(100), 10, 2), None);
+        assert!(bucket.take(start + Duration::from_millis(100), 10, 2));
+        // Never longer than one token's refill, at the slowest rate.
+        let mut slow = TokenBucket::new();
+        assert!(slow.take(start, 1, 1));
+        assert!(slow.wait(start, 1, 1).unwrap() <= Duration::from_secs(1));
+    }
 
     fn spec(name: &str, rule: &str) -> InstanceSpec {
         serde_json::from_str(&format!(r#"{{"name":"{name}","match":{rule}}}"#)).unwrap()

@@ -144,6 +144,10 @@ pub fn token_query(query: &str) -> Result<(String, u64), NotServed> {
     Ok((audience.into_owned(), ttl))
 }
 
+/// The path of the JWK Set: public, so no caller's identity or rate is
+/// asked for it.
+pub const JWKS_PATH: &str = "/1.0/identity/jwks";
+
 /// `GET /1.0/identity/jwks`, on either socket and for any caller (public
 /// keys are public): the JWK Set of every published key. Raw JSON on the
 /// guest socket; the admin socket envelopes it like every admin answer.
@@ -161,7 +165,7 @@ pub fn admin(req: &Request<'_>, issuer: &mut Issuer) -> (Response, Option<Change
     let read = matches!(req.method, "GET" | "HEAD");
     match req.path {
         "/1.0/identity" if read => (Response::json(&issuer.describe()), None),
-        "/1.0/identity/jwks" => (jwks(req, issuer), None),
+        JWKS_PATH => (jwks(req, issuer), None),
         "/1.0/identity/rotate" if req.method == "POST" => {
             let retired = issuer.ring().signing().key.kid.clone();
             match issuer.rotate(unix_now()) {

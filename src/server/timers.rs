@@ -21,7 +21,7 @@ impl Server {
             conn.timer = None;
             let was_waiting = matches!(conn.state(), ConnState::Waiting(_));
             match conn.expire(now, &self.limits, &mut self.registry) {
-                Expired::Nothing => self.ready.push(key),
+                Expired::Nothing | Expired::Resumed => self.ready.push(key),
                 Expired::Answered => {
                     if was_waiting && let Some(Listed::Waiter(id)) = conn.listed.take() {
                         unlist(self.waiters.get_mut(&id), key);
