@@ -38,6 +38,8 @@ conns = answers = 0
 end = time.monotonic() + secs
 while time.monotonic() < end:
     s = socket.socket(socket.AF_UNIX)
+    # A connection that waits for its rate (back-pressure) ends with the run.
+    s.settimeout(max(0.05, end - time.monotonic()))
     try:
         s.connect(path)
         conns += 1
@@ -49,7 +51,7 @@ while time.monotonic() < end:
         # Until the server closes (after a refusal, or the only answer) or
         # has answered the whole pipeline; a reset after the last refusal
         # (the rest of the pipeline unread) ends it too.
-        while got.count(b"HTTP/1.1 ") < depth:
+        while got.count(b"HTTP/1.1 ") < depth and time.monotonic() < end:
             try:
                 chunk = s.recv(65536)
             except OSError:
