@@ -149,7 +149,7 @@ fn count_refusal(ctx: &mut Ctx<'_>, caller: &Caller, refused: Option<Reason>) {
     };
     ctx.metrics.refused(reason);
     if let Err(refusal) = caller {
-        crate::server::log_throttled(
+        crate::log::log_throttled(
             ctx.refusal_logged,
             format_args!("refused a guest request: {refusal}"),
         );

@@ -284,6 +284,7 @@ impl Server {
 
     /// Logs a refusal, one line a second at most, so that an attack cannot
     /// flood the log.
+    #[track_caller]
     pub(super) fn log_throttled(&mut self, message: std::fmt::Arguments<'_>) {
         log_throttled(&mut self.refusal_logged, message);
     }

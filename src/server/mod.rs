@@ -60,10 +60,10 @@ use crate::instance::{InstanceSpec, RuleKinds};
 use crate::issuer::{Issuer, IssuerConfig};
 use crate::limits::{
     ACCEPT_RETRY_MS, ACCEPTS_PER_TURN, CGROUP_SWEEP_INTERVAL, CGROUP_SWEEP_PER_TURN,
-    EVENTS_PER_POLL, FALLBACK_FD_LIMIT, HANDOFF_LOAD_TIMEOUT, LOG_THROTTLE, MAX_ADMIN_CONNECTIONS,
+    EVENTS_PER_POLL, FALLBACK_FD_LIMIT, HANDOFF_LOAD_TIMEOUT, MAX_ADMIN_CONNECTIONS,
     READ_CHUNK_BYTES, RESERVED_FDS, SHUTDOWN_GRACE, SILENT_PINGS, Tunables,
 };
-use crate::log;
+use crate::log::{self, log_due, log_throttled};
 use crate::metrics::{Limit, Metrics};
 use crate::registry::{Instance, InstanceId, Registry};
 use crate::signer::{Signed, Signer};
@@ -244,21 +244,6 @@ impl Phase {
     pub(super) fn handed_over(self) -> bool {
         self != Phase::Loading
     }
-}
-
-/// Logs `message` unless a line was logged through `last` less than a
-/// second ago, so that an attack cannot flood the log.
-pub(crate) fn log_throttled(last: &mut Option<Instant>, message: std::fmt::Arguments<'_>) {
-    if log_due(*last) {
-        *last = Some(Instant::now());
-        log::warn(message);
-    }
-}
-
-/// Whether [`log_throttled`] through `last` would log now: for a line that
-/// costs something to put together.
-pub(crate) fn log_due(last: Option<Instant>) -> bool {
-    last.is_none_or(|then| then.elapsed() >= LOG_THROTTLE)
 }
 
 /// Whether the process behind a pidfd has exited (it polls readable).
