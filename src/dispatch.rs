@@ -6,7 +6,9 @@
 //! Owns routing between the two sockets' APIs, working out who a guest is
 //! once per request (and once per connection while the registry has not
 //! changed), and counting what was answered for the metrics. What each path
-//! answers is `api`'s business; bytes and connection state are `conn`'s.
+//! answers is `api`'s business; bytes and connection state are `conn`'s;
+//! the values both use (the side, the context, a subscription, a wait) are
+//! `request_ctx`'s.
 
 use std::time::Instant;
 
@@ -14,7 +16,6 @@ use crate::api::Change;
 use crate::api::admin::{self, AdminAnswer};
 use crate::api::guest::{self, Caller, GuestAnswer};
 use crate::api::identity::{self, Mint};
-use crate::conn::{ChangeWait, Ctx, Side, Subscription};
 use crate::error::NotServed;
 use crate::events::TypeFilter;
 use crate::http::request::{Request, percent_decode, query_param};
@@ -22,6 +23,7 @@ use crate::http::response::{BodyKind, Response};
 use crate::identity::PeerFacts;
 use crate::metrics::Reason;
 use crate::registry::InstanceId;
+use crate::request_ctx::{ChangeWait, Ctx, Side, Subscription};
 use crate::ws::handshake;
 
 /// What answering one request calls for.

@@ -50,9 +50,7 @@ use crate::activation;
 use crate::api::Change;
 use crate::api::admin::{Connections, ServerFacts};
 use crate::api::identity::Mint;
-use crate::conn::{
-    Buffers, Conn, ConnState, Counted, Ctx, Expired, Listed, Next, Registration, Side,
-};
+use crate::conn::{Conn, ConnState, Counted, Expired, Listed, Next, Registration};
 use crate::error::NotServed;
 use crate::events::{self, Event};
 use crate::identity;
@@ -66,6 +64,7 @@ use crate::limits::{
 use crate::log::{self, log_due, log_throttled};
 use crate::metrics::{Limit, Metrics};
 use crate::registry::{Instance, InstanceId, Registry};
+use crate::request_ctx::{Buffers, Ctx, Side};
 use crate::signer::{Signed, Signer};
 use crate::store::{self, Committed, Job, StoredInstance, Writer};
 use crate::ws::close_code;
