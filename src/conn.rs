@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use mio::net::UnixStream;
 
 use crate::api::guest::{self, GuestAnswer};
-use crate::dispatch::{KnownCaller, Outcome, dispatch};
+use crate::dispatch::{Outcome, dispatch};
 use crate::error::NotServed;
 use crate::http::request::{self, Parsed, Request, WebSocketHeaders};
 use crate::http::response::{self, Response};
@@ -35,7 +35,7 @@ use crate::limits::{
     REQUESTS_PER_TURN, SPARE_BUFFER_BYTES, Tunables,
 };
 use crate::registry::{InstanceId, Registry};
-use crate::request_ctx::{ChangeWait, Ctx, Side, Subscription};
+use crate::request_ctx::{ChangeWait, Ctx, Identification, KnownCaller, Side, Subscription};
 use crate::ws::close_code;
 use crate::ws::frame::{self, opcode};
 use crate::ws::reader::{Action, Reader};
@@ -170,9 +170,9 @@ pub struct Conn<S = UnixStream> {
     pub timer: Option<Instant>,
     /// At least one request was answered on this connection.
     served: bool,
-    /// The instance its caller was found to be, and at which registry
-    /// generation (`dispatch`): while the registry is unchanged, a request
-    /// costs no identity lookup.
+    /// How its listener identifies its callers, and the instance its caller
+    /// was found to be at which registry generation (`dispatch`): while the
+    /// registry is unchanged, a request costs no identity lookup.
     known: KnownCaller,
     /// Requests refused on this connection (`403`, `429`); at
     /// [`REFUSALS_PER_CONNECTION`] it is closed.
@@ -207,8 +207,9 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 impl<S: Read + Write + AsFd> Conn<S> {
-    /// A connection freshly accepted from `peer`.
-    pub fn new(stream: S, peer: PeerFacts, side: Side) -> Conn<S> {
+    /// A connection freshly accepted from `peer` on a listener of `side`
+    /// that identifies its callers `by` that rule.
+    pub fn new(stream: S, peer: PeerFacts, side: Side, by: Identification) -> Conn<S> {
         Conn {
             stream,
             side,
@@ -232,7 +233,7 @@ impl<S: Read + Write + AsFd> Conn<S> {
             last_progress: Instant::now(),
             timer: None,
             served: false,
-            known: None,
+            known: KnownCaller::new(by),
             refusals: 0,
         }
     }

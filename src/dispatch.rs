@@ -23,7 +23,7 @@ use crate::http::response::{BodyKind, Response};
 use crate::identity::PeerFacts;
 use crate::metrics::Reason;
 use crate::registry::InstanceId;
-use crate::request_ctx::{ChangeWait, Ctx, Side, Subscription};
+use crate::request_ctx::{ChangeWait, Ctx, KnownCaller, Side, Subscription};
 use crate::ws::handshake;
 
 /// What answering one request calls for.
@@ -41,10 +41,6 @@ pub enum Outcome {
     /// answers it then (and counts it for the metrics).
     Mint(Mint),
 }
-
-/// The instance a connection's caller was found to be, and the registry
-/// generation that finding holds for.
-pub type KnownCaller = Option<(u64, InstanceId)>;
 
 /// Answers one complete request from `peer` on a connection of `side`;
 /// `known` is the connection's remembered identity, `started` when the
@@ -75,7 +71,7 @@ pub fn dispatch(
             Outcome::Respond(identity::jwks(req, ctx.issuer), None)
         }
         Side::Guest => {
-            let caller = identify(peer, known, ctx);
+            let caller = known.caller(peer, ctx.registry);
             let outcome = match guest::answer(req, &caller, peer, ctx.registry, Some(ctx.limits)) {
                 GuestAnswer::Respond(response, change) => Outcome::Respond(response, change),
                 GuestAnswer::Subscribe(id) => Outcome::Subscribe(plan_subscription(req, Some(id))),
@@ -123,22 +119,6 @@ pub fn dispatch(
             .request(req.path, response.status, started.elapsed().as_secs_f64());
     }
     outcome
-}
-
-/// Who the guest is: the connection's remembered instance while the
-/// registry is at the generation it was found at, else the registry's
-/// answer now (remembered if it is an instance). A refusal is never
-/// remembered: the next request asks again.
-fn identify(peer: &PeerFacts, known: &mut KnownCaller, ctx: &Ctx<'_>) -> Caller {
-    let generation = ctx.registry.generation();
-    if let Some((at, id)) = *known
-        && at == generation
-    {
-        return Ok(id);
-    }
-    let caller = ctx.registry.identify(peer);
-    *known = caller.as_ref().ok().map(|&id| (generation, id));
-    caller
 }
 
 /// Counts a refused guest request under the label its answer carries, for

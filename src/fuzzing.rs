@@ -310,7 +310,12 @@ pub fn run_connection(side: crate::request_ctx::Side, input: &[u8], step: usize)
     let mut mints = Vec::new();
     let facts_of_peer =
         peer_facts(&server_end, RuleKinds::empty(), &mut cgroups).expect("peer credentials");
-    let mut conn = Conn::new(server_end, facts_of_peer, side);
+    let mut conn = Conn::new(
+        server_end,
+        facts_of_peer,
+        side,
+        crate::request_ctx::Identification::PeerCredentials,
+    );
 
     let mut written = Vec::new();
     let mut chunks = input.chunks(step.max(1)).peekable();

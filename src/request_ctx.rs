@@ -1,6 +1,7 @@
 //! What a connection and `dispatch` share, below both so that neither
 //! imports the other for it: which socket a connection came from (`Side`),
-//! what the server lends for one drive of a connection (`Ctx`, with the
+//! how its callers are identified (`Identification`, `KnownCaller`), what
+//! the server lends for one drive of a connection (`Ctx`, with the
 //! `Buffers` it borrows), and what a request can turn into that outlives it
 //! (a `Subscription`, a `ChangeWait`).
 //!
@@ -12,10 +13,11 @@ use std::time::Instant;
 
 use crate::api::Change;
 use crate::api::admin::ServerFacts;
+use crate::api::guest::Caller;
 use crate::api::identity::Mint;
 use crate::events::TypeFilter;
 use crate::http::request::Request;
-use crate::identity::CgroupPaths;
+use crate::identity::{CgroupPaths, PeerFacts};
 use crate::issuer::Issuer;
 use crate::limits::Tunables;
 use crate::metrics::Metrics;
@@ -32,6 +34,66 @@ pub enum Side {
         /// Whether the peer may use the admin API at all.
         authorized: bool,
     },
+}
+
+/// How the callers of a listener's connections are identified: fixed per
+/// listener, carried by each of its connections and applied by `dispatch`
+/// (once per request, [`KnownCaller::caller`]) and at admission (to count
+/// the connection under its instance).
+///
+/// A listener that belongs to one instance (a VM's hybrid-vsock socket, a
+/// container's own socket) is a new variant naming that instance, with its
+/// arm in [`Identification::identify`]; a connection and `dispatch` only
+/// carry the value, so neither changes for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identification {
+    /// By each connection's peer credentials (and the facts they lead to),
+    /// matched against every instance's rules: the shared guest socket. On
+    /// the admin socket the same credentials decide who is authorized.
+    PeerCredentials,
+}
+
+impl Identification {
+    /// Who the caller with `peer` facts is, as the registry stands now.
+    pub fn identify(self, peer: &PeerFacts, registry: &Registry) -> Caller {
+        match self {
+            Identification::PeerCredentials => registry.identify(peer),
+        }
+    }
+}
+
+/// Who a connection's callers are: how its listener identifies them, and
+/// the instance its caller was last found to be with the registry
+/// generation that finding holds for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownCaller {
+    /// The listener's way of identifying its callers.
+    by: Identification,
+    /// The last finding that was an instance, and at which generation.
+    found: Option<(u64, InstanceId)>,
+}
+
+impl KnownCaller {
+    /// A connection's, before its first request: nothing found yet.
+    pub fn new(by: Identification) -> KnownCaller {
+        KnownCaller { by, found: None }
+    }
+
+    /// Who the guest is: the remembered instance while the registry is at
+    /// the generation it was found at, else the answer now (remembered if
+    /// it is an instance). A refusal is never remembered: the next request
+    /// asks again.
+    pub fn caller(&mut self, peer: &PeerFacts, registry: &Registry) -> Caller {
+        let generation = registry.generation();
+        if let Some((at, id)) = self.found
+            && at == generation
+        {
+            return Ok(id);
+        }
+        let caller = self.by.identify(peer, registry);
+        self.found = caller.as_ref().ok().map(|&id| (generation, id));
+        caller
+    }
 }
 
 /// What answering needs from the server.
@@ -120,4 +182,47 @@ pub struct Buffers {
     pub input: Vec<u8>,
     /// Borrowed as `output`.
     pub output: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::{InstanceSpec, RuleKinds};
+
+    fn uid_range(name: &str, first: u32) -> InstanceSpec {
+        serde_json::from_str(&format!(
+            r#"{{"name":"{name}","match":{{"uid_range":[{first},10]}}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn facts(uid: u32) -> PeerFacts {
+        PeerFacts {
+            pid: 42,
+            uid,
+            gid: uid,
+            gathered: RuleKinds::empty(),
+            cgroup: None,
+            pidns: None,
+            proc_error: None,
+        }
+    }
+
+    #[test]
+    fn a_caller_is_remembered_until_the_registry_changes() {
+        let mut registry = Registry::new("host".into());
+        let a = registry.insert(uid_range("a", 1000)).unwrap();
+        let mut known = KnownCaller::new(Identification::PeerCredentials);
+        assert_eq!(known.caller(&facts(1000), &registry), Ok(a));
+        // Remembered: no lookup while the registry is unchanged.
+        assert_eq!(known.caller(&facts(5000), &registry), Ok(a));
+        registry.remove("a");
+        assert!(known.caller(&facts(1000), &registry).is_err());
+        // A refusal is not remembered.
+        let b = registry.insert(uid_range("b", 1000)).unwrap();
+        assert_eq!(known.caller(&facts(1000), &registry), Ok(b));
+        assert!(known.caller(&facts(5000), &registry).is_ok());
+        registry.insert(uid_range("c", 2000)).unwrap();
+        assert!(known.caller(&facts(5000), &registry).is_err());
+    }
 }

@@ -116,7 +116,7 @@ impl Server {
         };
         let counted = match side {
             Side::Admin { .. } => Counted::Nothing,
-            Side::Guest => match self.registry.identify(&peer) {
+            Side::Guest => match Identification::PeerCredentials.identify(&peer, &self.registry) {
                 Ok(id) => match self.registry.get(id) {
                     Some(instance) => Counted::Instance(id, instance.serial),
                     None => Counted::Unknown,
@@ -162,7 +162,7 @@ impl Server {
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        let mut conn = Conn::new(stream, peer, side);
+        let mut conn = Conn::new(stream, peer, side, Identification::PeerCredentials);
         conn.counted = counted;
         // The connection borrows the server's input buffer on its first
         // drive, just below; returned, that buffer is always empty.

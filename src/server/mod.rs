@@ -64,7 +64,7 @@ use crate::limits::{
 use crate::log::{self, log_due, log_throttled};
 use crate::metrics::{Limit, Metrics};
 use crate::registry::{Instance, InstanceId, Registry};
-use crate::request_ctx::{Buffers, Ctx, Side};
+use crate::request_ctx::{Buffers, Ctx, Identification, Side};
 use crate::signer::{Signed, Signer};
 use crate::store::{self, Committed, Job, StoredInstance, Writer};
 use crate::ws::close_code;
