@@ -5,9 +5,11 @@
 //! `Buffers` it borrows), and what a request can turn into that outlives it
 //! (a `Subscription`, a `ChangeWait`).
 //!
-//! Owns these values and their docs only. How a connection uses them is
-//! `conn`'s business; what a request calls for, `dispatch`'s; the server
-//! builds the context (`server`).
+//! Owns these values, and applying a listener's rule to a caller (with
+//! the finding remembered while the registry is unchanged). How a
+//! connection uses them is `conn`'s business; what a request calls for,
+//! `dispatch`'s; matching facts to an instance, `registry`'s; the server
+//! builds the context and the listeners (`server`).
 
 use std::time::Instant;
 
