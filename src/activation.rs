@@ -2,7 +2,9 @@
 //! (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, sd_listen_fds(3)),
 //! readiness notification (`NOTIFY_SOCKET`, sd_notify(3)), and, without
 //! systemd, the SIGHUP handoff of the listening sockets to a successor over
-//! SCM_RIGHTS.
+//! SCM_RIGHTS. It passes sockets in the order of the caller's listeners and
+//! knows no roles: which listener a socket is for is the plan's
+//! (`server::listener`), by its systemd name or its place.
 //!
 //! The handoff's protocol, on one stream socket: the predecessor passes the
 //! sockets; the successor says `L` once it has read the state; the
@@ -29,28 +31,25 @@ use nix::sys::socket::{SockType, UnixAddr, getsockname, getsockopt, sockopt};
 /// The first descriptor systemd passes (SD_LISTEN_FDS_START).
 const LISTEN_FDS_START: RawFd = 3;
 
-/// Listening sockets passed by systemd, by role.
-#[derive(Debug, Default)]
-pub struct Activated {
-    /// The guest socket, and the path it is bound to.
-    pub guest: Option<(OwnedFd, PathBuf)>,
-    /// The admin socket, and the path it is bound to.
-    pub admin: Option<(OwnedFd, PathBuf)>,
-}
+/// A listening socket passed to this process for one of its listeners (by
+/// systemd or by a predecessor), and the path it is bound to; `None` where
+/// none was passed.
+pub type Passed = Option<(OwnedFd, PathBuf)>;
 
-/// Takes the sockets systemd passed, if it passed any to this process.
+/// Takes the sockets systemd passed, if it passed any to this process: one
+/// place per listener of `names`, in that order.
 ///
 /// Names come from `LISTEN_FDNAMES` (`FileDescriptorName=guest` /
-/// `admin` in the .socket unit); without names the first socket is the
-/// guest's and the second the admin's. The variables are removed so that
-/// children do not inherit them.
-pub fn listen_fds() -> Result<Activated, String> {
-    let mut activated = Activated::default();
+/// `admin` in the .socket unit); a socket without one of `names` takes the
+/// listener at its own position (the first socket the first listener's).
+/// The variables are removed so that children do not inherit them.
+pub fn listen_fds(names: &[&str]) -> Result<Vec<Passed>, String> {
+    let mut passed: Vec<Passed> = names.iter().map(|_| None).collect();
     let Ok(pid) = std::env::var("LISTEN_PID") else {
-        return Ok(activated);
+        return Ok(passed);
     };
     let count = std::env::var("LISTEN_FDS").unwrap_or_default();
-    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let fd_names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
     // SAFETY: not unsafe in itself; edition 2024 marks env mutation unsafe
     // because another thread could read the environment concurrently. This
     // runs at start, before the writer thread or any other exists.
@@ -60,12 +59,12 @@ pub fn listen_fds() -> Result<Activated, String> {
         std::env::remove_var("LISTEN_FDNAMES");
     }
     if pid.parse::<u32>().ok() != Some(std::process::id()) {
-        return Ok(activated);
+        return Ok(passed);
     }
     let count: RawFd = count
         .parse()
         .map_err(|_| format!("LISTEN_FDS={count:?} is not a number"))?;
-    let names: Vec<&str> = names.split(':').collect();
+    let fd_names: Vec<&str> = fd_names.split(':').collect();
     for i in 0..count {
         let fd = LISTEN_FDS_START + i;
         let path = check_listening_unix(fd)?;
@@ -73,28 +72,25 @@ pub fn listen_fds() -> Result<Activated, String> {
         // stream socket; systemd passed it to this process for it to own,
         // and nothing else in guestsock refers to this number.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let role = match names.get(i as usize).copied() {
-            Some("guest") => "guest",
-            Some("admin") => "admin",
-            _ if i == 0 => "guest",
-            _ if i == 1 => "admin",
-            _ => {
+        let named = fd_names
+            .get(i as usize)
+            .and_then(|name| names.iter().position(|n| n == name));
+        let slot = match named {
+            Some(at) => at,
+            None if (i as usize) < names.len() => i as usize,
+            None => {
                 return Err(format!(
-                    "LISTEN_FDS passes socket {fd}, which is neither guest nor admin"
+                    "LISTEN_FDS passes socket {fd}, which is neither {}",
+                    names.join(" nor ")
                 ));
             }
         };
-        let slot = if role == "guest" {
-            &mut activated.guest
-        } else {
-            &mut activated.admin
-        };
-        if slot.is_some() {
-            return Err(format!("systemd passed two {role} sockets"));
+        if passed[slot].is_some() {
+            return Err(format!("systemd passed two {} sockets", names[slot]));
         }
-        *slot = Some((owned, path));
+        passed[slot] = Some((owned, path));
     }
-    Ok(activated)
+    Ok(passed)
 }
 
 /// Checks that `fd` is a listening unix stream socket; returns its path.
@@ -252,15 +248,17 @@ pub fn take_handoff() -> Result<Option<Handoff>, String> {
 }
 
 impl Handoff {
-    /// Receives the guest and admin listening sockets (SCM_RIGHTS).
-    pub fn receive_sockets(&mut self) -> Result<Activated, String> {
+    /// Receives the predecessor's `N` listening sockets (SCM_RIGHTS), in
+    /// the order it passed them (its listeners' order, which is this
+    /// process's too).
+    pub fn receive_sockets<const N: usize>(&mut self) -> Result<Vec<(OwnedFd, PathBuf)>, String> {
         use std::io::IoSliceMut;
         use std::os::fd::AsRawFd;
 
         use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
         let mut payload = [0u8; 64];
         let mut iov = [IoSliceMut::new(&mut payload)];
-        let mut space = nix::cmsg_space!([RawFd; 2]);
+        let mut space = nix::cmsg_space!([RawFd; N]);
         let msg = recvmsg::<()>(
             self.channel.as_raw_fd(),
             &mut iov,
@@ -277,22 +275,20 @@ impl Handoff {
                 fds.extend(received);
             }
         }
-        let [guest, admin] = fds[..] else {
+        if fds.len() != N {
             return Err(format!(
-                "the old process passed {} sockets, not 2",
+                "the old process passed {} sockets, not {N}",
                 fds.len()
             ));
-        };
-        let adopt = |fd: RawFd| -> Result<(OwnedFd, PathBuf), String> {
+        }
+        let mut adopted = Vec::with_capacity(N);
+        for fd in fds {
             let path = check_listening_unix(fd)?;
             // SAFETY: received just now with SCM_RIGHTS, so this process
             // owns it; checked above to be a listening unix socket.
-            Ok((unsafe { OwnedFd::from_raw_fd(fd) }, path))
-        };
-        Ok(Activated {
-            guest: Some(adopt(guest)?),
-            admin: Some(adopt(admin)?),
-        })
+            adopted.push((unsafe { OwnedFd::from_raw_fd(fd) }, path));
+        }
+        Ok(adopted)
     }
 
     /// Tells the predecessor that this process has read the state and is
@@ -386,12 +382,12 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 }
 
 /// Starts a new guestsock with this process's arguments and hands it the
-/// listening sockets; returns the channel on which to say, later, that the
-/// state directory is released, the new process's pid, and its pidfd (`None`
-/// if the kernel gives none), which says when it dies.
+/// `listening` sockets, in their order; returns the channel on which to
+/// say, later, that the state directory is released, the new process's
+/// pid, and its pidfd (`None` if the kernel gives none), which says when it
+/// dies.
 pub fn spawn_successor(
-    guest: std::os::fd::BorrowedFd<'_>,
-    admin: std::os::fd::BorrowedFd<'_>,
+    listening: &[std::os::fd::BorrowedFd<'_>],
 ) -> Result<(std::os::unix::net::UnixStream, u32, Option<OwnedFd>), String> {
     use std::io::IoSlice;
     use std::os::fd::{AsFd, AsRawFd};
@@ -423,7 +419,7 @@ pub fn spawn_successor(
     // The child is not waited for until this process exits, so its pid
     // cannot be reused before the pidfd is opened.
     let pidfd = i32::try_from(pid).ok().and_then(|p| pidfd_open(p).ok());
-    let fds = [guest.as_raw_fd(), admin.as_raw_fd()];
+    let fds: Vec<RawFd> = listening.iter().map(|fd| fd.as_raw_fd()).collect();
     sendmsg::<()>(
         ours.as_raw_fd(),
         &[IoSlice::new(b"guestsock-handoff")],

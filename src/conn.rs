@@ -10,6 +10,8 @@
 //! It does not know the event loop (`server`) or what a request means
 //! (`api`). It is generic over its socket: the server's is a mio
 //! `UnixStream`, the unit tests' and the fuzzer's one end of a socket pair.
+//! What it shares with `dispatch` and the server (its side, the context of
+//! a drive, a subscription, a wait) is `request_ctx`'s, below both.
 //!
 //! An answer to a request that changed something is *held*: queued but not
 //! written, and nothing behind it read, until the server says the change is
@@ -21,40 +23,23 @@ use std::time::{Duration, Instant};
 
 use mio::net::UnixStream;
 
-use crate::api::Change;
-use crate::api::admin::ServerFacts;
 use crate::api::guest::{self, GuestAnswer};
-use crate::api::identity::{JWKS_PATH, Mint};
-use crate::dispatch::{KnownCaller, Outcome, dispatch};
+use crate::api::identity::JWKS_PATH;
+use crate::dispatch::{Outcome, dispatch};
 use crate::error::NotServed;
-use crate::events::TypeFilter;
 use crate::http::request::{self, Parsed, Request, WebSocketHeaders};
 use crate::http::response::{self, Response};
-use crate::identity::{self, CgroupPaths, PeerFacts};
-use crate::issuer::Issuer;
+use crate::identity::{self, PeerFacts};
 use crate::limits::{
     MAX_ADMIN_BODY_BYTES, MAX_EVENT_FRAMING_BYTES, MAX_GUEST_BODY_BYTES, MAX_PENDING_OUTPUT_BYTES,
     MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES, REFUSALS_PER_CONNECTION,
     REQUESTS_PER_TURN, SPARE_BUFFER_BYTES, Tunables,
 };
-use crate::metrics::Metrics;
 use crate::registry::{InstanceId, Registry};
+use crate::request_ctx::{ChangeWait, Ctx, Identification, KnownCaller, Side, Subscription};
 use crate::ws::close_code;
 use crate::ws::frame::{self, opcode};
 use crate::ws::reader::{Action, Reader};
-
-/// Which socket a connection came from, which decides its API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// A container's process on the guest socket.
-    Guest,
-    /// The host's orchestrator on the admin socket; `authorized` if its uid
-    /// is root or an `--admin-uid`.
-    Admin {
-        /// Whether the peer may use the admin API at all.
-        authorized: bool,
-    },
-}
 
 /// An answer held until the change it reports is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,84 +67,6 @@ pub enum Hold {
         /// The request was HTTP/1.0.
         http10: bool,
     },
-}
-
-/// What answering needs from the server.
-pub struct Ctx<'a> {
-    /// The instances.
-    pub registry: &'a mut Registry,
-    /// Where answered requests report their changes.
-    pub changes: &'a mut Vec<Change>,
-    /// What the admin `GET /1.0` tells.
-    pub facts: &'a ServerFacts,
-    /// The operator's limits.
-    pub limits: &'a Tunables,
-    /// The counters of `GET /1.0/metrics`.
-    pub metrics: &'a mut Metrics,
-    /// Open subscribers, for the metrics.
-    pub subscribers: usize,
-    /// The buffer every read goes through ([`READ_CHUNK_BYTES`]).
-    pub scratch: &'a mut [u8],
-    /// cgroup ids proved to name cgroup paths.
-    pub cgroups: &'a mut CgroupPaths,
-    /// Buffers a connection without its own borrows while it is driven.
-    pub buffers: &'a mut Buffers,
-    /// The server is stopping: every answer closes its connection.
-    pub stopping: bool,
-    /// The server has handed the state over to a successor (SIGHUP): it
-    /// answers what reads the state and refuses what would change it.
-    pub handing_over: bool,
-    /// When a refusal was last logged (one line a second at most).
-    pub refusal_logged: &'a mut Option<Instant>,
-    /// The identity issuer: its JWKS, and its keys for admin rotation.
-    pub issuer: &'a mut Issuer,
-    /// Where answered requests report the tokens to sign (at most one per
-    /// drive: the connection's answer is held until it is signed).
-    pub mints: &'a mut Vec<Mint>,
-}
-
-/// Whose events a subscriber receives, and which types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Subscription {
-    /// The instance; `None` on the admin socket (every instance).
-    pub instance: Option<InstanceId>,
-    /// The `?type=` filter.
-    pub filter: TypeFilter,
-}
-
-/// A guest request held until its answer's tag moves (`wait_for_change`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChangeWait {
-    /// The caller's instance.
-    pub instance: InstanceId,
-    /// The path asked for (without its query).
-    path: String,
-    /// The tag the answer must move away from.
-    etag: String,
-    /// When to answer the unchanged value anyway.
-    pub deadline: Instant,
-    /// The request was `HEAD`.
-    head_only: bool,
-    /// The request asked to keep the connection.
-    keep_alive: bool,
-    /// The request was HTTP/1.0.
-    http10: bool,
-}
-
-impl ChangeWait {
-    /// Holds `req` of instance `id` until its answer's tag moves from
-    /// `etag`, or `deadline` passes.
-    pub fn new(req: &Request<'_>, id: InstanceId, etag: String, deadline: Instant) -> ChangeWait {
-        ChangeWait {
-            instance: id,
-            path: req.path.to_owned(),
-            etag,
-            deadline,
-            head_only: req.method == "HEAD",
-            keep_alive: req.keep_alive,
-            http10: req.http10,
-        }
-    }
 }
 
 /// Where a connection is in its life.
@@ -264,9 +171,9 @@ pub struct Conn<S = UnixStream> {
     pub timer: Option<Instant>,
     /// At least one request was answered on this connection.
     served: bool,
-    /// The instance its caller was found to be, and at which registry
-    /// generation (`dispatch`): while the registry is unchanged, a request
-    /// costs no identity lookup.
+    /// How its listener identifies its callers, and the instance its caller
+    /// was found to be at which registry generation (`dispatch`): while the
+    /// registry is unchanged, a request costs no identity lookup.
     known: KnownCaller,
     /// Requests refused on this connection (`403`, `429`); at
     /// [`REFUSALS_PER_CONNECTION`] it is closed.
@@ -307,8 +214,9 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 impl<S: Read + Write + AsFd> Conn<S> {
-    /// A connection freshly accepted from `peer`.
-    pub fn new(stream: S, peer: PeerFacts, side: Side) -> Conn<S> {
+    /// A connection freshly accepted from `peer` on a listener of `side`
+    /// that identifies its callers `by` that rule.
+    pub fn new(stream: S, peer: PeerFacts, side: Side, by: Identification) -> Conn<S> {
         Conn {
             stream,
             side,
@@ -332,14 +240,15 @@ impl<S: Read + Write + AsFd> Conn<S> {
             last_progress: Instant::now(),
             timer: None,
             served: false,
-            known: None,
+            known: KnownCaller::new(by),
             refusals: 0,
             paused_until: None,
         }
     }
 
     /// Notes what was read from the socket when it was accepted: `arrived`,
-    /// bytes came (the caller left them in [`Buffers::input`], which this
+    /// bytes came (the caller left them in
+    /// [`Buffers::input`](crate::request_ctx::Buffers::input), which this
     /// connection, having no buffer of its own, borrows on its first drive,
     /// so a request answered at once costs no allocation); `drained`, the
     /// read was short, so the kernel had nothing more then (a later arrival
@@ -787,10 +696,7 @@ impl<S: Read + Write + AsFd> Conn<S> {
         if self.side != Side::Guest || !self.served {
             return None;
         }
-        let (generation, id) = self.known?;
-        if generation != ctx.registry.generation() {
-            return None;
-        }
+        let id = self.known.remembered(ctx.registry)?;
         ctx.registry.get(id)?.bucket.wait(
             Instant::now(),
             ctx.limits.rate_per_sec,
@@ -1054,23 +960,14 @@ fn give_back(buffer: &mut Vec<u8>, spare: &mut Vec<u8>) {
     spare.shrink_to(SPARE_BUFFER_BYTES);
 }
 
-/// The buffers a connection borrows while it is driven.
-#[derive(Debug, Default)]
-pub struct Buffers {
-    /// Borrowed as `input`.
-    pub input: Vec<u8>,
-    /// Borrowed as `output`.
-    pub output: Vec<u8>,
-}
-
 #[cfg(test)]
 mod tests {
     //! One connection driven over a real socket pair (`fuzzing::run_connection`),
     //! the peer registered as instance `me`: what it writes for what it is
     //! sent, chunked as a peer might send it.
 
-    use super::Side;
     use crate::fuzzing::run_connection;
+    use crate::request_ctx::Side;
 
     const ADMIN: Side = Side::Admin { authorized: true };
 

@@ -6,7 +6,9 @@
 //! Owns routing between the two sockets' APIs, working out who a guest is
 //! once per request (and once per connection while the registry has not
 //! changed), and counting what was answered for the metrics. What each path
-//! answers is `api`'s business; bytes and connection state are `conn`'s.
+//! answers is `api`'s business; bytes and connection state are `conn`'s;
+//! the values both use (the side, the context, a subscription, a wait) are
+//! `request_ctx`'s.
 
 use std::time::Instant;
 
@@ -14,7 +16,6 @@ use crate::api::Change;
 use crate::api::admin::{self, AdminAnswer};
 use crate::api::guest::{self, Caller, GuestAnswer};
 use crate::api::identity::{self, Mint};
-use crate::conn::{ChangeWait, Ctx, Side, Subscription};
 use crate::error::NotServed;
 use crate::events::TypeFilter;
 use crate::http::request::{Request, percent_decode, query_param};
@@ -22,6 +23,7 @@ use crate::http::response::{BodyKind, Response};
 use crate::identity::PeerFacts;
 use crate::metrics::Reason;
 use crate::registry::InstanceId;
+use crate::request_ctx::{ChangeWait, Ctx, KnownCaller, Side, Subscription};
 use crate::ws::handshake;
 
 /// What answering one request calls for.
@@ -39,10 +41,6 @@ pub enum Outcome {
     /// answers it then (and counts it for the metrics).
     Mint(Mint),
 }
-
-/// The instance a connection's caller was found to be, and the registry
-/// generation that finding holds for.
-pub type KnownCaller = Option<(u64, InstanceId)>;
 
 /// Answers one complete request from `peer` on a connection of `side`;
 /// `known` is the connection's remembered identity, `started` when the
@@ -73,7 +71,7 @@ pub fn dispatch(
             Outcome::Respond(identity::jwks(req, ctx.issuer), None)
         }
         Side::Guest => {
-            let caller = identify(peer, known, ctx);
+            let caller = known.caller(peer, ctx.registry);
             let outcome = match guest::answer(req, &caller, peer, ctx.registry, Some(ctx.limits)) {
                 GuestAnswer::Respond(response, change) => Outcome::Respond(response, change),
                 GuestAnswer::Subscribe(id) => Outcome::Subscribe(plan_subscription(req, Some(id))),
@@ -123,22 +121,6 @@ pub fn dispatch(
     outcome
 }
 
-/// Who the guest is: the connection's remembered instance while the
-/// registry is at the generation it was found at, else the registry's
-/// answer now (remembered if it is an instance). A refusal is never
-/// remembered: the next request asks again.
-fn identify(peer: &PeerFacts, known: &mut KnownCaller, ctx: &Ctx<'_>) -> Caller {
-    let generation = ctx.registry.generation();
-    if let Some((at, id)) = *known
-        && at == generation
-    {
-        return Ok(id);
-    }
-    let caller = ctx.registry.identify(peer);
-    *known = caller.as_ref().ok().map(|&id| (generation, id));
-    caller
-}
-
 /// Counts a refused guest request under the label its answer carries, for
 /// the metrics, and logs the whole reason of an identity refusal for the
 /// host (the guest was told only its own pid and uid), one line a second at
@@ -149,7 +131,7 @@ fn count_refusal(ctx: &mut Ctx<'_>, caller: &Caller, refused: Option<Reason>) {
     };
     ctx.metrics.refused(reason);
     if let Err(refusal) = caller {
-        crate::server::log_throttled(
+        crate::log::log_throttled(
             ctx.refusal_logged,
             format_args!("refused a guest request: {refusal}"),
         );

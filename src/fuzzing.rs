@@ -234,8 +234,8 @@ pub fn token_query(data: &[u8]) {
 ///   `HEAD` and 304); a `101` is followed only by well-formed unmasked
 ///   websocket frames, and an event stream's head only by JSON lines.
 pub fn connection(data: &[u8]) {
-    use crate::conn::Side;
     use crate::limits::{MAX_ADMIN_BODY_BYTES, MAX_GUEST_BODY_BYTES};
+    use crate::request_ctx::Side;
 
     let Some((&first, input)) = data.split_first() else {
         return;
@@ -259,13 +259,13 @@ pub fn connection(data: &[u8]) {
 /// everything the connection wrote. The peer is this process, registered
 /// as instance `me` (`guest_access: any`, `user.a` = `1`, device `eth0`).
 /// Also used by `conn`'s unit tests.
-pub fn run_connection(side: crate::conn::Side, input: &[u8], step: usize) -> Vec<u8> {
+pub fn run_connection(side: crate::request_ctx::Side, input: &[u8], step: usize) -> Vec<u8> {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
 
     use crate::api::Change;
     use crate::api::admin::{Connections, ServerFacts};
-    use crate::conn::{Buffers, Conn, Ctx};
+    use crate::conn::Conn;
     use crate::identity::{CgroupPaths, peer_facts};
     use crate::instance::RuleKinds;
     use crate::limits::{
@@ -273,6 +273,7 @@ pub fn run_connection(side: crate::conn::Side, input: &[u8], step: usize) -> Vec
     };
     use crate::metrics::Metrics;
     use crate::registry::Registry;
+    use crate::request_ctx::{Buffers, Ctx};
 
     let (server_end, mut peer) = UnixStream::pair().expect("socket pair");
     server_end.set_nonblocking(true).expect("non-blocking");
@@ -309,7 +310,12 @@ pub fn run_connection(side: crate::conn::Side, input: &[u8], step: usize) -> Vec
     let mut mints = Vec::new();
     let facts_of_peer =
         peer_facts(&server_end, RuleKinds::empty(), &mut cgroups).expect("peer credentials");
-    let mut conn = Conn::new(server_end, facts_of_peer, side);
+    let mut conn = Conn::new(
+        server_end,
+        facts_of_peer,
+        side,
+        crate::request_ctx::Identification::PeerCredentials,
+    );
 
     let mut written = Vec::new();
     let mut chunks = input.chunks(step.max(1)).peekable();

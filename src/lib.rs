@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod pidfile;
 pub mod priority;
 pub mod registry;
+pub mod request_ctx;
 pub mod runtime;
 pub mod server;
 pub mod signer;

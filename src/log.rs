@@ -4,9 +4,10 @@
 //! facade.
 //!
 //! Owns the logger behind the facade, its filter (`--log-level`, else
-//! `RUST_LOG`, else `info`) and the line format. What is worth a line, and
-//! how often (the server throttles refusals to one a second), is the
-//! caller's business.
+//! `RUST_LOG`, else `info`), the line format, and the throttle for lines a
+//! peer can cause ([`log_throttled`], one a [`LOG_THROTTLE`] at most). What
+//! is worth a line, and which lines share a throttle, is the caller's
+//! business.
 //!
 //! `RUST_LOG` is read as `env_logger` reads it: comma-separated directives,
 //! each `LEVEL` (every target), `TARGET=LEVEL` or a bare `TARGET` (all of
@@ -20,8 +21,11 @@ use std::fmt::Arguments;
 use std::io::Write;
 use std::panic::Location;
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use ::log::{LevelFilter, Log, Metadata, Record};
+
+use crate::limits::LOG_THROTTLE;
 
 /// How much is logged, least first (`--log-level`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -320,9 +324,40 @@ pub fn debug(message: Arguments<'_>) {
     emit(::log::Level::Debug, message, Location::caller());
 }
 
+/// Logs `message` as a warning unless a line was logged through `last`
+/// less than [`LOG_THROTTLE`] ago, so that an attack cannot flood the log.
+/// The line is the caller's, for `RUST_LOG`'s module filters.
+#[track_caller]
+pub fn log_throttled(last: &mut Option<Instant>, message: Arguments<'_>) {
+    if log_due(*last) {
+        *last = Some(Instant::now());
+        warn(message);
+    }
+}
+
+/// Whether [`log_throttled`] through `last` would log now: for a line that
+/// costs something to put together.
+pub fn log_due(last: Option<Instant>) -> bool {
+    last.is_none_or(|then| then.elapsed() >= LOG_THROTTLE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttled_line_is_due_once_a_throttle_has_passed() {
+        let now = Instant::now();
+        assert!(log_due(None));
+        assert!(!log_due(Some(now)));
+        assert!(log_due(now.checked_sub(LOG_THROTTLE)));
+        let mut last = now.checked_sub(LOG_THROTTLE);
+        log_throttled(&mut last, format_args!("logged"));
+        assert!(last.is_some_and(|at| at >= now), "{last:?}");
+        let then = last;
+        log_throttled(&mut last, format_args!("throttled"));
+        assert_eq!(last, then);
+    }
 
     #[test]
     fn levels() {

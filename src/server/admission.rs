@@ -1,15 +1,14 @@
-//! Listeners and admission: accepting a bounded batch per loop turn, reading
-//! what a new connection sent, identifying it, and admitting it under the
-//! caps or refusing it with `503`.
+//! Admission: accepting a bounded batch per listener per loop turn, reading
+//! what a new connection sent, identifying it as its listener says, and
+//! admitting it under the caps or refusing it with `503`. The listeners
+//! themselves are `listener`'s.
 
 use super::*;
 
 impl Server {
     /// Whether a listener may still have connections to accept now.
     pub(super) fn backlog_pending(&self) -> bool {
-        self.stopping.is_none()
-            && self.accept_retry_at.is_none()
-            && (self.backlog.guest || self.backlog.admin)
+        self.stopping.is_none() && self.accept_retry_at.is_none() && self.listeners.any_waiting()
     }
 
     /// Accepts from each listener with a backlog, at most
@@ -22,27 +21,25 @@ impl Server {
         // prlimit(1) may have changed it since the last turn.
         self.fd_limit = open_file_limit();
         self.fresh.clear();
-        if self.backlog.admin {
-            self.backlog.admin = self.accept_some(Side::Admin { authorized: false });
-        }
-        if self.backlog.guest {
-            self.backlog.guest = self.accept_some(Side::Guest);
+        for nth in 0..self.listeners.len() {
+            if let Some(index) = self.listeners.waiting_in_turn(nth) {
+                let more = self.accept_some(index);
+                self.listeners.set_waiting(index, more);
+            }
         }
     }
 
-    /// Accepts up to [`ACCEPTS_PER_TURN`] connections from one listener;
-    /// returns whether more may be waiting.
-    pub(super) fn accept_some(&mut self, side: Side) -> bool {
+    /// Accepts up to [`ACCEPTS_PER_TURN`] connections from listener
+    /// `index`; returns whether more may be waiting.
+    pub(super) fn accept_some(&mut self, index: usize) -> bool {
         for _ in 0..ACCEPTS_PER_TURN {
             if self.accept_retry_at.is_some() {
                 return true;
             }
-            let listener = match side {
-                Side::Guest => &self.guest.socket,
-                Side::Admin { .. } => &self.admin.socket,
-            };
+            let listener = self.listeners.get(index);
+            let (side, by) = (listener.side(), listener.identification());
             let stream = match listener.accept() {
-                Ok((stream, _)) => stream,
+                Ok(stream) => stream,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e)
@@ -57,7 +54,7 @@ impl Server {
                 // ECONNABORTED and the like concern one connection only.
                 Err(_) => continue,
             };
-            self.admit_one(stream, side);
+            self.admit_one(stream, side, by);
         }
         true
     }
@@ -72,8 +69,10 @@ impl Server {
         self.accept_retry_at = Some(Instant::now() + Duration::from_millis(ACCEPT_RETRY_MS));
     }
 
-    /// Takes one accepted connection: reads what the peer sent already,
-    /// identifies it, admits or refuses it, and answers what it can at once.
+    /// Takes one accepted connection from a listener of `side` that
+    /// identifies its callers `by` that rule: reads what the peer sent
+    /// already, identifies it, admits or refuses it, and answers what it
+    /// can at once.
     ///
     /// A peer that connected and closed without sending anything (the
     /// connect-and-close flood) costs one `read` and a `close`: there is
@@ -81,7 +80,12 @@ impl Server {
     /// epoll. Most clients send their request right after connecting, so
     /// a request is usually answered here, before any epoll registration,
     /// and a connection that closes after its answer is never registered.
-    pub(super) fn admit_one(&mut self, mut stream: mio::net::UnixStream, side: Side) {
+    pub(super) fn admit_one(
+        &mut self,
+        mut stream: mio::net::UnixStream,
+        side: Side,
+        by: Identification,
+    ) {
         let received = match io::Read::read(&mut stream, &mut self.scratch) {
             Ok(0) => return,
             Ok(n) => n,
@@ -116,7 +120,7 @@ impl Server {
         };
         let counted = match side {
             Side::Admin { .. } => Counted::Nothing,
-            Side::Guest => match self.registry.identify(&peer) {
+            Side::Guest => match by.identify(&peer, &self.registry) {
                 Ok(id) => match self.registry.get(id) {
                     Some(instance) => Counted::Instance(id, instance.serial),
                     None => Counted::Unknown,
@@ -162,7 +166,7 @@ impl Server {
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        let mut conn = Conn::new(stream, peer, side);
+        let mut conn = Conn::new(stream, peer, side, by);
         conn.counted = counted;
         // The connection borrows the server's input buffer on its first
         // drive, just below; returned, that buffer is always empty.
@@ -284,6 +288,7 @@ impl Server {
 
     /// Logs a refusal, one line a second at most, so that an attack cannot
     /// flood the log.
+    #[track_caller]
     pub(super) fn log_throttled(&mut self, message: std::fmt::Arguments<'_>) {
         log_throttled(&mut self.refusal_logged, message);
     }

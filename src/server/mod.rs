@@ -5,7 +5,10 @@
 //! asks for, signals (stop, hand-over), and the sweep that removes finished
 //! connections. The units it is made of, each in its own file:
 //!
-//! - `startup`: sockets, state directory, writer thread, `serve`;
+//! - `startup`: which listeners there are, state directory, writer
+//!   thread, `serve`;
+//! - `listener`: each listener's socket, file, side and way of identifying
+//!   its callers, bound or adopted, and their tokens;
 //! - `admission`: accepting, identifying and admitting connections;
 //! - `durability`: changes held until the writer says they are on disk;
 //! - `fanout`: events to subscribers, pings, waits answered;
@@ -19,12 +22,15 @@
 mod admission;
 mod durability;
 mod fanout;
+mod listener;
 mod minting;
 mod startup;
 mod timers;
 
-use startup::{Listener, open_file_limit};
-pub use startup::{Seed, ServeConfig, bind_socket, serve};
+use listener::Listeners;
+pub use listener::bind_socket;
+use startup::open_file_limit;
+pub use startup::{Seed, ServeConfig, serve};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs;
@@ -50,9 +56,7 @@ use crate::activation;
 use crate::api::Change;
 use crate::api::admin::{Connections, ServerFacts};
 use crate::api::identity::Mint;
-use crate::conn::{
-    Buffers, Conn, ConnState, Counted, Ctx, Expired, Listed, Next, Registration, Side,
-};
+use crate::conn::{Conn, ConnState, Counted, Expired, Listed, Next, Registration};
 use crate::error::NotServed;
 use crate::events::{self, Event};
 use crate::identity;
@@ -60,25 +64,21 @@ use crate::instance::{InstanceSpec, RuleKinds};
 use crate::issuer::{Issuer, IssuerConfig};
 use crate::limits::{
     ACCEPT_RETRY_MS, ACCEPTS_PER_TURN, CGROUP_SWEEP_INTERVAL, CGROUP_SWEEP_PER_TURN,
-    EVENTS_PER_POLL, FALLBACK_FD_LIMIT, HANDOFF_LOAD_TIMEOUT, LOG_THROTTLE, MAX_ADMIN_CONNECTIONS,
+    EVENTS_PER_POLL, FALLBACK_FD_LIMIT, HANDOFF_LOAD_TIMEOUT, MAX_ADMIN_CONNECTIONS,
     READ_CHUNK_BYTES, RESERVED_FDS, SHUTDOWN_GRACE, SILENT_PINGS, Tunables,
 };
-use crate::log;
+use crate::log::{self, log_due, log_throttled};
 use crate::metrics::{Limit, Metrics};
 use crate::registry::{Instance, InstanceId, Registry};
+use crate::request_ctx::{Buffers, Ctx, Identification, Side};
 use crate::signer::{Signed, Signer};
 use crate::store::{self, Committed, Job, StoredInstance, Writer};
 use crate::ws::close_code;
 
-/// The guest socket's listener. Connection tokens are slab keys, counted up
-/// from 0, so the fixed tokens sit at the far end of the range.
-const GUEST_LISTENER: Token = Token(usize::MAX - 1);
-
-/// The signalfd delivering SIGTERM and SIGINT.
+/// The signalfd delivering SIGTERM and SIGINT. Connection tokens are slab
+/// keys, counted up from 0, so the fixed tokens sit at the far end of the
+/// range.
 const SIGNALS: Token = Token(usize::MAX - 2);
-
-/// The admin socket's listener.
-const ADMIN_LISTENER: Token = Token(usize::MAX - 3);
 
 /// A helper thread's wake-up: the state writer committed a batch, or the
 /// signer signed a token (mio allows one `Waker` per `Poll`; they share it).
@@ -90,21 +90,16 @@ const SUCCESSOR: Token = Token(usize::MAX - 5);
 /// The successor's pidfd, readable once it has exited.
 const SUCCESSOR_EXIT: Token = Token(usize::MAX - 6);
 
-/// Which listening sockets may have connections waiting in their backlog
-/// (`Waiting`, not `Backlog`: nix names the listen(2) argument that):
-/// set by a readiness event (edge-triggered: it comes once), cleared when
-/// `accept` says `WouldBlock`.
-#[derive(Debug, Default, Clone, Copy)]
-struct Waiting {
-    guest: bool,
-    admin: bool,
-}
+/// The first listener's token; listener `i` has `FIRST_LISTENER - i`
+/// (`listener::Listeners`), counting down towards the connections' keys,
+/// which count up from 0.
+const FIRST_LISTENER: usize = usize::MAX - 16;
 
 /// The running server.
 struct Server {
     poll: Poll,
-    guest: Listener,
-    admin: Listener,
+    /// The listening sockets: the guest and admin sockets.
+    listeners: Listeners,
     admin_uids: Vec<u32>,
     signals: SignalFd,
     conns: Slab<Conn>,
@@ -112,8 +107,6 @@ struct Server {
     facts: ServerFacts,
     /// Set while accepting is paused after running out of file descriptors.
     accept_retry_at: Option<Instant>,
-    /// Which listeners may have connections waiting to be accepted.
-    backlog: Waiting,
     /// The open-file soft limit, read again every accepting turn.
     fd_limit: usize,
     /// Connections accepted and left open in this accepting turn.
@@ -215,9 +208,9 @@ pub(super) struct Successor {
     ready_by: Instant,
     /// How far the handoff is.
     pub(super) phase: Phase,
-    /// Whether the listeners were systemd's, to put back if this process
-    /// goes on serving.
-    activated: (bool, bool),
+    /// Which listeners were systemd's, to put back if this process goes on
+    /// serving.
+    activated: Vec<bool>,
 }
 
 /// How far a handoff is, from the old process's side.
@@ -244,21 +237,6 @@ impl Phase {
     pub(super) fn handed_over(self) -> bool {
         self != Phase::Loading
     }
-}
-
-/// Logs `message` unless a line was logged through `last` less than a
-/// second ago, so that an attack cannot flood the log.
-pub(crate) fn log_throttled(last: &mut Option<Instant>, message: std::fmt::Arguments<'_>) {
-    if log_due(*last) {
-        *last = Some(Instant::now());
-        log::warn(message);
-    }
-}
-
-/// Whether [`log_throttled`] through `last` would log now: for a line that
-/// costs something to put together.
-pub(crate) fn log_due(last: Option<Instant>) -> bool {
-    last.is_none_or(|then| then.elapsed() >= LOG_THROTTLE)
 }
 
 /// Whether the process behind a pidfd has exited (it polls readable).
@@ -316,15 +294,13 @@ impl Server {
             let carried = std::mem::take(&mut self.deferred);
             if self.accept_retry_at.is_some_and(|at| at <= now) {
                 self.accept_retry_at = None;
-                self.backlog = Waiting {
-                    guest: true,
-                    admin: true,
-                };
+                self.listeners.all_waiting();
             }
             for event in events.iter() {
                 match event.token() {
-                    GUEST_LISTENER => self.backlog.guest = true,
-                    ADMIN_LISTENER => self.backlog.admin = true,
+                    token if let Some(index) = self.listeners.index_of(token) => {
+                        self.listeners.set_waiting(index, true)
+                    }
                     WAKER => {
                         self.take_commits();
                         self.take_signed();
@@ -439,32 +415,31 @@ impl Server {
             log::info(format_args!("SIGHUP: a handoff is already under way"));
             return;
         }
-        use std::os::fd::AsFd;
-        let spawned =
-            activation::spawn_successor(self.guest.socket.as_fd(), self.admin.socket.as_fd())
-                .and_then(|(channel, pid, pidfd)| {
-                    channel
-                        .set_nonblocking(true)
-                        .map_err(|e| format!("cannot set up the handoff channel: {e}"))?;
-                    let registry = self.poll.registry();
+        let spawned = activation::spawn_successor(&self.listeners.sockets()).and_then(
+            |(channel, pid, pidfd)| {
+                channel
+                    .set_nonblocking(true)
+                    .map_err(|e| format!("cannot set up the handoff channel: {e}"))?;
+                let registry = self.poll.registry();
+                registry
+                    .register(
+                        &mut SourceFd(&channel.as_raw_fd()),
+                        SUCCESSOR,
+                        Interest::READABLE,
+                    )
+                    .map_err(|e| format!("cannot register the handoff channel: {e}"))?;
+                if let Some(pidfd) = &pidfd {
                     registry
                         .register(
-                            &mut SourceFd(&channel.as_raw_fd()),
-                            SUCCESSOR,
+                            &mut SourceFd(&pidfd.as_raw_fd()),
+                            SUCCESSOR_EXIT,
                             Interest::READABLE,
                         )
-                        .map_err(|e| format!("cannot register the handoff channel: {e}"))?;
-                    if let Some(pidfd) = &pidfd {
-                        registry
-                            .register(
-                                &mut SourceFd(&pidfd.as_raw_fd()),
-                                SUCCESSOR_EXIT,
-                                Interest::READABLE,
-                            )
-                            .map_err(|e| format!("cannot register the successor's pidfd: {e}"))?;
-                    }
-                    Ok((channel, pid, pidfd))
-                });
+                        .map_err(|e| format!("cannot register the successor's pidfd: {e}"))?;
+                }
+                Ok((channel, pid, pidfd))
+            },
+        );
         match spawned {
             Ok((channel, pid, pidfd)) => {
                 self.successor = Some(Successor {
@@ -473,7 +448,7 @@ impl Server {
                     pidfd,
                     ready_by: now + HANDOFF_LOAD_TIMEOUT,
                     phase: Phase::Loading,
-                    activated: (self.guest.activated, self.admin.activated),
+                    activated: self.listeners.activated(),
                 });
             }
             Err(e) => log::error(format_args!("SIGHUP: {e}; going on serving")),
@@ -553,8 +528,7 @@ impl Server {
         };
         successor.phase = Phase::Releasing;
         // The files belong to the successor now.
-        self.guest.activated = true;
-        self.admin.activated = true;
+        self.listeners.hand_files_over();
         self.begin_shutdown(Signal::SIGHUP, now);
         self.release_when_durable();
     }
@@ -616,22 +590,13 @@ impl Server {
                 }
             }
         }
-        (self.guest.activated, self.admin.activated) = successor.activated;
-        let registry = self.poll.registry();
-        let listening = registry
-            .register(&mut self.guest.socket, GUEST_LISTENER, Interest::READABLE)
-            .and_then(|()| {
-                registry.register(&mut self.admin.socket, ADMIN_LISTENER, Interest::READABLE)
-            });
-        if let Err(e) = listening {
+        self.listeners.restore_activated(&successor.activated);
+        if let Err(e) = self.listeners.register(self.poll.registry()) {
             log::error(format_args!("cannot listen again: {e}; stopping"));
             return;
         }
         self.stopping = None;
-        self.backlog = Waiting {
-            guest: true,
-            admin: true,
-        };
+        self.listeners.all_waiting();
         if let Err(e) = crate::pidfile::PidFile::write(&self.pid_file) {
             log::warn(format_args!("{e}"));
         }
@@ -659,9 +624,7 @@ impl Server {
             "STOPPING=1\nSTATUS=stopping: finishing {} connections",
             self.conns.len()
         ));
-        let registry = self.poll.registry();
-        let _ = registry.deregister(&mut self.guest.socket);
-        let _ = registry.deregister(&mut self.admin.socket);
+        self.listeners.deregister(self.poll.registry());
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             let Some(conn) = self.conns.get_mut(key) else {

@@ -1,8 +1,18 @@
-//! Start-up: resolving the sockets (bound here, passed by systemd, or handed
-//! over by a predecessor), loading the state directory, starting the writer
-//! thread, and the checks that refuse to start on a wrong path.
+//! Start-up: planning the listeners (the guest socket and the admin
+//! socket) and opening them through `listener` (bound here, passed by
+//! systemd, or handed over by a predecessor), loading the state directory,
+//! starting the writer thread. The only place that knows which listeners
+//! there are.
 
 use super::*;
+use listener::Plan;
+
+/// Where the guest socket is among the planned listeners (and so in a
+/// handoff's message).
+const GUEST: usize = 0;
+
+/// Where the admin socket is among them.
+const ADMIN: usize = 1;
 
 /// An instance to register at start unless the state directory has one of
 /// that name already (the `--instances` file, the demo).
@@ -37,82 +47,6 @@ pub struct ServeConfig {
     pub identity: IssuerConfig,
 }
 
-/// A listening socket and the file it is bound to, removed on exit only if
-/// it is still the one this process created.
-pub(super) struct Listener {
-    pub(super) socket: UnixListener,
-    pub(super) path: PathBuf,
-    pub(super) ino: u64,
-    /// Passed by systemd (socket activation): it outlives this process and
-    /// is never removed by it.
-    pub(super) activated: bool,
-}
-
-impl Listener {
-    pub(super) fn bind(path: PathBuf, mode: u32) -> Result<Listener, String> {
-        let socket = bind_socket(&path, mode)?;
-        let ino = fs::symlink_metadata(&path).map(|m| m.ino()).unwrap_or(0);
-        Ok(Listener {
-            socket,
-            path,
-            ino,
-            activated: false,
-        })
-    }
-
-    /// A listener systemd passed (already bound and listening).
-    pub(super) fn adopt(fd: std::os::fd::OwnedFd, path: PathBuf) -> Result<Listener, String> {
-        let std_listener = std::os::unix::net::UnixListener::from(fd);
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("cannot make {} non-blocking: {e}", path.display()))?;
-        Ok(Listener {
-            socket: UnixListener::from_std(std_listener),
-            ino: 0,
-            path,
-            activated: true,
-        })
-    }
-
-    /// Binds `path`, unless systemd passed a socket for this role.
-    pub(super) fn bind_or_adopt(
-        passed: Option<(std::os::fd::OwnedFd, PathBuf)>,
-        path: PathBuf,
-        mode: u32,
-    ) -> Result<Listener, String> {
-        match passed {
-            Some((fd, passed_path)) => {
-                if passed_path != path {
-                    log::info(format_args!(
-                        "using the socket systemd passed, {}, rather than {}",
-                        passed_path.display(),
-                        path.display()
-                    ));
-                }
-                Listener::adopt(fd, passed_path)
-            }
-            None => Listener::bind(path, mode),
-        }
-    }
-
-    /// Takes ownership of an adopted socket's file (a handoff, not systemd).
-    pub(super) fn own(&mut self) {
-        self.activated = false;
-        self.ino = fs::symlink_metadata(&self.path)
-            .map(|m| m.ino())
-            .unwrap_or(0);
-    }
-
-    pub(super) fn remove(&self) {
-        if self.activated {
-            return;
-        }
-        if fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
 /// Runs the server until SIGTERM or SIGINT.
 pub fn serve(config: ServeConfig) -> Result<(), String> {
     raise_fd_limit();
@@ -135,10 +69,26 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     // the listen backlog only for that last step. A predecessor that dies
     // at any moment of this releases the directory by dying: its pidfd
     // says so, and this process carries on.
+    let plans = [
+        Plan {
+            name: "guest",
+            path: config.socket,
+            mode: 0o666,
+            side: Side::Guest,
+            identification: Identification::PeerCredentials,
+        },
+        Plan {
+            name: "admin",
+            path: config.admin_socket,
+            mode: 0o600,
+            side: Side::Admin { authorized: false },
+            identification: Identification::PeerCredentials,
+        },
+    ];
     let mut registry = Registry::new(config.host_name);
     let db = config.state_dir.join(store::DB_FILE);
     let mut handoff = activation::take_handoff()?;
-    let sockets = match handoff.as_mut().map(|h| (h.receive_sockets(), h)) {
+    let sockets = match handoff.as_mut().map(|h| (listener::receive(h, &plans), h)) {
         Some((Ok(sockets), _)) => Some(sockets),
         Some((Err(e), h)) if h.predecessor_died() => {
             log::warn(format_args!(
@@ -151,7 +101,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         Some((Err(e), _)) => return Err(e),
         None => None,
     };
-    let (activated, since) = match (sockets, handoff.as_mut()) {
+    let (passed, since) = match (sockets, handoff.as_mut()) {
         (Some(sockets), Some(handoff)) => {
             let since = store::snapshot(&config.state_dir, &mut |stored| {
                 restore(&mut registry, stored, &db)
@@ -170,7 +120,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             }
             (sockets, since)
         }
-        _ => (activation::listen_fds()?, None),
+        _ => (listener::from_systemd(&plans)?, None),
     };
     let handed_over = handoff.is_some();
     let mut changed = 0;
@@ -215,8 +165,11 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         seeded.push(id);
     }
 
-    let mut guest = Listener::bind_or_adopt(activated.guest, config.socket, 0o666)?;
-    let mut admin = Listener::bind_or_adopt(activated.admin, config.admin_socket, 0o600)?;
+    let listeners = Listeners::open(plans, passed, handed_over)?;
+    let (guest_path, admin_path) = (
+        listeners.get(GUEST).path().to_owned(),
+        listeners.get(ADMIN).path().to_owned(),
+    );
     // The socket's owner (this process's user) passes its mode already.
     let owner = nix::unistd::geteuid().as_raw();
     let granted: Vec<u32> = config
@@ -225,13 +178,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         .copied()
         .filter(|&uid| uid != owner)
         .collect();
-    crate::acl::grant_admin_uids(&admin.path, &granted)?;
-    if handed_over {
-        // Taken over from a predecessor, not from systemd: this process owns
-        // the files now and removes them when it stops for good.
-        guest.own();
-        admin.own();
-    }
+    crate::acl::grant_admin_uids(&admin_path, &granted)?;
     if let Some(bytes) = made {
         // A key made now (the first start) is on disk before it can sign
         // anything; made in memory above, written only once nothing else
@@ -261,8 +208,8 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     let facts = ServerFacts {
         version: env!("CARGO_PKG_VERSION"),
         pid: std::process::id(),
-        guest_socket: guest.path.display().to_string(),
-        admin_socket: admin.path.display().to_string(),
+        guest_socket: guest_path.display().to_string(),
+        admin_socket: admin_path.display().to_string(),
         state_dir: config.state_dir.display().to_string(),
         connections: Connections::default(),
     };
@@ -271,15 +218,13 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     });
     let mut server = Server {
         poll,
-        guest,
-        admin,
+        listeners,
         admin_uids: config.admin_uids,
         signals,
         conns: Slab::new(),
         registry,
         facts,
         accept_retry_at: None,
-        backlog: Waiting::default(),
         fd_limit: open_file_limit(),
         fresh: Vec::new(),
         changes: Vec::new(),
@@ -324,11 +269,9 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         server.save(id);
     }
     let registry = server.poll.registry();
-    registry
-        .register(&mut server.guest.socket, GUEST_LISTENER, Interest::READABLE)
-        .and_then(|()| {
-            registry.register(&mut server.admin.socket, ADMIN_LISTENER, Interest::READABLE)
-        })
+    server
+        .listeners
+        .register(registry)
         .and_then(|()| {
             registry.register(
                 &mut SourceFd(&server.signals.as_raw_fd()),
@@ -345,13 +288,13 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         server.registry.len(),
         restored.len(),
         server.facts.state_dir,
-        server.guest.path.display(),
-        server.admin.path.display(),
+        guest_path.display(),
+        admin_path.display(),
     ));
     activation::notify(&format!(
         "READY=1\nSTATUS=serving {} instances on {}",
         server.registry.len(),
-        server.guest.path.display()
+        guest_path.display()
     ));
     if let Some(handoff) = handoff {
         // The predecessor no longer takes the directory back.
@@ -378,8 +321,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         }
         None => pid_file.remove(),
     }
-    server.guest.remove();
-    server.admin.remove();
+    server.listeners.remove();
     result
 }
 
@@ -434,69 +376,4 @@ fn raise_fd_limit() {
             "cannot raise the open-file limit from {soft} to {hard}"
         ));
     }
-}
-
-/// Creates a listening unix socket at `path` with `mode`, after checking
-/// that nothing that matters is in the way: a directory there is the
-/// bind-mount-before-socket mistake, a regular file or a link is someone
-/// else's, a socket a live server answers on is another guestsock. A socket
-/// nobody listens on is stale and replaced.
-pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, String> {
-    let shown = path.display();
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => {
-            return Err(format!(
-                "{shown} is a directory, not a socket: a container runtime probably bind-mounted the socket path before guestsock created it. Remove it (rmdir {shown}) and mount the socket's directory, never the socket file"
-            ));
-        }
-        Ok(meta) if meta.file_type().is_socket() => {
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => {
-                    return Err(format!(
-                        "another server is already answering on {shown}; stop it first or choose another path"
-                    ));
-                }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    fs::remove_file(path)
-                        .map_err(|e| format!("cannot remove the stale socket {shown}: {e}"))?;
-                }
-                Err(e) => return Err(format!("cannot tell whether {shown} is in use: {e}")),
-            }
-        }
-        Ok(meta) if meta.file_type().is_symlink() => {
-            return Err(format!(
-                "{shown} is a symbolic link; refusing to follow it. Remove it or choose another path"
-            ));
-        }
-        Ok(_) => {
-            return Err(format!(
-                "{shown} exists and is not a socket; remove it or choose another path"
-            ));
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(dir)
-                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            }
-        }
-        Err(e) => return Err(format!("cannot inspect {shown}: {e}")),
-    }
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| format!("cannot create a socket: {e}"))?;
-    let addr = UnixAddr::new(path).map_err(|e| format!("bad socket path {shown}: {e}"))?;
-    bind(fd.as_raw_fd(), &addr).map_err(|e| format!("cannot bind {shown}: {e}"))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot set the mode of {shown}: {e}"))?;
-    listen(&fd, Backlog::MAXCONN).map_err(|e| format!("cannot listen on {shown}: {e}"))?;
-    Ok(UnixListener::from_std(
-        std::os::unix::net::UnixListener::from(fd),
-    ))
 }
