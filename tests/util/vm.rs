@@ -72,8 +72,7 @@ pub struct Kit {
 fn prepared(what: &str, found: bool, how: &str) {
     assert!(
         found,
-        "{what} is missing: run `tests/vm/prepare.sh` as root (it {how}, caching under {}), or ./test.sh, which runs it",
-        cache_dir().display()
+        "{what} is missing: run `tests/vm/prepare.sh` as root (it {how}), or ./test.sh, which runs it"
     );
 }
 
@@ -99,13 +98,19 @@ pub fn kit() -> Kit {
     prepared(
         "vhost-device-vsock",
         tools_bin.join("vhost-device-vsock").is_file(),
-        "runs `cargo install vhost-device-vsock --version 0.3.0 --locked --root target/vm-cache/tools`, about a minute",
+        &format!(
+            "runs `cargo install vhost-device-vsock --version 0.3.0 --locked --root {}`, about a minute",
+            cache.join("tools").display()
+        ),
     );
-    let unpack = "runs `apt-get download` of the package linux-image-cloud-amd64 depends on, and `dpkg-deb -x` into target/vm-cache/kernel";
+    let unpack = format!(
+        "runs `apt-get download` of the package linux-image-cloud-amd64 depends on, and `dpkg-deb -x` into {}",
+        cache.join("kernel").display()
+    );
     let kernel = only_entry(&cache.join("kernel/boot"), "vmlinuz-");
-    prepared("the guest kernel", kernel.is_some(), unpack);
+    prepared("the guest kernel", kernel.is_some(), &unpack);
     let modules = only_entry(&cache.join("kernel/lib/modules"), "");
-    prepared("the guest kernel's modules", modules.is_some(), unpack);
+    prepared("the guest kernel's modules", modules.is_some(), &unpack);
     Kit {
         tools_bin,
         kernel: kernel.unwrap(),
