@@ -3,7 +3,8 @@
 //! caller's uid, gid and pid (a setuid child through setpriv); bytes go
 //! both ways, a long-lived stream survives while it moves and a half-close
 //! is passed on; a silent connection ends at the idle timeout; the host
-//! gone is `503` in LXD's error envelope; past the cap, `503` at once.
+//! gone is `503` in LXD's error envelope; past the cap, `503` at once; a
+//! served socket is refused to a second agent, a stale one replaced.
 
 mod util;
 
@@ -105,6 +106,15 @@ fn read_until(conn: &mut UnixStream, got: &mut Vec<u8>, needle: &[u8]) {
         );
         got.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// The start of the preamble for a caller of this process's credentials.
+fn own_preamble() -> String {
+    format!(
+        "GUESTSOCK-AGENT 1 uid={} gid={} pid=",
+        util::my_uid(),
+        nix::unistd::getgid()
+    )
 }
 
 fn mode(path: &Path) -> u32 {
@@ -229,12 +239,7 @@ fn a_long_lived_stream_lasts_while_it_moves_and_a_half_close_is_passed_on() {
     let mut rest = Vec::new();
     guest.read_to_end(&mut rest).expect("the host's last bytes");
     assert_eq!(rest, b"goodbye");
-    assert!(
-        server
-            .join()
-            .unwrap()
-            .starts_with("GUESTSOCK-AGENT 1 uid=0 gid=0 pid=")
-    );
+    assert!(server.join().unwrap().starts_with(&own_preamble()));
 }
 
 #[test]
@@ -316,7 +321,7 @@ fn past_the_cap_a_caller_is_answered_503_and_a_freed_slot_serves_again() {
             conn.set_read_timeout(Some(PATIENCE)).unwrap();
             let mut line = Vec::new();
             read_until(&mut conn, &mut line, b"\r\n");
-            assert!(line.starts_with(b"GUESTSOCK-AGENT 1 uid=0 "));
+            assert!(line.starts_with(own_preamble().as_bytes()));
             break;
         }
         // Not relayed yet: the old relay had not ended; this one was
@@ -330,4 +335,36 @@ fn past_the_cap_a_caller_is_answered_503_and_a_freed_slot_serves_again() {
         );
         assert!(Instant::now() < deadline, "the slot was never freed");
     }
+}
+
+#[test]
+fn a_served_socket_is_refused_to_a_second_agent_and_a_stale_one_replaced() {
+    let dir = TempDir::new();
+    let host = UnixListener::bind(dir.join("host.sock")).expect("bind");
+    let first = Agent::start(&dir, &dir.join("host.sock"), &[]);
+    let out = util::run_guestsock(
+        &[
+            "agent",
+            "--socket",
+            &first.socket.display().to_string(),
+            "--host-unix",
+            &dir.join("host.sock").display().to_string(),
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "guestsock: {} is served already (another agent?); stop it first\n",
+            first.socket.display()
+        )
+    );
+    // Killed, the first leaves its socket behind; the next agent replaces it.
+    drop(first);
+    assert!(dir.join("lxd/sock").exists(), "the stale socket is left");
+    let second = Agent::start(&dir, &dir.join("host.sock"), &[]);
+    let _guest = UnixStream::connect(&second.socket).expect("connect");
+    let (_, preamble, _) = accept_relayed(&host);
+    assert!(preamble.starts_with(&own_preamble()), "{preamble}");
 }
