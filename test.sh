@@ -18,11 +18,12 @@ fi
 # connect-and-close flooder of the accept test; lxc runs the LXC runtime
 # test's containers (lxc-start, lxc-attach, lxc-stop, lxc-info); runc, crun
 # and podman run the OCI runtime tests' containers (podman needs no network
-# backend: they run with --network none).
+# backend: they run with --network none); qemu-system-x86 boots the VM
+# tests' guests (under TCG, tests/util/vm.rs).
 missing=()
 for need in curl:curl setpriv:util-linux unshare:util-linux nsenter:util-linux \
     prlimit:util-linux mount:mount umount:mount getfacl:acl pgrep:procps python3:python3 cc:gcc \
-    lxc-start:lxc runc:runc crun:crun podman:podman; do
+    lxc-start:lxc runc:runc crun:crun podman:podman qemu-system-x86_64:qemu-system-x86; do
     command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
 done
 # The real-runtime tests' root filesystem is busybox-static's /bin/busybox
@@ -63,6 +64,10 @@ if ! python3 -c 'import jwt, cryptography' 2>/dev/null; then
     python3 -m pip install -q 'PyJWT[crypto]' ||
         apt-get install -y -qq --no-install-recommends python3-jwt python3-cryptography >/dev/null
 fi
+
+# The VM tests' guest kernel (Debian's cloud kernel, unpacked, not
+# installed) and vhost-device-vsock 0.3.0, cached under target/vm-cache.
+tests/vm/prepare.sh
 
 echo "== cargo test $*"
 exec cargo test "$@"

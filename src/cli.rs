@@ -225,6 +225,8 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArg,
     },
+    /// Inside a VM: serve /dev/lxd/sock there and relay each connection to the host over vsock (docs/vms.md)
+    Agent(Box<crate::agent::AgentArgs>),
     /// Print a shell completion script: `source <(guestsock completions bash)`
     Completions {
         /// The shell.
@@ -938,6 +940,7 @@ pub fn run(invocation: Invocation) -> Result<(), String> {
             docker::watch(&admin.admin, &socket)
         }
         Command::Dump { state_dir } => dump(&state_dir),
+        Command::Agent(args) => crate::agent::run(*args),
         Command::Completions { shell } => {
             // Into memory first: clap_complete panics on a failed write.
             let mut script = Vec::new();

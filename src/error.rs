@@ -155,6 +155,11 @@ pub enum NotServed {
     NoKey(String),
     /// A token could not be signed, with why. The server's.
     SigningFailed(String),
+    /// `guestsock agent`, inside a VM: the connection to the host could not
+    /// be opened (nothing listens on the host's port, the vsock device is
+    /// missing), with why. Answered by the agent itself, in the guest. The
+    /// host's (or the VM's configuration's), not the caller's.
+    HostUnreachable(String),
 }
 
 impl NotServed {
@@ -203,7 +208,9 @@ impl NotServed {
             | NotServed::WaitUnanswered
             | NotServed::NoKey(_)
             | NotServed::SigningFailed(_) => 500,
-            NotServed::AtCapacity { .. } | NotServed::HandingOver => 503,
+            NotServed::AtCapacity { .. }
+            | NotServed::HandingOver
+            | NotServed::HostUnreachable(_) => 503,
         }
     }
 
@@ -229,7 +236,11 @@ impl NotServed {
     pub fn response(&self) -> Response {
         let status = self.status();
         let mut response = match self {
-            NotServed::NoImages => Response::lxd_api_error(status, &self.to_string()),
+            // The agent's own answer is in the envelope a devlxd client
+            // decodes an error from, since no guestsock wrote it.
+            NotServed::NoImages | NotServed::HostUnreachable(_) => {
+                Response::lxd_api_error(status, &self.to_string())
+            }
             _ => Response::error(status, self),
         };
         match self {
@@ -254,7 +265,8 @@ impl NotServed {
             // "The origin server MUST generate an Allow header field in a
             // 405 response" (RFC 9110 15.5.6).
             NotServed::MethodNotAllowed { allow } => response.allow = Some(allow),
-            NotServed::Unreadable(_) => response.close = true,
+            // The agent closes after it: there is nothing to relay to.
+            NotServed::Unreadable(_) | NotServed::HostUnreachable(_) => response.close = true,
             _ => {}
         }
         response.refused = self.metrics_label();
@@ -322,6 +334,9 @@ impl fmt::Display for NotServed {
             ),
             NotServed::NoKey(why) => write!(f, "no new key could be made: {why}"),
             NotServed::SigningFailed(why) => write!(f, "the token could not be signed: {why}"),
+            NotServed::HostUnreachable(why) => {
+                write!(f, "the host's guestsock cannot be reached: {why}")
+            }
         }
     }
 }
@@ -667,6 +682,13 @@ mod tests {
                 None,
                 None,
             ),
+            (
+                NotServed::HostUnreachable("Connection refused (os error 111)".into()),
+                503,
+                "the host's guestsock cannot be reached: Connection refused (os error 111)",
+                Some("X-Content-Type-Options: nosniff"),
+                None,
+            ),
         ]
     }
 
@@ -689,7 +711,12 @@ mod tests {
             );
             assert_eq!(
                 r.close,
-                matches!(error, NotServed::Unreadable(_) | NotServed::HandingOver),
+                matches!(
+                    error,
+                    NotServed::Unreadable(_)
+                        | NotServed::HandingOver
+                        | NotServed::HostUnreachable(_)
+                ),
                 "{error:?}"
             );
             let text = String::from_utf8(r.body).unwrap();
@@ -700,6 +727,13 @@ mod tests {
                         text.contains(r#""error_code":403,"error":"Forbidden""#),
                         "{text}"
                     );
+                }
+                NotServed::HostUnreachable(_) => {
+                    assert_eq!(r.kind, BodyKind::Json);
+                    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    assert_eq!(json["type"], "error", "{text}");
+                    assert_eq!(json["error_code"], status, "{text}");
+                    assert_eq!(json["error"], body, "{text}");
                 }
                 _ => {
                     assert_eq!(r.kind, BodyKind::Error);
@@ -747,8 +781,9 @@ mod tests {
             NotServed::SigningFailed(_) => 30,
             NotServed::Batch(_) => 31,
             NotServed::HandingOver => 32,
+            NotServed::HostUnreachable(_) => 33,
         };
-        let mut seen = [false; 33];
+        let mut seen = [false; 34];
         for (error, ..) in table() {
             seen[name(&error)] = true;
         }

@@ -12,6 +12,7 @@
 
 pub mod acl;
 pub mod activation;
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod client;

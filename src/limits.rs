@@ -602,6 +602,61 @@ pub const MAX_KEYS_FILE_BYTES: u64 = 1024 * 1024;
 /// containers each add a few).
 pub const MAX_MOUNTINFO_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The vsock port `guestsock agent` connects to on the host (CID 2) by
+/// default: 1024.
+///
+/// The first port that is not privileged: a host that serves it over real
+/// AF_VSOCK needs no `CAP_NET_BIND_SERVICE` for it, and under hybrid vsock
+/// (Firecracker, Cloud Hypervisor, vhost-device-vsock) it arrives on the
+/// unix socket `<uds_path>_1024`. The host side's listener will default to
+/// the same number.
+pub const DEFAULT_AGENT_PORT: u32 = 1024;
+
+/// In-guest connections `guestsock agent` relays at once: 256.
+///
+/// Each is a thread of [`AGENT_THREAD_STACK_BYTES`] with two buffers of
+/// [`AGENT_RELAY_BUFFER_BYTES`], about 300 KiB of address space and far
+/// less resident; a guest's own programs hold a few connections each (one
+/// events stream, a request at a time), so 256 is room for a busy guest
+/// while a runaway one cannot exhaust the VM's memory or threads. Past it, a
+/// caller is answered `503` at accept and closed, as the host's cap does.
+pub const DEFAULT_AGENT_MAX_CONNECTIONS: u32 = 256;
+
+/// Bytes `guestsock agent` holds for each direction of one connection:
+/// 16 KiB.
+///
+/// A relay reads at most this much from one side before it has written it
+/// to the other, so a side that does not read stops the other from being
+/// read (back-pressure) instead of growing a queue. Four of the server's
+/// read chunks at a time keep a large answer moving in few system calls.
+pub const AGENT_RELAY_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Stack of each relay thread of `guestsock agent`: 256 KiB.
+///
+/// A relay is one loop over two descriptors with its buffers on the heap; a
+/// quarter of a megabyte is ample even for a debug build, and an eighth of
+/// the default, so the connection cap costs little address space.
+pub const AGENT_THREAD_STACK_BYTES: usize = 256 * 1024;
+
+/// How long a relayed connection may pass no byte either way before
+/// `guestsock agent` closes it: 360 s.
+///
+/// Longer than the longest silence a healthy connection keeps, a
+/// `wait_for_change` of [`MAX_WAIT_SECS`], with a minute to spare (an
+/// events stream is pinged every [`DEFAULT_PING_INTERVAL`] and is never
+/// that quiet). The host closes its idle keep-alive connections itself;
+/// this frees a relay whose other side vanished without closing.
+pub const AGENT_IDLE_TIMEOUT: Duration = Duration::from_secs(MAX_WAIT_SECS + 60);
+
+/// How long `guestsock agent` waits for a caller's request head before
+/// answering it `503` when the host cannot be reached: 1 s.
+///
+/// The answer then follows the request, as HTTP has it, and closing does
+/// not reset a request still arriving; a caller sends its request as soon
+/// as it connects, so a longer wait would only delay the answer of one
+/// that sends nothing.
+pub const AGENT_REFUSAL_WAIT: Duration = Duration::from_secs(1);
+
 /// Reads `reader` to its end, refusing more than `limit` bytes: at most
 /// `limit + 1` bytes are ever read, and a longer input is an error
 /// ("larger than N bytes"), never silently cut short.

@@ -581,6 +581,7 @@ fn every_link_resolves_inside_the_repository() {
         "docs/protocol.md",
         "docs/mounting.md",
         "docs/priority.md",
+        "docs/vms.md",
     ] {
         let text = std::fs::read_to_string(root.join(doc)).unwrap();
         let base = root.join(doc).parent().unwrap().to_path_buf();

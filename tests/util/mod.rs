@@ -10,6 +10,7 @@ pub mod docs;
 pub mod fresh;
 pub mod oci;
 pub mod rootfs;
+pub mod vm;
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -63,7 +64,7 @@ macro_rules! require_root {
 }
 
 /// The Debian package that brings each program the tests run.
-const TOOLS: [(&str, &str); 17] = [
+const TOOLS: [(&str, &str); 18] = [
     ("curl", "curl"),
     ("setpriv", "util-linux"),
     ("unshare", "util-linux"),
@@ -81,6 +82,7 @@ const TOOLS: [(&str, &str); 17] = [
     ("runc", "runc"),
     ("crun", "crun"),
     ("podman", "podman"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
 ];
 
 /// `program`, after checking that it is on `PATH`: a missing one fails the
