@@ -173,11 +173,19 @@ pub fn admin(
 }
 
 /// The admin socket's envelope (docs/protocol.md section 7), if `body` is
-/// one: a JSON object whose `type` is `sync` or `error`. Every JSON answer
-/// of the admin socket is one, and no answer of the guest socket is.
+/// one: a JSON object whose `type` is `sync`, or `error` without the
+/// `operation` field of LXD's main-API errors. Every JSON answer of the
+/// admin socket is one, and no answer of the guest socket is: the guest's
+/// JSON errors (devlxd's `Forbidden` where LXD answers so, the agent's
+/// `503`) are LXD's error shape, which carries `operation`.
 pub fn envelope(body: &[u8]) -> Option<serde_json::Value> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    matches!(value.get("type")?.as_str()?, "sync" | "error").then_some(value)
+    let admin = match value.get("type")?.as_str()? {
+        "sync" => true,
+        "error" => value.get("operation").is_none(),
+        _ => false,
+    };
+    admin.then_some(value)
 }
 
 /// Percent-encodes one path segment (everything but RFC 3986's unreserved
@@ -259,6 +267,11 @@ mod tests {
             ),
             (br#"["/1.0"]"#, false),
             (br#"{"type":"config"}"#, false),
+            // LXD's main-API error, as the guest socket and the agent write it.
+            (
+                br#"{"type":"error","status":"","status_code":0,"operation":"","error_code":503,"error":"x","metadata":null}"#,
+                false,
+            ),
         ] {
             assert_eq!(
                 envelope(body).is_some(),
