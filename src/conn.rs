@@ -626,6 +626,11 @@ impl<S: Read + Write + AsFd> Conn<S> {
             if progressed {
                 continue;
             }
+            // Paused for its rate: nothing more is read, so what waits
+            // stays in the kernel's buffer (bounded by it), not ours.
+            if self.paused_until.is_some() {
+                return Next::Wait;
+            }
             if self.peer_eof {
                 // Everything complete was answered; a partial request at EOF
                 // can never complete.
