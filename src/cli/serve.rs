@@ -304,7 +304,7 @@ fn needs_root(message: &str) -> bool {
 }
 
 /// Runs the server with these flags until it is stopped.
-pub fn serve(args: ServeArgs) -> Result<(), String> {
+pub(super) fn serve(args: ServeArgs) -> Result<(), String> {
     crate::log::init(args.log_level);
     if let Some(problem) = crate::install::second_copy(&std::env::var("PATH").unwrap_or_default()) {
         crate::log::warn(format_args!("{problem}"));
