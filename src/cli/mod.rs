@@ -15,13 +15,11 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::Value;
 
-use crate::client::{self, ClientError, encode_segment, table};
+use crate::client::{self, ClientError, table};
 use crate::instance::InstanceSpec;
-use crate::limits::{
-    DEFAULT_TOKEN_TTL_SECS, MAX_ADMIN_BODY_BYTES, MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS,
-    read_at_most,
-};
+use crate::limits::{MAX_ADMIN_BODY_BYTES, read_at_most};
 
+pub mod identity;
 pub mod instance;
 pub mod serve;
 
@@ -102,40 +100,20 @@ pub enum Command {
     /// A guest-side GET, printing the body: for scripts inside containers
     Query {
         /// The guest socket.
-        #[arg(long, value_name = "PATH", env = SOCKET_ENV, help = format!(
-            "The guest socket [default: {CONTAINER_SOCKET} if it exists, else {DEFAULT_SOCKET}]"
-        ))]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        socket: GuestSocketArg,
         /// The path to GET.
         #[arg(value_name = "PATH", help = "The path to GET, like /1.0/config")]
         path: String,
     },
     /// Print an identity token for this container's instance, for AUDIENCE (docs/identity.md)
-    Token {
-        /// Who the token is for.
-        #[arg(
-            value_name = "AUDIENCE",
-            help = "Who the token is for (its `aud`), like https://vault.example.com"
-        )]
-        audience: String,
-        /// `--ttl`.
-        #[arg(long, value_name = "S", help = format!(
-            "Seconds until it expires, {MIN_TOKEN_TTL_SECS} to {MAX_TOKEN_TTL_SECS} \
-             [default: {DEFAULT_TOKEN_TTL_SECS}]"
-        ))]
-        ttl: Option<u64>,
-        /// The guest socket.
-        #[arg(long, value_name = "PATH", env = SOCKET_ENV, help = format!(
-            "The guest socket [default: {CONTAINER_SOCKET} if it exists, else {DEFAULT_SOCKET}]"
-        ))]
-        socket: Option<PathBuf>,
-    },
+    Token(identity::TokenArgs),
     /// The host's identity keys: print the JWKS, rotate, verify a token, print an OIDC discovery document
     #[command(subcommand_required = true)]
     Identity {
         /// Which.
         #[command(subcommand)]
-        call: IdentityCall,
+        call: identity::IdentityCall,
         /// The admin socket.
         #[command(flatten)]
         admin: AdminArg,
@@ -226,42 +204,6 @@ pub enum Command {
     },
 }
 
-/// `guestsock identity ...`.
-#[derive(Debug, PartialEq, Subcommand)]
-pub enum IdentityCall {
-    /// Print the JWK Set of every published key (what verifiers fetch)
-    Jwks,
-    /// Make a new signing key now; the old one stays published until its last token expires
-    Rotate {
-        /// `--quiet`.
-        #[arg(
-            long,
-            short,
-            help = "Print nothing on success; the exit status says it"
-        )]
-        quiet: bool,
-    },
-    /// Check a token against the host's keys and print its claims; exits non-zero if it does not verify
-    Verify {
-        /// The token; `-` reads it from standard input.
-        #[arg(value_name = "TOKEN|-")]
-        token: String,
-        /// `--audience`.
-        #[arg(long, value_name = "A", help = "Also insist on this audience")]
-        audience: Option<String>,
-    },
-    /// Print an OpenID Connect discovery document for the issuer (serve it at <issuer>/.well-known/openid-configuration)
-    Discovery {
-        /// `--jwks-uri`.
-        #[arg(
-            long,
-            value_name = "URL",
-            help = "Where the JWKS is published (a web server serving --identity-jwks-file)"
-        )]
-        jwks_uri: String,
-    },
-}
-
 /// The admin socket flag, for every command that talks to it.
 #[derive(Debug, PartialEq, Args)]
 pub struct AdminArg {
@@ -275,6 +217,32 @@ pub struct AdminArg {
         help = "The admin socket: the server's --admin-socket"
     )]
     pub admin: PathBuf,
+}
+
+/// The guest socket flag, for the guest-side commands (`query`, `token`).
+#[derive(Debug, PartialEq, Args)]
+pub struct GuestSocketArg {
+    /// `--socket`, else `$GUESTSOCK_SOCKET`.
+    #[arg(long, value_name = "PATH", env = SOCKET_ENV, help = format!(
+        "The guest socket [default: {CONTAINER_SOCKET} if it exists, else {DEFAULT_SOCKET}]"
+    ))]
+    pub socket: Option<PathBuf>,
+}
+
+impl GuestSocketArg {
+    /// The guest socket a client command talks to: the flag, else
+    /// `$GUESTSOCK_SOCKET`, else `/dev/lxd/sock` inside a container, else
+    /// the host's default.
+    pub fn path(self) -> PathBuf {
+        self.socket.unwrap_or_else(|| {
+            let in_container = Path::new(CONTAINER_SOCKET);
+            if in_container.exists() {
+                in_container.to_path_buf()
+            } else {
+                PathBuf::from(DEFAULT_SOCKET)
+            }
+        })
+    }
 }
 
 /// `guestsock hook ...`: one command per kind of runtime hook.
@@ -450,20 +418,15 @@ pub fn run(invocation: Invocation) -> Result<(), String> {
         Command::Serve(args) => serve::serve(*args),
         Command::Query { socket, path } => {
             let origin = invocation.socket_origin;
-            query(&guest_socket_for_client(socket), origin, &path)
+            query(&socket.path(), origin, &path)
         }
         Command::Stats { admin } => stats(&admin_socket(admin)),
-        Command::Token {
+        Command::Token(identity::TokenArgs {
             audience,
             ttl,
             socket,
-        } => token(
-            &guest_socket_for_client(socket),
-            invocation.socket_origin,
-            &audience,
-            ttl,
-        ),
-        Command::Identity { call, admin } => identity(&admin_socket(admin), call),
+        }) => identity::token(&socket.path(), invocation.socket_origin, &audience, ttl),
+        Command::Identity { call, admin } => identity::identity(&admin_socket(admin), call),
         Command::Doctor {
             names,
             pid,
@@ -599,20 +562,6 @@ fn write_stdout(bytes: &[u8], what: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot write {what}: {e}"))
 }
 
-/// The guest socket a client command talks to: the flag, else
-/// `$GUESTSOCK_SOCKET`, else `/dev/lxd/sock` inside a container, else the
-/// host's default.
-fn guest_socket_for_client(flag: Option<PathBuf>) -> PathBuf {
-    flag.unwrap_or_else(|| {
-        let in_container = Path::new(CONTAINER_SOCKET);
-        if in_container.exists() {
-            in_container.to_path_buf()
-        } else {
-            PathBuf::from(DEFAULT_SOCKET)
-        }
-    })
-}
-
 /// `guestsock query PATH`: a guest-side `GET`; the body goes to standard
 /// output, an error status to standard error with a non-zero exit.
 fn query(socket: &Path, origin: PathOrigin, path: &str) -> Result<(), String> {
@@ -642,97 +591,6 @@ fn query(socket: &Path, origin: PathOrigin, path: &str) -> Result<(), String> {
     } else {
         Err(guest_refusal(&reply))
     }
-}
-
-/// `guestsock token AUDIENCE`: a guest-side token request; the token goes
-/// to standard output (no newline, as served), an error status to standard
-/// error with a non-zero exit.
-fn token(
-    socket: &Path,
-    origin: PathOrigin,
-    audience: &str,
-    ttl: Option<u64>,
-) -> Result<(), String> {
-    let mut path = format!("/1.0/identity/token?audience={}", encode_segment(audience));
-    if let Some(ttl) = ttl {
-        path.push_str(&format!("&ttl={ttl}"));
-    }
-    let reply = client::call_with(socket, "GET", &path, &["Guestsock-Identity: true"], b"")
-        .map_err(|e| guest_remedy(e, origin))?;
-    if reply.status == 200 {
-        write_stdout(&reply.body, "the token")
-    } else {
-        Err(guest_refusal(&reply))
-    }
-}
-
-/// `guestsock identity ...`: the host's side of identity tokens.
-fn identity(admin: &AdminSocket, call: IdentityCall) -> Result<(), String> {
-    match call {
-        IdentityCall::Jwks => print_json(&admin.call("GET", "/1.0/identity/jwks", b"")?),
-        IdentityCall::Rotate { quiet } => {
-            let rotated = admin.call("POST", "/1.0/identity/rotate", b"")?;
-            if !quiet {
-                println!(
-                    "identity key rotated: {} signs from now on; {} stays published until its last token expires",
-                    rotated["kid"].as_str().unwrap_or_default(),
-                    rotated["retired"].as_str().unwrap_or_default()
-                );
-            }
-            Ok(())
-        }
-        IdentityCall::Verify { token, audience } => {
-            let token = if token == "-" {
-                String::from_utf8(read_stdin("the token")?)
-                    .map_err(|_| "the token on standard input is not text".to_owned())?
-            } else {
-                token
-            };
-            let settings = admin.call("GET", "/1.0/identity", b"")?;
-            let jwks: crate::jwt::JwkSet =
-                serde_json::from_value(admin.call("GET", "/1.0/identity/jwks", b"")?)
-                    .map_err(|e| format!("the server's JWKS is not a JWK Set: {e}"))?;
-            let expected = crate::jwt::Expected {
-                issuer: settings["issuer"].as_str(),
-                audience: audience.as_deref(),
-            };
-            let claims =
-                crate::jwt::verify(&token, &jwks.keys, crate::issuer::unix_now(), expected)
-                    .map_err(|e| format!("the token does not verify: {e}"))?;
-            let claims = serde_json::to_string_pretty(&claims).unwrap_or_default();
-            println!("{claims}");
-            Ok(())
-        }
-        IdentityCall::Discovery { jwks_uri } => {
-            if !(jwks_uri.starts_with("https://") || jwks_uri.starts_with("http://")) {
-                return Err(format!("--jwks-uri {jwks_uri:?} is not an http(s) URL"));
-            }
-            let settings = admin.call("GET", "/1.0/identity", b"")?;
-            let document =
-                discovery_document(settings["issuer"].as_str().unwrap_or_default(), &jwks_uri);
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&document).unwrap_or_default()
-            );
-            Ok(())
-        }
-    }
-}
-
-/// An OpenID Connect discovery document (OpenID Connect Discovery 1.0,
-/// section 3) for guestsock's tokens: the issuer, where its keys are, and
-/// what its tokens are. Like Kubernetes' service account issuer discovery,
-/// it has no `authorization_endpoint`: tokens come from the guest socket,
-/// not from a URL, and verifiers only read `issuer` and `jwks_uri`.
-pub fn discovery_document(issuer: &str, jwks_uri: &str) -> Value {
-    serde_json::json!({
-        "issuer": issuer,
-        "jwks_uri": jwks_uri,
-        "response_types_supported": ["id_token"],
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["ES256"],
-        "claims_supported": ["iss", "sub", "aud", "iat", "nbf", "exp", "jti", "guestsock"],
-    })
 }
 
 /// `guestsock stats`: the metrics of `GET /1.0/metrics`, summed up for a
@@ -1073,37 +931,14 @@ mod tests {
     }
 
     #[test]
-    fn identity_commands() {
-        assert_eq!(
-            command("token https://vault --ttl 60 --socket /s"),
-            Command::Token {
-                audience: "https://vault".into(),
-                ttl: Some(60),
-                socket: Some("/s".into()),
-            }
-        );
-        assert!(matches!(
-            command("identity verify TOKEN --audience a"),
-            Command::Identity {
-                call: IdentityCall::Verify { .. },
-                ..
-            }
-        ));
-        let document = discovery_document("https://h.example", "https://h.example/jwks.json");
-        assert_eq!(document["issuer"], "https://h.example");
-        assert_eq!(
-            document["id_token_signing_alg_values_supported"][0],
-            "ES256"
-        );
-    }
-
-    #[test]
     fn client_commands() {
         let table = [
             (
                 "query /1.0 --socket=/s",
                 Command::Query {
-                    socket: Some("/s".into()),
+                    socket: GuestSocketArg {
+                        socket: Some("/s".into()),
+                    },
                     path: "/1.0".into(),
                 },
             ),
