@@ -21,6 +21,7 @@ pub mod hooks;
 pub mod identity;
 pub mod inspect;
 pub mod instance;
+pub mod manual;
 pub mod serve;
 
 /// Default guest socket path.
@@ -37,8 +38,6 @@ pub const ADMIN_ENV: &str = "GUESTSOCK_ADMIN";
 pub const SOCKET_ENV: &str = "GUESTSOCK_SOCKET";
 /// Where `--demo` puts everything.
 const DEMO_DIR: &str = crate::demo::DIR;
-/// The manual section of `guestsock man`: system administration.
-const MAN_SECTION: &str = "8";
 
 /// `guestsock`: the whole command line.
 #[derive(Debug, Parser)]
@@ -144,20 +143,9 @@ pub enum Command {
         admin: AdminArg,
     },
     /// Print a shell completion script: `source <(guestsock completions bash)`
-    Completions {
-        /// The shell.
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
+    Completions(manual::CompletionsArgs),
     /// Print the manual page (roff): `guestsock man | man -l -`; `guestsock man serve` for one command's
-    Man {
-        /// A command's own page (`guestsock man config set`).
-        #[arg(
-            value_name = "COMMAND",
-            help = "A command's own page, like `serve` or `config set`"
-        )]
-        command: Vec<String>,
-    },
+    Man(manual::ManArgs),
 }
 
 /// The admin socket flag, for every command that talks to it.
@@ -313,38 +301,9 @@ pub fn run(invocation: Invocation) -> Result<(), String> {
         Command::Hook { runtime } => hooks::hook(runtime),
         Command::Watch { engine } => hooks::watch(engine),
         Command::Dump(inspect::DumpArgs { state_dir }) => inspect::dump(&state_dir),
-        Command::Completions { shell } => {
-            // Into memory first: clap_complete panics on a failed write.
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "guestsock", &mut script);
-            write_stdout(&script, "the completion script")
-        }
-        Command::Man { command } => man(&command),
+        Command::Completions(args) => manual::completions(args.shell),
+        Command::Man(args) => manual::man(&args.command),
     }
-}
-
-/// `guestsock man [COMMAND...]`: the manual page of the whole command line,
-/// or of one command, in roff on standard output.
-fn man(path: &[String]) -> Result<(), String> {
-    let mut root = Cli::command();
-    // Building names each command's page (`guestsock-config-set`).
-    root.build();
-    let mut page = &root;
-    // `man config set` and `man "config set"` (as a person quotes a
-    // command's name) are the same page.
-    let path: Vec<&str> = path.iter().flat_map(|p| p.split_whitespace()).collect();
-    for name in &path {
-        page = page
-            .find_subcommand(name)
-            .ok_or_else(|| format!("man: no command {:?}; see guestsock --help", path.join(" ")))?;
-    }
-    let mut roff = Vec::new();
-    clap_mangen::Man::new(page.clone())
-        .section(MAN_SECTION)
-        .source(format!("guestsock {}", env!("CARGO_PKG_VERSION")))
-        .render(&mut roff)
-        .map_err(|e| format!("cannot render the manual page: {e}"))?;
-    write_stdout(&roff, "the manual page")
 }
 
 /// Writes `bytes` to standard output, saying what failed to be written.
