@@ -1,10 +1,16 @@
 //! The command line (docs/protocol.md section 7): the command tree, declared
-//! with clap's derive API, and each command run.
+//! with clap's derive API, and a map from each command to its room.
 //!
-//! Owns every command, flag, help text and default, the `--instances` file
-//! and the demo set-up, the client commands' output (tables for people, one
-//! confirmation line per change, `--json` for scripts), and the remedy each
-//! error names. The server is `server`'s business; talking to it, `client`'s.
+//! Owns the top of the tree (`Cli`, `Command`, each command's one-line
+//! help), parsing it (where `--admin` and `--socket` came from), `run`'s
+//! map, the default paths, and what several rooms share: the `--admin` and
+//! `--socket` flags, the admin socket with the remedy each failure to reach
+//! it names, a guest socket's refusals worded for people, and the standard
+//! input and output helpers. Each command's flags, help and run are in its
+//! room: `serve`, `instance` (instance, config, device, state), `identity`
+//! (token, identity), `hooks` (hook, watch), `inspect` (query, stats,
+//! doctor, dump) and `manual` (man, completions). The server is `server`'s
+//! business; talking to it, `client`'s; the exit status, `main`'s.
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -34,7 +40,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/guestsock";
 pub const CONTAINER_SOCKET: &str = "/dev/lxd/sock";
 /// The variable the client commands read the admin socket's path from.
 pub const ADMIN_ENV: &str = "GUESTSOCK_ADMIN";
-/// The variable `query` reads the guest socket's path from.
+/// The variable `query` and `token` read the guest socket's path from.
 pub const SOCKET_ENV: &str = "GUESTSOCK_SOCKET";
 /// Where `--demo` puts everything.
 const DEMO_DIR: &str = crate::demo::DIR;
@@ -208,7 +214,7 @@ pub struct Invocation {
     pub command: Option<Command>,
     /// Where `--admin`'s path came from.
     pub admin_origin: PathOrigin,
-    /// Where `query --socket`'s path came from.
+    /// Where `--socket`'s path came from (`query`, `token`).
     pub socket_origin: PathOrigin,
 }
 
@@ -260,23 +266,6 @@ pub fn run(invocation: Invocation) -> Result<(), String> {
     };
     match command {
         Command::Serve(args) => serve::serve(*args),
-        Command::Query(inspect::QueryArgs { socket, path }) => {
-            inspect::query(&socket.path(), invocation.socket_origin, &path)
-        }
-        Command::Stats { admin } => inspect::stats(&admin_socket(admin)),
-        Command::Token(identity::TokenArgs {
-            audience,
-            ttl,
-            socket,
-        }) => identity::token(&socket.path(), invocation.socket_origin, &audience, ttl),
-        Command::Identity { call, admin } => identity::identity(&admin_socket(admin), call),
-        Command::Doctor(inspect::DoctorArgs {
-            names,
-            pid,
-            path,
-            socket,
-            admin,
-        }) => inspect::doctor(names, pid, &path, socket, &admin_socket(admin)),
         Command::Instance { call, client } => {
             instance::instance(&admin_socket(client.admin), client.json, call)
         }
@@ -298,9 +287,26 @@ pub fn run(invocation: Invocation) -> Result<(), String> {
             &state,
             quiet,
         ),
+        Command::Query(inspect::QueryArgs { socket, path }) => {
+            inspect::query(&socket.path(), invocation.socket_origin, &path)
+        }
+        Command::Token(identity::TokenArgs {
+            audience,
+            ttl,
+            socket,
+        }) => identity::token(&socket.path(), invocation.socket_origin, &audience, ttl),
+        Command::Identity { call, admin } => identity::identity(&admin_socket(admin), call),
+        Command::Doctor(inspect::DoctorArgs {
+            names,
+            pid,
+            path,
+            socket,
+            admin,
+        }) => inspect::doctor(names, pid, &path, socket, &admin_socket(admin)),
+        Command::Dump(inspect::DumpArgs { state_dir }) => inspect::dump(&state_dir),
         Command::Hook { runtime } => hooks::hook(runtime),
         Command::Watch { engine } => hooks::watch(engine),
-        Command::Dump(inspect::DumpArgs { state_dir }) => inspect::dump(&state_dir),
+        Command::Stats { admin } => inspect::stats(&admin_socket(admin)),
         Command::Completions(args) => manual::completions(args.shell),
         Command::Man(args) => manual::man(&args.command),
     }
