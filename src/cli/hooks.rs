@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::AdminArg;
+use super::sockets::AdminArg;
 use crate::runtime::{docker, lxc, oci};
 
 /// `guestsock hook ...`: one command per kind of runtime hook.

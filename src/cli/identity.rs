@@ -13,10 +13,8 @@ use std::path::Path;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use super::{
-    AdminSocket, GuestSocketArg, PathOrigin, guest_refusal, guest_remedy, print_json, read_stdin,
-    write_stdout,
-};
+use super::sockets::{AdminSocket, GuestSocketArg, PathOrigin, guest_refusal, guest_remedy};
+use super::stdio::{print_json, read_stdin, write_stdout};
 use crate::client::{self, encode_segment};
 use crate::limits::{DEFAULT_TOKEN_TTL_SECS, MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS};
 

@@ -14,10 +14,12 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde_json::Value;
 
-use super::{
-    AdminArg, AdminSocket, CONTAINER_SOCKET, DEFAULT_SOCKET, DEFAULT_STATE_DIR, GuestSocketArg,
-    PathOrigin, guest_refusal, guest_remedy, write_stdout,
+use super::serve::DEFAULT_STATE_DIR;
+use super::sockets::{
+    AdminArg, AdminSocket, CONTAINER_SOCKET, DEFAULT_SOCKET, GuestSocketArg, PathOrigin,
+    guest_refusal, guest_remedy,
 };
+use super::stdio::write_stdout;
 use crate::client::{self, table};
 use crate::instance::InstanceSpec;
 

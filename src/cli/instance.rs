@@ -14,7 +14,8 @@ use std::fs;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use super::{AdminArg, AdminSocket, print_json, read_stdin};
+use super::sockets::{AdminArg, AdminSocket};
+use super::stdio::{print_json, read_stdin};
 use crate::client::{ClientError, encode_segment, table};
 use crate::limits::{MAX_ADMIN_BODY_BYTES, read_at_most};
 

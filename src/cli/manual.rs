@@ -6,9 +6,9 @@
 //! Owns their arguments and the manual's section. The tree itself is
 //! `cli`'s and its rooms'.
 
-use clap::{Args, CommandFactory};
+use clap::Args;
 
-use super::{Cli, write_stdout};
+use super::stdio::write_stdout;
 
 /// The manual section of `guestsock man`: system administration.
 const MAN_SECTION: &str = "8";
@@ -34,8 +34,7 @@ pub struct ManArgs {
 
 /// `guestsock man [COMMAND...]`: the manual page of the whole command line,
 /// or of one command, in roff on standard output.
-pub(super) fn man(path: &[String]) -> Result<(), String> {
-    let mut root = Cli::command();
+pub(super) fn man(mut root: clap::Command, path: &[String]) -> Result<(), String> {
     // Building names each command's page (`guestsock-config-set`).
     root.build();
     let mut page = &root;
@@ -57,9 +56,12 @@ pub(super) fn man(path: &[String]) -> Result<(), String> {
 }
 
 /// `guestsock completions SHELL`: the completion script on standard output.
-pub(super) fn completions(shell: clap_complete::Shell) -> Result<(), String> {
+pub(super) fn completions(
+    mut root: clap::Command,
+    shell: clap_complete::Shell,
+) -> Result<(), String> {
     // Into memory first: clap_complete panics on a failed write.
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "guestsock", &mut script);
+    clap_complete::generate(shell, &mut root, "guestsock", &mut script);
     write_stdout(&script, "the completion script")
 }

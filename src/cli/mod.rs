@@ -2,26 +2,19 @@
 //! with clap's derive API, and a map from each command to its room.
 //!
 //! Owns the top of the tree (`Cli`, `Command`, each command's one-line
-//! help), parsing it (where `--admin` and `--socket` came from), `run`'s
-//! map, the default paths, and what several rooms share: the `--admin` and
-//! `--socket` flags, the admin socket with the remedy each failure to reach
-//! it names, a guest socket's refusals worded for people, and the standard
-//! input and output helpers. Each command's flags, help and run are in its
-//! room: `serve`, `instance` (instance, config, device, state), `identity`
-//! (token, identity), `hooks` (hook, watch), `inspect` (query, stats,
-//! doctor, dump) and `manual` (man, completions). The server is `server`'s
-//! business; talking to it, `client`'s; the exit status, `main`'s.
+//! help), parsing it (where `--admin` and `--socket` came from) and `run`'s
+//! map. Each command's flags, help and run are in its room: `serve`,
+//! `instance` (instance, config, device, state), `identity` (token,
+//! identity), `hooks` (hook, watch), `inspect` (query, stats, doctor, dump)
+//! and `manual` (man, completions); what several rooms share lies below
+//! them all, in `sockets` (the two sockets' flags, defaults and remedies)
+//! and `stdio`. The server is `server`'s business; talking to it,
+//! `client`'s; the exit status, `main`'s.
 
 use std::ffi::OsString;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use serde_json::Value;
-
-use crate::client::{self, ClientError};
-use crate::limits::{MAX_ADMIN_BODY_BYTES, read_at_most};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub mod hooks;
 pub mod identity;
@@ -29,21 +22,15 @@ pub mod inspect;
 pub mod instance;
 pub mod manual;
 pub mod serve;
+pub mod sockets;
+mod stdio;
 
-/// Default guest socket path.
-pub const DEFAULT_SOCKET: &str = "/run/guestsock/guest/sock";
-/// Default admin socket path.
-pub const DEFAULT_ADMIN_SOCKET: &str = "/run/guestsock/admin.sock";
-/// Default state directory.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/guestsock";
-/// Where the guest socket is inside a container (LXD's path).
-pub const CONTAINER_SOCKET: &str = "/dev/lxd/sock";
-/// The variable the client commands read the admin socket's path from.
-pub const ADMIN_ENV: &str = "GUESTSOCK_ADMIN";
-/// The variable `query` and `token` read the guest socket's path from.
-pub const SOCKET_ENV: &str = "GUESTSOCK_SOCKET";
-/// Where `--demo` puts everything.
-const DEMO_DIR: &str = crate::demo::DIR;
+pub use serve::DEFAULT_STATE_DIR;
+use sockets::AdminSocket;
+pub use sockets::{
+    ADMIN_ENV, AdminArg, CONTAINER_SOCKET, DEFAULT_ADMIN_SOCKET, DEFAULT_SOCKET, GuestSocketArg,
+    PathOrigin, SOCKET_ENV,
+};
 
 /// `guestsock`: the whole command line.
 #[derive(Debug, Parser)]
@@ -154,59 +141,6 @@ pub enum Command {
     Man(manual::ManArgs),
 }
 
-/// The admin socket flag, for every command that talks to it.
-#[derive(Debug, PartialEq, Args)]
-pub struct AdminArg {
-    /// `--admin`, else `$GUESTSOCK_ADMIN`, else the default.
-    #[arg(
-        long = "admin",
-        value_name = "PATH",
-        env = ADMIN_ENV,
-        default_value = DEFAULT_ADMIN_SOCKET,
-        global = true,
-        help = "The admin socket: the server's --admin-socket"
-    )]
-    pub admin: PathBuf,
-}
-
-/// The guest socket flag, for the guest-side commands (`query`, `token`).
-#[derive(Debug, PartialEq, Args)]
-pub struct GuestSocketArg {
-    /// `--socket`, else `$GUESTSOCK_SOCKET`.
-    #[arg(long, value_name = "PATH", env = SOCKET_ENV, help = format!(
-        "The guest socket [default: {CONTAINER_SOCKET} if it exists, else {DEFAULT_SOCKET}]"
-    ))]
-    pub socket: Option<PathBuf>,
-}
-
-impl GuestSocketArg {
-    /// The guest socket a client command talks to: the flag, else
-    /// `$GUESTSOCK_SOCKET`, else `/dev/lxd/sock` inside a container, else
-    /// the host's default.
-    pub fn path(self) -> PathBuf {
-        self.socket.unwrap_or_else(|| {
-            let in_container = Path::new(CONTAINER_SOCKET);
-            if in_container.exists() {
-                in_container.to_path_buf()
-            } else {
-                PathBuf::from(DEFAULT_SOCKET)
-            }
-        })
-    }
-}
-
-/// Where a socket's path came from, so that an error can name what to
-/// change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathOrigin {
-    /// Its flag.
-    Flag,
-    /// Its environment variable.
-    Env,
-    /// Neither: the default.
-    Default,
-}
-
 /// A parsed command line.
 #[derive(Debug, PartialEq)]
 pub struct Invocation {
@@ -260,10 +194,7 @@ pub fn run(invocation: Invocation) -> Result<(), String> {
             .print_help()
             .map_err(|e| format!("cannot print the help: {e}"));
     };
-    let admin_socket = |arg: AdminArg| AdminSocket {
-        path: arg.admin,
-        origin: invocation.admin_origin,
-    };
+    let admin_socket = |arg: AdminArg| AdminSocket::new(arg, invocation.admin_origin);
     match command {
         Command::Serve(args) => serve::serve(*args),
         Command::Instance { call, client } => {
@@ -307,137 +238,8 @@ pub fn run(invocation: Invocation) -> Result<(), String> {
         Command::Hook { runtime } => hooks::hook(runtime),
         Command::Watch { engine } => hooks::watch(engine),
         Command::Stats { admin } => inspect::stats(&admin_socket(admin)),
-        Command::Completions(args) => manual::completions(args.shell),
-        Command::Man(args) => manual::man(&args.command),
-    }
-}
-
-/// Writes `bytes` to standard output, saying what failed to be written.
-fn write_stdout(bytes: &[u8], what: &str) -> Result<(), String> {
-    let mut out = io::stdout().lock();
-    out.write_all(bytes)
-        .and_then(|()| out.flush())
-        .map_err(|e| format!("cannot write {what}: {e}"))
-}
-
-/// Reads standard input to its end, within the admin body limit.
-fn read_stdin(what: &str) -> Result<Vec<u8>, String> {
-    read_at_most(std::io::stdin(), MAX_ADMIN_BODY_BYTES as u64)
-        .map_err(|e| format!("cannot read {what} from standard input: {e}"))
-}
-
-/// Prints `value` as JSON (for `--json`).
-fn print_json(value: &Value) -> Result<(), String> {
-    println!("{value}");
-    Ok(())
-}
-
-/// The admin socket a client command talks to, and where its path came
-/// from (for the remedy when nothing answers there).
-struct AdminSocket {
-    /// Its path.
-    path: PathBuf,
-    /// `--admin`, `$GUESTSOCK_ADMIN` or the default.
-    origin: PathOrigin,
-}
-
-impl AdminSocket {
-    /// One admin call: the envelope's `metadata`, or the error worded with
-    /// what to do about it.
-    fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<Value, String> {
-        self.request(method, path, body)
-            .map_err(|e| self.explain(e))
-    }
-
-    /// One admin call, its error left typed for the caller to look at.
-    fn request(&self, method: &str, path: &str, body: &[u8]) -> Result<Value, ClientError> {
-        client::admin(&self.path, method, path, body)
-    }
-
-    /// A `GET` whose answer is not in the envelope (`/1.0/metrics`, a raw
-    /// config value): the body on success, else the status and the body.
-    fn raw(&self, method: &str, path: &str) -> Result<client::Reply, String> {
-        client::call(&self.path, method, path, b"").map_err(|e| self.explain(e))
-    }
-
-    /// The error, with the next step when nothing could be connected to.
-    fn explain(&self, error: ClientError) -> String {
-        if let ClientError::NotAdmin { .. } = error {
-            return format!(
-                "{error}. Point --admin PATH or {ADMIN_ENV} at the admin socket (`guestsock serve --admin-socket`, by default {DEFAULT_ADMIN_SOCKET})"
-            );
-        }
-        let ClientError::Connect { socket, source } = &error else {
-            return error.to_string();
-        };
-        let from = match self.origin {
-            PathOrigin::Flag => "given by --admin".to_owned(),
-            PathOrigin::Env => format!("taken from {ADMIN_ENV}"),
-            PathOrigin::Default => {
-                format!("the default; --admin PATH or {ADMIN_ENV} names another")
-            }
-        };
-        let point = format!(
-            "point --admin PATH or {ADMIN_ENV} at the socket it serves (its --admin-socket)"
-        );
-        let next = match source.kind() {
-            io::ErrorKind::NotFound => {
-                format!("No socket is there: is `guestsock serve` running? Start it, or {point}")
-            }
-            io::ErrorKind::ConnectionRefused => format!(
-                "A socket is there but no server answers on it: `guestsock serve` is not running. Start it, or {point}"
-            ),
-            io::ErrorKind::PermissionDenied => format!(
-                "The admin socket admits root and the uids of `guestsock serve --admin-uid` only: run this as root, or start the server with --admin-uid {}",
-                nix::unistd::getuid()
-            ),
-            _ => format!("Is `guestsock serve` running? Start it, or {point}"),
-        };
-        let demo = Path::new(DEMO_DIR).join("admin.sock");
-        let demo_hint = if self.origin == PathOrigin::Default && demo.exists() {
-            format!(" (the demo's is --admin {})", demo.display())
-        } else {
-            String::new()
-        };
-        format!(
-            "cannot connect to the admin socket {} ({from}): {source}. {next}{demo_hint}",
-            socket.display()
-        )
-    }
-}
-
-/// The error of a guest-side call, with the next step when nothing could be
-/// connected to.
-fn guest_remedy(error: ClientError, origin: PathOrigin) -> String {
-    let ClientError::Connect { socket, source } = &error else {
-        return error.to_string();
-    };
-    let from = match origin {
-        PathOrigin::Flag => "given by --socket".to_owned(),
-        PathOrigin::Env => format!("taken from {SOCKET_ENV}"),
-        PathOrigin::Default => {
-            format!("the default; --socket PATH or {SOCKET_ENV} names another")
-        }
-    };
-    format!(
-        "cannot connect to the guest socket {} ({from}): {source}. Is `guestsock serve` \
-         running? Inside a container, mount the directory of its --socket at /dev/lxd; on the \
-         host, point --socket PATH or {SOCKET_ENV} at its --socket",
-        socket.display()
-    )
-}
-
-/// A guest socket's error answer, and what to do when it is the one a
-/// newcomer meets first: a caller that is no registered instance's.
-fn guest_refusal(reply: &client::Reply) -> String {
-    let text = String::from_utf8_lossy(&reply.body);
-    let text = text.trim_end();
-    if reply.status == 403 && text.contains("is not part of any registered instance") {
-        format!(
-            "403: {text}. This process belongs to no instance: the guest socket answers processes of registered instances only (`guestsock instance list` on the host shows them and their match rules; `guestsock serve --demo` prints whom it answers)"
-        )
-    } else {
-        format!("{}: {text}", reply.status)
+        Command::Completions(args) => manual::completions(Cli::command(), args.shell),
+        Command::Man(args) => manual::man(Cli::command(), &args.command),
     }
 }
 

@@ -17,7 +17,7 @@ use clap::Args;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{DEFAULT_ADMIN_SOCKET, DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEMO_DIR};
+use super::sockets::{DEFAULT_ADMIN_SOCKET, DEFAULT_SOCKET, DEMO_DIR};
 use crate::instance::InstanceSpec;
 use crate::issuer::IssuerConfig;
 use crate::limits::{
@@ -25,6 +25,9 @@ use crate::limits::{
     RESERVED_FDS, Tunables, read_at_most,
 };
 use crate::server::{self, Seed, ServeConfig};
+
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/guestsock";
 
 /// `serve`'s flags.
 #[derive(Debug, PartialEq, Args)]
