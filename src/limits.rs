@@ -294,6 +294,14 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// into an array of this size on the stack.
 pub const MAX_REPLY_HEADERS: usize = 32;
 
+/// Largest answer head the command-line client reads from guestsock, in
+/// bytes: 16 KiB.
+///
+/// guestsock's heads are a status line and a handful of short headers
+/// (under 300 bytes); a head past this is not guestsock's, and the call
+/// fails instead of buffering it.
+pub const MAX_REPLY_HEAD_BYTES: usize = 16 * 1024;
+
 /// Longest chunk-size line (with its extensions), and longest trailer
 /// section, of a chunked answer any client reads, in bytes: 4 KiB.
 ///
