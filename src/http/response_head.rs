@@ -144,22 +144,34 @@ fn content_length(value: &[u8]) -> Result<usize, ResponseError> {
         .ok_or(ResponseError::BadContentLength)
 }
 
-/// Whether a field line of the head that httparse refused starts with
-/// whitespace, continuing the previous field's value (obs-fold), before the
-/// head's blank line. Whitespace before the first field line is not a fold
-/// (RFC 9112 2.2), only malformed.
+/// Whether what httparse refused in `buf` is an obs-fold: the first field
+/// line after the first that starts with whitespace (continuing the
+/// previous field's value), with everything before it well formed, so that
+/// the answer is the same however much of the head has arrived.
+/// Whitespace before the first field line is not a fold (RFC 9112 2.2),
+/// only malformed.
 fn has_obs_fold(buf: &[u8]) -> bool {
-    let blank = |line: &[u8]| line.strip_suffix(b"\r").unwrap_or(line).is_empty();
-    let mut fields = buf.split(|&b| b == b'\n').skip(1);
-    if fields.next().is_none_or(blank) {
-        return false;
-    }
-    for line in fields {
-        match line.first() {
-            Some(b' ' | b'\t') => return true,
-            _ if blank(line) => return false,
-            _ => {}
+    let blank = |line: &[u8]| matches!(line, b"\n" | b"\r\n");
+    let mut start = 0;
+    let mut lines = buf.split_inclusive(|&b| b == b'\n');
+    // Empty lines before the status line are skipped (RFC 9112 2.2), then
+    // the status line itself.
+    for line in lines.by_ref() {
+        start += line.len();
+        if !blank(line) {
+            break;
         }
+    }
+    for (i, line) in lines.enumerate() {
+        if blank(line) {
+            return false;
+        }
+        if i > 0 && matches!(line.first(), Some(b' ' | b'\t')) {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_REPLY_HEADERS];
+            let before = httparse::Response::new(&mut headers).parse(&buf[..start]);
+            return matches!(before, Ok(httparse::Status::Partial));
+        }
+        start += line.len();
     }
     false
 }
@@ -298,6 +310,15 @@ mod tests {
                 b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX: a\r\n\tb\r\n\r\n",
                 ResponseError::ObsFold,
             ),
+            // What is wrong first is what is said, as it arrives.
+            (
+                b"HTTP/1.1 200 OK\r\nBad Name: x\r\nY: a\r\n b\r\n\r\n",
+                ResponseError::Malformed("malformed header field"),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\n X: a\r\n\r\n",
+                ResponseError::Malformed("malformed header field"),
+            ),
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
                 ResponseError::BadContentLength,
@@ -373,6 +394,16 @@ mod tests {
         ];
         for &(input, want) in table {
             assert_eq!(error(input), want, "{:?}", String::from_utf8_lossy(input));
+            // As it arrives: needs more, then refused the same way.
+            for cut in 0..input.len() {
+                match parse(&input[..cut], "GET", LIMIT) {
+                    Ok(None) => {}
+                    Err(e) => assert_eq!(e, want, "{:?} at {cut}", String::from_utf8_lossy(input)),
+                    Ok(Some(head)) => {
+                        panic!("{:?} at {cut}: {head:?}", String::from_utf8_lossy(input))
+                    }
+                }
+            }
         }
     }
 
