@@ -1,16 +1,19 @@
 //! The client side of both sockets, for the command line: one HTTP/1.1
-//! request per connection, the answer read to EOF, and the admin envelope
-//! unwrapped.
+//! request per connection, its answer read as its head frames it, and the
+//! admin envelope unwrapped.
 //!
+//! Owns the calls and what their answers mean to the command line; HTTP/1.1
+//! itself (writing the request, parsing the answer) is [`crate::http`]'s.
 //! Owns nothing of the server; it speaks to it only over the socket, like
 //! any other client would.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use crate::limits::{CLIENT_TIMEOUT, MAX_REPLY_HEADERS};
+use crate::http::exchange::{self, BodyReader, ExchangeError};
+use crate::limits::{CLIENT_TIMEOUT, MAX_REPLY_HEAD_BYTES};
 
 /// A server's answer.
 #[derive(Debug)]
@@ -103,34 +106,46 @@ pub fn call_with(
     })?;
     let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
     let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: guestsock\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    )
-    .into_bytes();
+    let mut fields = Vec::with_capacity(headers.len() + 1);
     if !body.is_empty() {
-        request.extend_from_slice(b"Content-Type: application/octet-stream\r\n");
+        fields.push("Content-Type: application/octet-stream");
     }
-    for header in headers {
-        request.extend_from_slice(header.as_bytes());
-        request.extend_from_slice(b"\r\n");
-    }
-    request.extend_from_slice(b"\r\n");
-    request.extend_from_slice(body);
-    stream.write_all(&request).map_err(ClientError::Send)?;
-    let mut reply = Vec::new();
-    stream
-        .read_to_end(&mut reply)
-        .map_err(ClientError::Receive)?;
-    let mut headers = [httparse::EMPTY_HEADER; MAX_REPLY_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let Ok(httparse::Status::Complete(head_len)) = response.parse(&reply) else {
-        return Err(ClientError::NotHttp);
-    };
+    fields.extend_from_slice(headers);
+    exchange::send_request(&mut stream, method, path, "guestsock", &fields, Some(body))
+        .map_err(client_error)?;
+    let (head, rest) =
+        exchange::read_head(&mut stream, method, MAX_REPLY_HEAD_BYTES).map_err(|e| match e {
+            // Closed before a whole head: whatever answered is not guestsock.
+            ExchangeError::Closed => ClientError::NotHttp,
+            e => client_error(e),
+        })?;
+    // Not bounded: the server is guestsock, whose answers are as large as
+    // the state it holds (65,536 instances, with their config, in one
+    // list). Memory follows the bytes that arrive, never a declared length.
+    let body = BodyReader::new(stream, head.framing, rest, usize::MAX)
+        .read_to_end(usize::MAX)
+        .map_err(client_error)?;
     Ok(Reply {
-        status: response.code.unwrap_or(0),
-        body: reply[head_len..].to_vec(),
+        status: head.status,
+        body,
     })
+}
+
+/// The [`ClientError`] of a failed exchange.
+fn client_error(error: ExchangeError) -> ClientError {
+    match error {
+        // A path or header line that would split the request.
+        ExchangeError::BadRequest(why) => {
+            ClientError::Send(io::Error::new(io::ErrorKind::InvalidInput, why))
+        }
+        ExchangeError::Send(e) => ClientError::Send(e),
+        ExchangeError::Receive(e) => ClientError::Receive(e),
+        ExchangeError::Closed => ClientError::Receive(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the server closed the connection before the answer was complete",
+        )),
+        ExchangeError::Response(_) => ClientError::NotHttp,
+    }
 }
 
 /// An admin call: the envelope's `metadata` on success, the server's
@@ -235,7 +250,87 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::thread;
+
     use super::*;
+
+    /// A server on a fresh socket that answers one connection with
+    /// `answer`, then keeps it open until the client goes: the request it
+    /// got comes back from the thread, `None` if the client closed first.
+    fn serve_once(answer: &'static [u8]) -> (PathBuf, thread::JoinHandle<Option<Vec<u8>>>) {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "guestsock-client-{}-{}.sock",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut piece = [0u8; 512];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut piece) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => request.extend_from_slice(&piece[..n]),
+                }
+            }
+            stream.write_all(answer).unwrap();
+            // Until the client closes: it must not wait for this.
+            while stream.read(&mut piece).unwrap_or(0) > 0 {}
+            Some(request)
+        });
+        (path, server)
+    }
+
+    #[test]
+    fn a_content_length_answer_is_read_to_its_length_not_to_eof() {
+        let (path, server) =
+            serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello and more");
+        let reply = call_with(&path, "GET", "/1.0/config", &["X-A: b"], b"").unwrap();
+        assert_eq!((reply.status, &reply.body[..]), (200, &b"hello"[..]));
+        let request = server.join().unwrap().unwrap();
+        assert_eq!(
+            request,
+            b"GET /1.0/config HTTP/1.1\r\nHost: guestsock\r\nX-A: b\r\n\
+              Connection: close\r\nContent-Length: 0\r\n\r\n"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn answers_that_are_not_guestsocks_are_not_http() {
+        for answer in [
+            &b"SSH-2.0-OpenSSH_9.2\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        ] {
+            let (path, server) = serve_once(answer);
+            assert!(
+                matches!(call(&path, "GET", "/", b""), Err(ClientError::NotHttp)),
+                "{:?}",
+                String::from_utf8_lossy(answer)
+            );
+            assert!(server.join().unwrap().is_some());
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    #[test]
+    fn a_path_that_would_split_the_request_is_not_sent() {
+        let (path, server) = serve_once(b"HTTP/1.1 204 No Content\r\n\r\n");
+        let refused = call(&path, "GET", "/a HTTP/1.1\r\nX-Forged: 1\r\n\r\n", b"");
+        assert!(
+            matches!(&refused, Err(ClientError::Send(e)) if e.kind() == io::ErrorKind::InvalidInput),
+            "{refused:?}"
+        );
+        assert_eq!(server.join().unwrap(), None, "a request was written");
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn tables_align() {

@@ -6,7 +6,11 @@
 //! reports. None of this is used by the server itself.
 
 use crate::client::encode_segment;
+use crate::http::ResponseError;
+use crate::http::chunked::Dechunker;
+use crate::http::exchange::{self, BodyReader, ExchangeError};
 use crate::http::request::{self, Parsed, Request};
+use crate::http::response_head::{self, Framing};
 use crate::instance::InstanceSpec;
 use crate::ws::frame::{parse_header, write_frame};
 use crate::ws::reader::{Action, Reader};
@@ -109,6 +113,171 @@ fn round_trip(req: &Request<'_>) {
         (req.if_none_match, req.websocket, req.body)
     );
     assert_eq!(again.len, bytes.len());
+}
+
+/// The client side's answer parsers, fed `data` after its first byte (the
+/// size of each read, and whether the request was `HEAD`) as a server
+/// would send it, head then body:
+/// - they never panic, and never claim more bytes than they were given;
+/// - a head read a piece at a time is decided as the whole is (the same
+///   head, or the same error);
+/// - a chunked body decodes to the same data, completion and error
+///   whatever the read boundaries, and its data chunked again (with
+///   extensions and a trailer) decodes back to itself;
+/// - `exchange`, reading the same bytes from a stream, finds the same head
+///   and a body that agrees with the pure parsers.
+pub fn http_response(data: &[u8]) {
+    let Some((&control, input)) = data.split_first() else {
+        return;
+    };
+    let step = usize::from(control % 64) + 1;
+    let method = if control & 0x80 != 0 { "HEAD" } else { "GET" };
+    let whole = response_head::parse(input, method, RESPONSE_MAX_HEAD);
+    let mut end = 0;
+    let incremental = loop {
+        end = (end + step).min(input.len());
+        match response_head::parse(&input[..end], method, RESPONSE_MAX_HEAD) {
+            Ok(None) if end < input.len() => {}
+            other => break other,
+        }
+    };
+    assert_eq!(whole, incremental, "incremental and whole heads differ");
+    let head = match whole {
+        Ok(Some((used, head))) => {
+            assert!(used <= input.len() && used <= RESPONSE_MAX_HEAD);
+            Some((used, head))
+        }
+        _ => None,
+    };
+    let exchanged = exchange::read_head(&mut Pieces::new(input, step), method, RESPONSE_MAX_HEAD);
+    match (&whole, &exchanged) {
+        (Ok(Some((_, head))), _) if head.status == 101 => assert!(matches!(
+            exchanged,
+            Err(ExchangeError::Response(ResponseError::UnrequestedUpgrade))
+        )),
+        // Interim answers are skipped: what follows is another head.
+        (Ok(Some((_, head))), _) if (100..200).contains(&head.status) => {}
+        (Ok(Some((_, head))), Ok((got, _))) => assert_eq!(head, got),
+        (Ok(None), Err(ExchangeError::Closed)) => {}
+        (Err(e), Err(ExchangeError::Response(got))) => assert_eq!(e, got),
+        (a, b) => panic!("parsed {a:?} but exchanged {b:?}"),
+    }
+    let Some((used, head)) = head else {
+        return;
+    };
+    if (100..200).contains(&head.status) {
+        return;
+    }
+    let body = &input[used..];
+    let read = exchange::read_head(&mut Pieces::new(input, step), method, RESPONSE_MAX_HEAD)
+        .map(|(_, rest)| rest)
+        .and_then(|rest| {
+            let stream = Pieces::new(&input[used + rest.len()..], step);
+            BodyReader::new(stream, head.framing, rest, RESPONSE_MAX_CHUNK)
+                .read_to_end(RESPONSE_MAX_BODY)
+        });
+    let too_large = |read: &Result<Vec<u8>, ExchangeError>| {
+        matches!(
+            read,
+            Err(ExchangeError::Response(ResponseError::BodyTooLarge { .. }))
+        )
+    };
+    match head.framing {
+        Framing::Length(length) if length > RESPONSE_MAX_BODY => assert!(too_large(&read)),
+        Framing::Length(length) if length > body.len() => {
+            assert!(matches!(read, Err(ExchangeError::Closed)), "{read:?}");
+        }
+        Framing::Length(length) => assert_eq!(read.unwrap(), &body[..length]),
+        Framing::UntilClose if body.len() > RESPONSE_MAX_BODY => assert!(too_large(&read)),
+        Framing::UntilClose => assert_eq!(read.unwrap(), body),
+        Framing::Chunked => {
+            let (decoded, outcome) = dechunk(body, body.len());
+            let (in_steps, stepped) = dechunk(body, step);
+            assert_eq!(
+                (&decoded, &outcome),
+                (&in_steps, &stepped),
+                "whole and stepped chunked decoding differ"
+            );
+            match read {
+                // It stops reading at the last chunk: what came after it in
+                // a later read is never seen.
+                Ok(read) => {
+                    assert_eq!(read, decoded);
+                    assert!(matches!(
+                        outcome,
+                        Ok(true) | Err(ResponseError::BytesAfterLastChunk)
+                    ));
+                }
+                Err(ExchangeError::Closed) => assert_eq!(outcome, Ok(false)),
+                Err(ExchangeError::Response(ResponseError::BodyTooLarge { .. })) => {
+                    assert!(decoded.len() > RESPONSE_MAX_BODY);
+                }
+                Err(ExchangeError::Response(e)) => assert_eq!(outcome, Err(e)),
+                Err(e) => panic!("{e}"),
+            }
+            if outcome == Ok(true) {
+                let again = chunk(&decoded, step);
+                assert_eq!(dechunk(&again, step), (decoded, Ok(true)));
+            }
+        }
+    }
+}
+
+/// The largest head, chunk and body `http_response` allows: small, so that
+/// the fuzzer reaches every bound.
+const RESPONSE_MAX_HEAD: usize = 1024;
+/// See [`RESPONSE_MAX_HEAD`].
+const RESPONSE_MAX_CHUNK: usize = 256;
+/// See [`RESPONSE_MAX_HEAD`].
+const RESPONSE_MAX_BODY: usize = 4096;
+
+/// A chunked body fed to a decoder in pieces of `step`: the data decoded,
+/// and whether it completed, or the error.
+fn dechunk(body: &[u8], step: usize) -> (Vec<u8>, Result<bool, ResponseError>) {
+    let mut dechunker = Dechunker::new(RESPONSE_MAX_CHUNK);
+    let mut out = Vec::new();
+    for piece in body.chunks(step.max(1)) {
+        if let Err(e) = dechunker.push(piece, &mut out) {
+            return (out, Err(e));
+        }
+    }
+    (out, Ok(dechunker.is_done()))
+}
+
+/// `data` in the chunked coding, chunks of `step` bytes with an extension,
+/// then a trailer field.
+fn chunk(data: &[u8], step: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for piece in data.chunks(step.clamp(1, RESPONSE_MAX_CHUNK)) {
+        out.extend_from_slice(format!("{:x} ; n=\"v\"\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\nX-Trailer: t\r\n\r\n");
+    out
+}
+
+/// A stream that hands out its bytes `step` at a time, then ends.
+struct Pieces<'a> {
+    /// What is left to read.
+    bytes: &'a [u8],
+    /// The most one read gives.
+    step: usize,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(bytes: &'a [u8], step: usize) -> Pieces<'a> {
+        Pieces { bytes, step }
+    }
+}
+
+impl std::io::Read for Pieces<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.step.min(buf.len()).min(self.bytes.len());
+        buf[..n].copy_from_slice(&self.bytes[..n]);
+        self.bytes = &self.bytes[n..];
+        Ok(n)
+    }
 }
 
 /// The websocket reader, fed `data` in chunks as a connection would:

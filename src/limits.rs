@@ -286,12 +286,28 @@ pub const HANDOFF_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// instead of hanging the command.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Header fields the command-line client reads in an answer: 32.
+/// Header fields a client reads in an answer (the command line's from
+/// guestsock, the Docker watcher's from the engine): 32.
 ///
-/// guestsock sends fewer than ten; an answer with more is not one of its
-/// answers and is reported as not HTTP. httparse parses into an array of
-/// this size on the stack.
+/// guestsock sends fewer than ten, the engine about as many; an answer with
+/// more is not one of theirs and is refused as not HTTP. httparse parses
+/// into an array of this size on the stack.
 pub const MAX_REPLY_HEADERS: usize = 32;
+
+/// Largest answer head the command-line client reads from guestsock, in
+/// bytes: 16 KiB.
+///
+/// guestsock's heads are a status line and a handful of short headers
+/// (under 300 bytes); a head past this is not guestsock's, and the call
+/// fails instead of buffering it.
+pub const MAX_REPLY_HEAD_BYTES: usize = 16 * 1024;
+
+/// Longest chunk-size line (with its extensions), and longest trailer
+/// section, of a chunked answer any client reads, in bytes: 4 KiB.
+///
+/// guestsock and the Docker engine send a bare hexadecimal size and no
+/// trailers; the bound keeps a line that never ends from being buffered.
+pub const MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
 
 /// Largest value of a timeout flag of `serve`, in seconds: 86,400 (a day).
 ///
@@ -480,13 +496,6 @@ pub const DOCKER_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// ends the stream, and the watcher reconnects and reconciles, so nothing
 /// is missed because of it.
 pub const DOCKER_MAX_EVENT_BYTES: usize = 1024 * 1024;
-
-/// Longest chunk-size line (with its extensions) or trailer section of a
-/// chunked answer from the engine, in bytes: 4 KiB.
-///
-/// Docker sends a bare hexadecimal size and no trailers; the bound keeps a
-/// line that never ends from being buffered.
-pub const DOCKER_MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
 
 /// Engine events read but not yet handled by the Docker watcher: 16,384.
 ///

@@ -28,6 +28,11 @@ fn http_request() {
 }
 
 #[test]
+fn http_response() {
+    replay("http_response", guestsock::fuzzing::http_response);
+}
+
+#[test]
 fn ws_reader() {
     replay("ws_reader", guestsock::fuzzing::ws_reader);
 }

@@ -4,10 +4,12 @@
 //! reconciles with the containers that are running whenever it (re)connects,
 //! so that nothing is missed or left behind.
 //!
-//! Owns the small HTTP/1.1 client that speaks the Docker Engine API (three
-//! `GET`s: `/events`, `/containers/json`, `/containers/{id}/json`), its pure
-//! parsers (response head, chunked transfer coding, event lines, inspect
-//! answers) and the watcher loop. It does not own what an instance is made
+//! Owns what is the Docker Engine API's: its three `GET`s (`/events`,
+//! `/containers/json`, `/containers/{id}/json`), the event stream decoded
+//! into [`EngineEvent`]s, the inspect and list documents, and the watcher
+//! loop. HTTP/1.1 itself (writing the request, the answer's head, chunked
+//! transfer coding, splitting the stream into lines) is [`crate::http`]'s,
+//! shared with every other client. It does not own what an instance is made
 //! of (cgroup or pid-namespace rule, `root_uid`, labels to config): that is
 //! [`super::describe`]'s, through [`super::register`], exactly as for the
 //! OCI and LXC hooks.
@@ -18,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -30,10 +32,12 @@ use serde::Deserialize;
 
 use super::{Container, LABEL_PREFIX, Runtime, RuntimeError, Start};
 use crate::client::{ClientError, encode_segment};
+use crate::http::exchange::{self, BodyReader, ExchangeError};
+use crate::http::lines::Lines;
+use crate::http::response_head::ResponseHead;
 use crate::limits::{
-    DOCKER_CALL_TIMEOUT, DOCKER_EVENT_QUEUE, DOCKER_MAX_BODY_BYTES, DOCKER_MAX_CHUNK_LINE_BYTES,
-    DOCKER_MAX_EVENT_BYTES, DOCKER_MAX_HEAD_BYTES, DOCKER_RECONNECT_FIRST, DOCKER_RECONNECT_MAX,
-    MAX_REPLY_HEADERS, READ_CHUNK_BYTES,
+    DOCKER_CALL_TIMEOUT, DOCKER_EVENT_QUEUE, DOCKER_MAX_BODY_BYTES, DOCKER_MAX_EVENT_BYTES,
+    DOCKER_MAX_HEAD_BYTES, DOCKER_RECONNECT_FIRST, DOCKER_RECONNECT_MAX, MAX_CHUNK_LINE_BYTES,
 };
 use crate::log;
 
@@ -75,32 +79,18 @@ pub enum DockerError {
         /// What `connect` said.
         source: io::Error,
     },
-    /// Sending to or reading from the engine failed, or timed out after
-    /// [`DOCKER_CALL_TIMEOUT`] (the engine went away or hangs).
+    /// Setting up the connection to the engine failed (its timeouts, the
+    /// handle the reader thread reads through, or that thread).
     Io(io::Error),
-    /// The engine closed the connection before the answer was complete, or
-    /// ended the event stream (it is stopping).
+    /// A call to the engine failed at the HTTP level: sending or reading
+    /// failed, or timed out after [`DOCKER_CALL_TIMEOUT`] (the engine went
+    /// away or hangs), the engine closed before the answer was complete, or
+    /// the answer is not HTTP/1.1 as the engine writes it (its head past
+    /// [`DOCKER_MAX_HEAD_BYTES`], its body past [`DOCKER_MAX_BODY_BYTES`],
+    /// something other than the engine answers on the socket); says which.
+    Http(ExchangeError),
+    /// The engine ended the event stream (it is stopping).
     Closed,
-    /// The answer is not HTTP as the engine writes it; says what is wrong.
-    /// Something other than the engine answers on the socket.
-    NotHttp(&'static str),
-    /// The answer's head is longer than [`DOCKER_MAX_HEAD_BYTES`].
-    HeadTooLarge {
-        /// The bound.
-        limit: usize,
-    },
-    /// The answer's body is longer than [`DOCKER_MAX_BODY_BYTES`].
-    BodyTooLarge {
-        /// The bound.
-        limit: usize,
-    },
-    /// A chunked body that breaks RFC 9112 section 7.1; says what is wrong.
-    BadChunk(&'static str),
-    /// A chunk, or a chunk-size line, longer than the caller's bound.
-    ChunkTooLarge {
-        /// The bound.
-        limit: usize,
-    },
     /// An event line longer than [`DOCKER_MAX_EVENT_BYTES`].
     EventTooLarge {
         /// The bound.
@@ -137,19 +127,9 @@ impl fmt::Display for DockerError {
             DockerError::Connect { socket, source } => {
                 write!(f, "cannot connect to {}: {source}", socket.display())
             }
-            DockerError::Io(e) => write!(f, "talking to the engine failed: {e}"),
-            DockerError::Closed => f.write_str("the engine closed the connection"),
-            DockerError::NotHttp(why) => write!(f, "the engine's answer is not HTTP: {why}"),
-            DockerError::HeadTooLarge { limit } => {
-                write!(f, "the engine's answer head is longer than {limit} bytes")
-            }
-            DockerError::BodyTooLarge { limit } => {
-                write!(f, "the engine's answer is longer than {limit} bytes")
-            }
-            DockerError::BadChunk(why) => write!(f, "bad chunked encoding from the engine: {why}"),
-            DockerError::ChunkTooLarge { limit } => {
-                write!(f, "a chunk from the engine is longer than {limit} bytes")
-            }
+            DockerError::Io(e) => write!(f, "cannot set up the connection to the engine: {e}"),
+            DockerError::Http(e) => write!(f, "talking to the engine: {e}"),
+            DockerError::Closed => f.write_str("the engine ended the event stream"),
             DockerError::EventTooLarge { limit } => {
                 write!(f, "an event from the engine is longer than {limit} bytes")
             }
@@ -177,6 +157,12 @@ impl fmt::Display for DockerError {
 
 impl std::error::Error for DockerError {}
 
+impl From<ExchangeError> for DockerError {
+    fn from(e: ExchangeError) -> DockerError {
+        DockerError::Http(e)
+    }
+}
+
 /// The engine's socket: `--docker-socket` if given, else `DOCKER_HOST`'s
 /// `unix://` path, else [`DEFAULT_DOCKER_SOCKET`].
 pub fn engine_socket(flag: Option<&Path>) -> Result<PathBuf, DockerError> {
@@ -200,290 +186,8 @@ pub fn socket_from_docker_host(host: &str) -> Result<PathBuf, DockerError> {
 }
 
 // ---------------------------------------------------------------------------
-// Pure parsers: bytes in, "complete (with bytes used)", "need more" or an
-// error out; no I/O.
-
-/// How an answer's body ends (RFC 9112 section 6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// `Transfer-Encoding: chunked`: chunks up to the last one.
-    Chunked,
-    /// `Content-Length`: exactly this many bytes.
-    Length(usize),
-    /// Neither: the body lasts until the engine closes.
-    UntilClose,
-}
-
-/// An answer's head, as far as the watcher needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
-    /// The status code.
-    pub status: u16,
-    /// How the body ends.
-    pub framing: Framing,
-}
-
-/// Parses an answer head at the start of `buf`: `Ok(Some((used, head)))`
-/// once complete, `Ok(None)` if more bytes are needed.
-pub fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, DockerError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_REPLY_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let used = match response.parse(buf) {
-        Ok(httparse::Status::Complete(used)) => used,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > DOCKER_MAX_HEAD_BYTES {
-                return Err(DockerError::HeadTooLarge {
-                    limit: DOCKER_MAX_HEAD_BYTES,
-                });
-            }
-            return Ok(None);
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(DockerError::NotHttp("too many header fields"));
-        }
-        Err(_) => return Err(DockerError::NotHttp("malformed head")),
-    };
-    if used > DOCKER_MAX_HEAD_BYTES {
-        return Err(DockerError::HeadTooLarge {
-            limit: DOCKER_MAX_HEAD_BYTES,
-        });
-    }
-    let status = response.code.ok_or(DockerError::NotHttp("no status"))?;
-    let mut chunked = None;
-    let mut length: Option<usize> = None;
-    for header in response.headers.iter() {
-        if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            // RFC 9112 6.3: chunked is the final coding, or the body lasts
-            // until the connection closes.
-            let last = header
-                .value
-                .split(|&b| b == b',')
-                .next_back()
-                .map(|coding| coding.trim_ascii());
-            chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
-        } else if header.name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(header.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .ok_or(DockerError::NotHttp("bad Content-Length"))?;
-            // RFC 9112 6.3: differing lengths make the message invalid.
-            if length.is_some_and(|l| l != value) {
-                return Err(DockerError::NotHttp("conflicting Content-Length"));
-            }
-            length = Some(value);
-        }
-    }
-    // RFC 9112 6.3: Transfer-Encoding overrides Content-Length.
-    let framing = match (chunked, length) {
-        (Some(true), _) => Framing::Chunked,
-        (Some(false), _) => Framing::UntilClose,
-        (None, Some(length)) => Framing::Length(length),
-        (None, None) => Framing::UntilClose,
-    };
-    Ok(Some((used, Head { status, framing })))
-}
-
-/// One step of a chunked body (RFC 9112 section 7.1), found at the start
-/// of a buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chunk {
-    /// A chunk whose data is `buf[start..end]`; the chunk with its size
-    /// line and final CRLF takes `used` bytes.
-    Data {
-        /// Where the data starts.
-        start: usize,
-        /// Where it ends.
-        end: usize,
-        /// The whole chunk's length.
-        used: usize,
-    },
-    /// The last chunk (size 0) with its trailer section and the blank line
-    /// that ends the body: `used` bytes.
-    Last {
-        /// Its length.
-        used: usize,
-    },
-}
-
-/// The line at the start of `buf` (without its CRLF, a bare LF accepted as
-/// RFC 9112 2.2 allows) and the bytes it takes with its terminator, or
-/// `None` if it is not complete; a line longer than `limit` is an error.
-fn line(buf: &[u8], limit: usize) -> Result<Option<(&[u8], usize)>, DockerError> {
-    match buf.iter().take(limit + 2).position(|&b| b == b'\n') {
-        Some(lf) => {
-            let text = &buf[..lf];
-            let text = text.strip_suffix(b"\r").unwrap_or(text);
-            if text.len() > limit {
-                return Err(DockerError::ChunkTooLarge { limit });
-            }
-            Ok(Some((text, lf + 1)))
-        }
-        None if buf.len() > limit + 1 => Err(DockerError::ChunkTooLarge { limit }),
-        None => Ok(None),
-    }
-}
-
-/// Parses one chunk at the start of `buf`, whose data may be at most
-/// `max_size` bytes: `Ok(None)` if more bytes are needed.
-pub fn parse_chunk(buf: &[u8], max_size: usize) -> Result<Option<Chunk>, DockerError> {
-    let Some((size_line, size_used)) = line(buf, DOCKER_MAX_CHUNK_LINE_BYTES)? else {
-        return Ok(None);
-    };
-    // chunk-size = 1*HEXDIG, then optional BWS ";" extensions, ignored.
-    let digits = size_line
-        .iter()
-        .take_while(|b| b.is_ascii_hexdigit())
-        .count();
-    if digits == 0 {
-        return Err(DockerError::BadChunk("chunk size is not hexadecimal"));
-    }
-    let rest = size_line[digits..].trim_ascii_start();
-    if !rest.is_empty() && rest[0] != b';' {
-        return Err(DockerError::BadChunk("junk after the chunk size"));
-    }
-    let mut size: usize = 0;
-    for &digit in &size_line[..digits] {
-        let value = char::from(digit).to_digit(16).unwrap_or(0) as usize;
-        size = size
-            .checked_mul(16)
-            .and_then(|s| s.checked_add(value))
-            .filter(|&s| s <= max_size)
-            .ok_or(DockerError::ChunkTooLarge { limit: max_size })?;
-    }
-    if size == 0 {
-        // last-chunk, then trailer fields up to an empty line.
-        let mut used = size_used;
-        loop {
-            let budget = DOCKER_MAX_CHUNK_LINE_BYTES.saturating_sub(used - size_used);
-            let Some((field, field_used)) = line(&buf[used..], budget)? else {
-                return Ok(None);
-            };
-            used += field_used;
-            if field.is_empty() {
-                return Ok(Some(Chunk::Last { used }));
-            }
-        }
-    }
-    let start = size_used;
-    let end = start + size;
-    if buf.len() < end + 2 {
-        if buf.len() > end && buf[end] != b'\r' {
-            return Err(DockerError::BadChunk("chunk data not followed by CRLF"));
-        }
-        return Ok(None);
-    }
-    if &buf[end..end + 2] != b"\r\n" {
-        return Err(DockerError::BadChunk("chunk data not followed by CRLF"));
-    }
-    Ok(Some(Chunk::Data {
-        start,
-        end,
-        used: end + 2,
-    }))
-}
-
-/// Decodes a chunked body fed in pieces as they are read; holds at most one
-/// chunk of undecoded bytes.
-#[derive(Debug)]
-pub struct Dechunker {
-    /// Bytes read but not yet decoded (part of one chunk).
-    pending: Vec<u8>,
-    /// The largest chunk accepted.
-    max_chunk: usize,
-    /// Whether the last chunk has been seen.
-    done: bool,
-}
-
-impl Dechunker {
-    /// A decoder taking chunks of at most `max_chunk` bytes.
-    pub fn new(max_chunk: usize) -> Dechunker {
-        Dechunker {
-            pending: Vec::new(),
-            max_chunk,
-            done: false,
-        }
-    }
-
-    /// Feeds `input`, appending the data of every complete chunk to `out`.
-    /// Bytes after the last chunk are an error (one answer per connection).
-    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), DockerError> {
-        if self.done {
-            if input.is_empty() {
-                return Ok(());
-            }
-            return Err(DockerError::BadChunk("bytes after the last chunk"));
-        }
-        self.pending.extend_from_slice(input);
-        let mut offset = 0;
-        loop {
-            match parse_chunk(&self.pending[offset..], self.max_chunk)? {
-                Some(Chunk::Data { start, end, used }) => {
-                    out.extend_from_slice(&self.pending[offset + start..offset + end]);
-                    offset += used;
-                }
-                Some(Chunk::Last { used }) => {
-                    offset += used;
-                    self.done = true;
-                    if offset != self.pending.len() {
-                        return Err(DockerError::BadChunk("bytes after the last chunk"));
-                    }
-                    break;
-                }
-                None => break,
-            }
-        }
-        self.pending.drain(..offset);
-        Ok(())
-    }
-
-    /// Whether the body is complete (the last chunk was decoded).
-    pub fn is_done(&self) -> bool {
-        self.done
-    }
-}
-
-/// Splits a byte stream into `\n`-terminated lines (the engine writes one
-/// JSON event per line), holding at most one line of `max` bytes.
-#[derive(Debug)]
-pub struct Lines {
-    /// Bytes after the last complete line.
-    partial: Vec<u8>,
-    /// The longest line accepted, without its newline.
-    max: usize,
-}
-
-impl Lines {
-    /// A splitter for lines of at most `max` bytes.
-    pub fn new(max: usize) -> Lines {
-        Lines {
-            partial: Vec::new(),
-            max,
-        }
-    }
-
-    /// Feeds `data`; returns every line it completes, without newlines,
-    /// empty ones dropped.
-    pub fn push(&mut self, data: &[u8]) -> Result<Vec<Vec<u8>>, DockerError> {
-        let mut lines = Vec::new();
-        let mut rest = data;
-        while let Some(lf) = rest.iter().position(|&b| b == b'\n') {
-            if self.partial.len() + lf > self.max {
-                return Err(DockerError::EventTooLarge { limit: self.max });
-            }
-            self.partial.extend_from_slice(&rest[..lf]);
-            let line = std::mem::take(&mut self.partial);
-            if !line.trim_ascii().is_empty() {
-                lines.push(line);
-            }
-            rest = &rest[lf + 1..];
-        }
-        if self.partial.len() + rest.len() > self.max {
-            return Err(DockerError::EventTooLarge { limit: self.max });
-        }
-        self.partial.extend_from_slice(rest);
-        Ok(lines)
-    }
-}
+// Pure parsers of the engine's documents: bytes in, a value or an error
+// out; no I/O.
 
 /// What happened to a container, of the engine's events the watcher acts
 /// on.
@@ -754,7 +458,7 @@ struct Answer {
     /// Bytes already read past the head.
     rest: Vec<u8>,
     /// The head.
-    head: Head,
+    head: ResponseHead,
 }
 
 impl Engine {
@@ -781,39 +485,17 @@ impl Engine {
             .set_read_timeout(timeout)
             .and_then(|()| stream.set_write_timeout(Some(DOCKER_CALL_TIMEOUT)))
             .map_err(DockerError::Io)?;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: guestsock/{}\r\n\
-             Connection: close\r\n\r\n",
-            env!("CARGO_PKG_VERSION")
-        );
-        stream
-            .write_all(request.as_bytes())
-            .map_err(DockerError::Io)?;
-        let mut buf = Vec::new();
-        loop {
-            if let Some((used, head)) = parse_head(&buf)? {
-                buf.drain(..used);
-                return Ok(Answer {
-                    stream,
-                    rest: buf,
-                    head,
-                });
-            }
-            if read_some(&mut stream, &mut buf)? == 0 {
-                return Err(DockerError::Closed);
-            }
-        }
+        let user_agent = concat!("User-Agent: guestsock/", env!("CARGO_PKG_VERSION"));
+        exchange::send_request(&mut stream, "GET", path, "docker", &[user_agent], None)?;
+        let (head, rest) = exchange::read_head(&mut stream, "GET", DOCKER_MAX_HEAD_BYTES)?;
+        Ok(Answer { stream, rest, head })
     }
 
     /// `GET path`, the whole body of a `200` answer; a `404` is
     /// `Ok(None)`, any other status an error with the engine's message.
     fn call(&self, path: &str) -> Result<Option<Vec<u8>>, DockerError> {
-        let Answer {
-            mut stream,
-            rest,
-            head,
-        } = self.get(path, Some(DOCKER_CALL_TIMEOUT))?;
-        let body = read_body(&mut stream, rest, head.framing)?;
+        let Answer { stream, rest, head } = self.get(path, Some(DOCKER_CALL_TIMEOUT))?;
+        let body = read_body(stream, rest, head)?;
         match head.status {
             200 => Ok(Some(body)),
             404 => Ok(None),
@@ -853,9 +535,8 @@ impl Engine {
         );
         let Answer { stream, rest, head } = self.get(&path, None)?;
         if head.status != 200 {
-            let mut stream = stream;
             let _ = stream.set_read_timeout(Some(DOCKER_CALL_TIMEOUT));
-            let body = read_body(&mut stream, rest, head.framing).unwrap_or_default();
+            let body = read_body(stream, rest, head).unwrap_or_default();
             return Err(DockerError::Refused {
                 status: head.status,
                 message: engine_message(&body),
@@ -865,7 +546,14 @@ impl Engine {
         let (sender, events) = mpsc::sync_channel(DOCKER_EVENT_QUEUE);
         let reader = thread::Builder::new()
             .name("docker-events".into())
-            .spawn(move || read_events(stream, rest, head.framing, sender))
+            .spawn(move || {
+                // Docker writes each event as one chunk.
+                let max_chunk = DOCKER_MAX_EVENT_BYTES + MAX_CHUNK_LINE_BYTES;
+                read_events(
+                    BodyReader::new(stream, head.framing, rest, max_chunk),
+                    sender,
+                )
+            })
             .map_err(DockerError::Io)?;
         Ok(Subscription {
             events: Some(events),
@@ -875,75 +563,15 @@ impl Engine {
     }
 }
 
-/// Reads what the stream has into `buf` (at most [`READ_CHUNK_BYTES`]);
-/// `Interrupted` is retried.
-fn read_some(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<usize, DockerError> {
-    let mut chunk = [0u8; READ_CHUNK_BYTES];
-    loop {
-        match stream.read(&mut chunk) {
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                return Ok(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(DockerError::Io(e)),
-        }
-    }
-}
-
-/// Reads a whole body framed by `framing`, starting with the bytes `rest`
-/// read with the head, up to [`DOCKER_MAX_BODY_BYTES`].
+/// Reads a whole answer body framed by `head`, starting with the bytes
+/// `rest` read with the head, up to [`DOCKER_MAX_BODY_BYTES`].
 fn read_body(
-    stream: &mut UnixStream,
+    stream: UnixStream,
     rest: Vec<u8>,
-    framing: Framing,
+    head: ResponseHead,
 ) -> Result<Vec<u8>, DockerError> {
-    let too_large = DockerError::BodyTooLarge {
-        limit: DOCKER_MAX_BODY_BYTES,
-    };
-    match framing {
-        Framing::Length(length) => {
-            // Checked before reading a byte more of it.
-            if length > DOCKER_MAX_BODY_BYTES {
-                return Err(too_large);
-            }
-            let mut body = rest;
-            while body.len() < length {
-                if read_some(stream, &mut body)? == 0 {
-                    return Err(DockerError::Closed);
-                }
-            }
-            body.truncate(length);
-            Ok(body)
-        }
-        Framing::UntilClose => {
-            let mut body = rest;
-            while read_some(stream, &mut body)? > 0 {
-                if body.len() > DOCKER_MAX_BODY_BYTES {
-                    return Err(too_large);
-                }
-            }
-            Ok(body)
-        }
-        Framing::Chunked => {
-            let mut dechunker = Dechunker::new(DOCKER_MAX_BODY_BYTES);
-            let mut body = Vec::new();
-            let mut input = rest;
-            loop {
-                dechunker.push(&input, &mut body)?;
-                if body.len() > DOCKER_MAX_BODY_BYTES {
-                    return Err(too_large);
-                }
-                if dechunker.is_done() {
-                    return Ok(body);
-                }
-                input.clear();
-                if read_some(stream, &mut input)? == 0 {
-                    return Err(DockerError::Closed);
-                }
-            }
-        }
-    }
+    let body = BodyReader::new(stream, head.framing, rest, DOCKER_MAX_BODY_BYTES);
+    Ok(body.read_to_end(DOCKER_MAX_BODY_BYTES)?)
 }
 
 /// The engine's error message: the `message` of its JSON error body, else
@@ -964,27 +592,21 @@ fn engine_message(body: &[u8]) -> String {
 /// stream ended, broke, or the queue was full), or silently when the
 /// watcher dropped the queue.
 fn read_events(
-    mut stream: UnixStream,
-    rest: Vec<u8>,
-    framing: Framing,
+    mut body: BodyReader<UnixStream>,
     sender: SyncSender<Result<EngineEvent, DockerError>>,
 ) {
-    let run = || -> Result<(), DockerError> {
-        let mut dechunker = (framing == Framing::Chunked)
-            .then(|| Dechunker::new(DOCKER_MAX_EVENT_BYTES + DOCKER_MAX_CHUNK_LINE_BYTES));
+    let mut run = || -> Result<(), DockerError> {
         let mut lines = Lines::new(DOCKER_MAX_EVENT_BYTES);
-        let mut input = rest;
         let mut decoded = Vec::new();
         loop {
-            let data = match &mut dechunker {
-                Some(dechunker) => {
-                    decoded.clear();
-                    dechunker.push(&input, &mut decoded)?;
-                    &decoded
-                }
-                None => &input,
-            };
-            for line in lines.push(data)? {
+            decoded.clear();
+            let more = body.read_into(&mut decoded)?;
+            let complete = lines
+                .push(&decoded)
+                .map_err(|_| DockerError::EventTooLarge {
+                    limit: DOCKER_MAX_EVENT_BYTES,
+                })?;
+            for line in complete {
                 let Some(event) = parse_event(&line)? else {
                     continue;
                 };
@@ -999,11 +621,7 @@ fn read_events(
                     Err(TrySendError::Disconnected(_)) => return Ok(()),
                 }
             }
-            if dechunker.as_ref().is_some_and(Dechunker::is_done) {
-                return Err(DockerError::Closed);
-            }
-            input.clear();
-            if read_some(&mut stream, &mut input)? == 0 {
+            if !more {
                 return Err(DockerError::Closed);
             }
         }
@@ -1436,203 +1054,6 @@ fn unreachable(error: &RuntimeError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Feeds `input` to a fresh decoder in pieces of `step` bytes.
-    fn dechunk(input: &[u8], step: usize, max: usize) -> Result<(Vec<u8>, bool), DockerError> {
-        let mut dechunker = Dechunker::new(max);
-        let mut out = Vec::new();
-        for piece in input.chunks(step.max(1)) {
-            dechunker.push(piece, &mut out)?;
-        }
-        Ok((out, dechunker.is_done()))
-    }
-
-    #[test]
-    fn chunked_bodies_decode_whatever_the_read_boundaries() {
-        // (input, decoded, complete)
-        let table: &[(&[u8], &[u8], bool)] = &[
-            // RFC 9112 7.1's shape: chunks, last chunk, empty trailer.
-            (b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n", b"Wikipedia", true),
-            // Upper- and lower-case hex, leading zeros.
-            (
-                b"0A\r\n0123456789\r\na\r\nabcdefghij\r\n00\r\n\r\n",
-                b"0123456789abcdefghij",
-                true,
-            ),
-            // Extensions are ignored, with or without whitespace.
-            (
-                b"3;name=value\r\nabc\r\n3 ; x\r\ndef\r\n0;end\r\n\r\n",
-                b"abcdef",
-                true,
-            ),
-            // Trailer fields are skipped.
-            (
-                b"2\r\nhi\r\n0\r\nExpires: never\r\nX: y\r\n\r\n",
-                b"hi",
-                true,
-            ),
-            // A bare LF ends a size line (RFC 9112 2.2).
-            (b"2\nhi\r\n0\n\n", b"hi", true),
-            // Not yet complete.
-            (b"4\r\nWiki\r\n5\r\npedi", b"Wiki", false),
-            (b"4\r\nWiki\r\n0\r\n", b"Wiki", false),
-            (b"", b"", false),
-            // Docker's event stream: one JSON line per chunk.
-            (b"a\r\n{\"a\":\"b\"}\n\r\n", b"{\"a\":\"b\"}\n", false),
-        ];
-        for &(input, decoded, complete) in table {
-            for step in [1, 2, 3, 7, input.len()] {
-                let (out, done) = dechunk(input, step, 1024)
-                    .unwrap_or_else(|e| panic!("{:?} in steps of {step}: {e}", input));
-                assert_eq!(out, decoded, "{:?} in steps of {step}", input);
-                assert_eq!(done, complete, "{:?} in steps of {step}", input);
-            }
-        }
-    }
-
-    #[test]
-    fn broken_chunked_bodies_are_refused() {
-        let table: &[(&[u8], &str)] = &[
-            (b"x\r\nabc\r\n", "chunk size is not hexadecimal"),
-            (b"\r\nabc\r\n", "chunk size is not hexadecimal"),
-            (b"3x\r\nabc\r\n", "junk after the chunk size"),
-            (b"3\r\nabcd\r\n", "chunk data not followed by CRLF"),
-            (b"3\r\nabc\n0\r\n\r\n", "chunk data not followed by CRLF"),
-            (b"0\r\n\r\nextra", "bytes after the last chunk"),
-            (b"-1\r\nabc\r\n", "chunk size is not hexadecimal"),
-        ];
-        for &(input, why) in table {
-            match dechunk(input, input.len(), 1024) {
-                Err(DockerError::BadChunk(reason)) => assert_eq!(reason, why, "{input:?}"),
-                other => panic!("{input:?}: {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn chunks_past_their_bounds_are_refused_before_they_are_buffered() {
-        // Over the caller's bound.
-        assert!(matches!(
-            parse_chunk(b"401\r\n", 1024),
-            Err(DockerError::ChunkTooLarge { limit: 1024 })
-        ));
-        assert!(matches!(parse_chunk(b"400\r\n", 1024), Ok(None)));
-        // A size that would overflow usize.
-        assert!(matches!(
-            parse_chunk(b"fffffffffffffffffffffffff\r\n", usize::MAX),
-            Err(DockerError::ChunkTooLarge { .. })
-        ));
-        // A size line that never ends.
-        let endless = vec![b'1'; DOCKER_MAX_CHUNK_LINE_BYTES + 2];
-        assert!(matches!(
-            parse_chunk(&endless, usize::MAX),
-            Err(DockerError::ChunkTooLarge { .. })
-        ));
-        let mut long_ext = b"1;".to_vec();
-        long_ext.extend(vec![b'x'; DOCKER_MAX_CHUNK_LINE_BYTES]);
-        long_ext.extend_from_slice(b"\r\n");
-        assert!(matches!(
-            parse_chunk(&long_ext, 1024),
-            Err(DockerError::ChunkTooLarge { .. })
-        ));
-        // An endless trailer section.
-        let mut trailers = b"0\r\n".to_vec();
-        for _ in 0..DOCKER_MAX_CHUNK_LINE_BYTES / 8 + 1 {
-            trailers.extend_from_slice(b"X: 1234\r\n");
-        }
-        assert!(matches!(
-            parse_chunk(&trailers, 1024),
-            Err(DockerError::ChunkTooLarge { .. })
-        ));
-    }
-
-    #[test]
-    fn heads_say_how_their_body_ends() {
-        let table: &[(&[u8], u16, Framing)] = &[
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
-                200,
-                Framing::Chunked,
-            ),
-            (b"HTTP/1.1 404 Not Found\r\nContent-Length: 42\r\n\r\n", 404, Framing::Length(42)),
-            (b"HTTP/1.0 200 OK\r\n\r\n", 200, Framing::UntilClose),
-            // Transfer-Encoding wins over Content-Length (RFC 9112 6.3).
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\ntransfer-encoding: gzip, Chunked\r\n\r\n",
-                200,
-                Framing::Chunked,
-            ),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", 200, Framing::UntilClose),
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
-                200,
-                Framing::Length(5),
-            ),
-        ];
-        for &(input, status, framing) in table {
-            let mut with_body = input.to_vec();
-            with_body.extend_from_slice(b"body");
-            let (used, head) = parse_head(&with_body).unwrap().unwrap();
-            assert_eq!(used, input.len());
-            assert_eq!(head, Head { status, framing });
-            // Every shorter prefix needs more.
-            for cut in 0..input.len() {
-                assert_eq!(parse_head(&input[..cut]).unwrap(), None, "{cut}");
-            }
-        }
-    }
-
-    #[test]
-    fn heads_that_are_not_the_engines_are_refused() {
-        for input in [
-            &b"SSH-2.0-OpenSSH_9.2\r\n\r\n"[..],
-            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-        ] {
-            assert!(
-                matches!(parse_head(input), Err(DockerError::NotHttp(_))),
-                "{input:?}"
-            );
-        }
-        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
-        for i in 0..=MAX_REPLY_HEADERS {
-            many.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
-        }
-        many.extend_from_slice(b"\r\n");
-        assert!(matches!(parse_head(&many), Err(DockerError::NotHttp(_))));
-        let mut endless = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
-        endless.extend(vec![b'y'; DOCKER_MAX_HEAD_BYTES]);
-        assert!(matches!(
-            parse_head(&endless),
-            Err(DockerError::HeadTooLarge { .. })
-        ));
-    }
-
-    #[test]
-    fn lines_are_split_across_pieces_and_bounded() {
-        let mut lines = Lines::new(10);
-        assert_eq!(lines.push(b"abc").unwrap(), Vec::<Vec<u8>>::new());
-        assert_eq!(
-            lines.push(b"de\nfg\n\nh").unwrap(),
-            vec![b"abcde".to_vec(), b"fg".to_vec()]
-        );
-        assert_eq!(lines.push(b"\n").unwrap(), vec![b"h".to_vec()]);
-        // Exactly the bound is accepted, one byte more is not.
-        assert_eq!(
-            lines.push(b"0123456789\n").unwrap(),
-            vec![b"0123456789".to_vec()]
-        );
-        assert!(matches!(
-            lines.push(b"0123456789a"),
-            Err(DockerError::EventTooLarge { limit: 10 })
-        ));
-        let mut lines = Lines::new(10);
-        lines.push(b"01234").unwrap();
-        assert!(matches!(
-            lines.push(b"56789a\n"),
-            Err(DockerError::EventTooLarge { limit: 10 })
-        ));
-    }
 
     /// An event line as Docker 20.10 writes it.
     const START: &str = r#"{"status":"start","id":"5089ab15bb6da33842b6e436ad7e85a2b3d9d7ad29c1bed2a3546afa266f9aab","from":"gs-test:1","Type":"container","Action":"start","Actor":{"ID":"5089ab15bb6da33842b6e436ad7e85a2b3d9d7ad29c1bed2a3546afa266f9aab","Attributes":{"image":"gs-test:1","io.guestsock.config.user.foo":"bar","name":"magical_zhukovsky"}},"scope":"local","time":1796129129,"timeNano":1796129129461812033}"#;
