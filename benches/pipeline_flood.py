@@ -252,4 +252,5 @@ def main():
             print(json.dumps({"build": name, "flood": f"{n} x {kind}", **row}), flush=True)
 
 
-main()
+if __name__ == "__main__":
+    main()

@@ -185,7 +185,7 @@ def nice_of(pid):
     return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[16])
 
 
-def start_server(work, label, nice=None, procs=None):
+def start_server(work, label, nice=None, procs=None, flags=("--rate-limit", "0")):
     sock, admin = os.path.join(work, label, "guest.sock"), os.path.join(work, label, "admin.sock")
     os.makedirs(os.path.join(work, label))
 
@@ -199,7 +199,7 @@ def start_server(work, label, nice=None, procs=None):
     server = subprocess.Popen([BIN, "serve", "--socket", sock, "--admin-socket", admin,
                                "--state-dir", os.path.join(work, label, "state"),
                                "--instances", os.path.join(work, "instances.json"),
-                               "--rate-limit", "0", "--log-level", "error"],
+                               *flags, "--log-level", "error"],
                               stderr=subprocess.DEVNULL, preexec_fn=as_systemd)
     for _ in range(500):
         if os.path.exists(admin):

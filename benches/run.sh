@@ -6,7 +6,11 @@
 #
 # Settings: DURATION (s per wrk run, default 10), ROUNDS (alternating runs
 # per row, medians reported, default 3), CONNS (keep-alive connections,
-# default 64), INSTANCES (registered, default 4096).
+# default 64), INSTANCES (registered, default 4096), GUESTSOCK_BIN_BEFORE (an
+# older build: when set, it is run beside this one on the same registry and
+# the per-request rows compare the two, this build (A) against it (B)),
+# GUESTSOCK_BIN (the build to measure; default: target/release/guestsock,
+# built first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +23,10 @@ PORT=18080
 if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk nginx >/dev/null
 fi
-cargo build --release -q
+if [ -z "${GUESTSOCK_BIN:-}" ]; then
+    cargo build --release -q
+    GUESTSOCK_BIN=target/release/guestsock
+fi
 mkdir -p target/bench
 gcc -O2 -shared -fPIC -o target/bench/unixshim.so benches/unixshim.c -ldl
 gcc -O2 -o target/bench/ceiling benches/ceiling.c
@@ -29,7 +36,7 @@ cgroot=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
 bench_cg="$cgroot/guestsock-bench-$$"
 mkdir "$bench_cg"
 cleanup() {
-    kill "${GS_PID:-}" "${NGINX_PID:-}" "${CEILING_PID:-}" "${GS1_PID:-}" 2>/dev/null || true
+    kill "${GS_PID:-}" "${NGINX_PID:-}" "${CEILING_PID:-}" "${GS1_PID:-}" "${GS0_PID:-}" 2>/dev/null || true
     wait 2>/dev/null || true
     echo 1 > "$bench_cg/cgroup.kill" 2>/dev/null || true
     sleep 0.2
@@ -50,7 +57,7 @@ PY
 
 # Caps and the rate limit are lifted so that one wrk process can drive it.
 GS_FLAGS=(--rate-limit 0 --max-per-instance 100000)
-target/release/guestsock serve --socket "$work/gs/sock" --admin-socket "$work/admin.sock" \
+"$GUESTSOCK_BIN" serve --socket "$work/gs/sock" --admin-socket "$work/admin.sock" \
     --state-dir "$work/state" --instances "$work/instances.json" "${GS_FLAGS[@]}" 2>"$work/gs.log" &
 GS_PID=$!
 
@@ -110,7 +117,7 @@ run() {
         'BEGIN { printf "%.0f %.2f\n", r, (t > 0 ? c / hz * 1e6 / t : 0) }'
 }
 
-echo "guestsock $(target/release/guestsock help >/dev/null && git rev-parse --short HEAD 2>/dev/null), nginx $(nginx -v 2>&1 | sed 's/.*\///'), $(nproc) cores, $(uname -r)"
+echo "guestsock $("$GUESTSOCK_BIN" help >/dev/null && git rev-parse --short HEAD 2>/dev/null), nginx $(nginx -v 2>&1 | sed 's/.*\///'), $(nproc) cores, $(uname -r)"
 echo "settings: wrk -t1 -d${DURATION}s, $ROUNDS rounds (medians); $INSTANCES registered cgroup instances; guestsock ${GS_FLAGS[*]}; nginx 1 worker"
 printf '%-44s %12s %12s %8s %14s %14s %8s\n' scenario "A req/s" "B req/s" ratio "A µs CPU/req" "B µs CPU/req" ratio
 
@@ -167,7 +174,7 @@ import json, sys
 json.dump({"instances": [{"name": "bench", "match": {"cgroup": sys.argv[2]},
                           "config": {"user.foo": "bar"}}]}, open(sys.argv[1], "w"))
 PY
-target/release/guestsock serve --socket "$work/gs1/sock" --admin-socket "$work/admin1.sock" \
+"$GUESTSOCK_BIN" serve --socket "$work/gs1/sock" --admin-socket "$work/admin1.sock" \
     --state-dir "$work/state1" --instances "$work/one.json" "${GS_FLAGS[@]}" 2>>"$work/gs.log" &
 GS1_PID=$!
 for _ in $(seq 100); do [ -S "$work/gs1/sock" ] && break; sleep 0.1; done
@@ -175,3 +182,17 @@ sleep 0.3
 echo "identity cost: guestsock with $INSTANCES instances (A) against guestsock with 1 (B):"
 compare "connection per request GET /1.0 (-c16)" "${GS[@]}" "$work/gs1/sock" "$GS1_PID" /1.0 -c16 -H "Connection: close"
 kill "$GS1_PID"
+
+# This build against an older one (GUESTSOCK_BIN_BEFORE), same registry and
+# flags: what a change costs per request, in both directions.
+if [ -n "${GUESTSOCK_BIN_BEFORE:-}" ]; then
+    "$GUESTSOCK_BIN_BEFORE" serve --socket "$work/gs0/sock" --admin-socket "$work/admin0.sock" \
+        --state-dir "$work/state0" --instances "$work/instances.json" "${GS_FLAGS[@]}" 2>>"$work/gs.log" &
+    GS0_PID=$!
+    for _ in $(seq 100); do [ -S "$work/gs0/sock" ] && break; sleep 0.1; done
+    sleep 0.3
+    echo "this build (A) against $GUESTSOCK_BIN_BEFORE (B), $INSTANCES instances each:"
+    compare "keep-alive GET /1.0 (-c$CONNS)" "${GS[@]}" "$work/gs0/sock" "$GS0_PID" /1.0 -c"$CONNS"
+    compare "connection per request GET /1.0 (-c16)" "${GS[@]}" "$work/gs0/sock" "$GS0_PID" /1.0 -c16 -H "Connection: close"
+    kill "$GS0_PID"
+fi
