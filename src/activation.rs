@@ -7,7 +7,10 @@
 //! (`server::listener`), by its systemd name or its place.
 //!
 //! The handoff's protocol, on one stream socket: the predecessor passes the
-//! sockets; the successor says `L` once it has read the state; the
+//! sockets (the planned listeners' in one message whose text, `guestsock-
+//! handoff N`, says how many sockets of instances' own listeners follow, in
+//! messages of at most [`HANDOFF_BATCH`]); the successor says `L` once it
+//! has read the state; the
 //! predecessor says `R` once it has released the state directory (or `A`
 //! if it was told to stop first); the successor says `S` once it serves.
 //! Each watches the other's death through a pidfd: a predecessor that dies
@@ -27,6 +30,13 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::PathBuf;
 
 use nix::sys::socket::{SockType, UnixAddr, getsockname, getsockopt, sockopt};
+
+/// The text of every handoff message that passes sockets.
+const HANDOFF_TEXT: &str = "guestsock-handoff";
+
+/// Sockets passed in one handoff message at most: the kernel takes up to
+/// 253 descriptors per SCM_RIGHTS message (`SCM_MAX_FD`).
+pub const HANDOFF_BATCH: usize = 250;
 
 /// The first descriptor systemd passes (SD_LISTEN_FDS_START).
 const LISTEN_FDS_START: RawFd = 3;
@@ -248,17 +258,54 @@ pub fn take_handoff() -> Result<Option<Handoff>, String> {
 }
 
 impl Handoff {
-    /// Receives the predecessor's `N` listening sockets (SCM_RIGHTS), in
-    /// the order it passed them (its listeners' order, which is this
-    /// process's too).
-    pub fn receive_sockets<const N: usize>(&mut self) -> Result<Vec<(OwnedFd, PathBuf)>, String> {
+    /// Receives the predecessor's `N` planned listening sockets
+    /// (SCM_RIGHTS), in the order it passed them (its listeners' order,
+    /// which is this process's too), then the sockets of instances' own
+    /// listeners it said would follow, each with the path it is bound to.
+    #[allow(clippy::type_complexity)]
+    pub fn receive_sockets<const N: usize>(
+        &mut self,
+    ) -> Result<(Vec<(OwnedFd, PathBuf)>, Vec<(OwnedFd, PathBuf)>), String> {
+        let (text, planned) = self.receive_batch(N)?;
+        if planned.len() != N {
+            return Err(format!(
+                "the old process passed {} sockets, not {N}",
+                planned.len()
+            ));
+        }
+        // An older guestsock says no number: it has no others to pass.
+        let more: usize = match text.strip_prefix(HANDOFF_TEXT).map(str::trim) {
+            Some("") => 0,
+            Some(n) => n
+                .parse()
+                .map_err(|_| format!("bad handoff message {text:?}"))?,
+            None => return Err(format!("bad handoff message {text:?}")),
+        };
+        let mut own = Vec::with_capacity(more);
+        while own.len() < more {
+            let (_, batch) = self.receive_batch(HANDOFF_BATCH)?;
+            if batch.is_empty() || own.len() + batch.len() > more {
+                return Err(format!(
+                    "the old process passed {} of its instances' sockets, not {more}",
+                    own.len() + batch.len()
+                ));
+            }
+            own.extend(batch);
+        }
+        Ok((planned, own))
+    }
+
+    /// Receives one handoff message of at most `most` sockets: its text and
+    /// the sockets, each checked to be a listening unix socket and adopted
+    /// with the path it is bound to.
+    fn receive_batch(&mut self, most: usize) -> Result<(String, Vec<(OwnedFd, PathBuf)>), String> {
         use std::io::IoSliceMut;
         use std::os::fd::AsRawFd;
 
         use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
         let mut payload = [0u8; 64];
         let mut iov = [IoSliceMut::new(&mut payload)];
-        let mut space = nix::cmsg_space!([RawFd; N]);
+        let mut space = vec![0u8; nix::sys::socket::cmsg_space::<RawFd>() * most.max(1)];
         let msg = recvmsg::<()>(
             self.channel.as_raw_fd(),
             &mut iov,
@@ -266,6 +313,7 @@ impl Handoff {
             MsgFlags::MSG_CMSG_CLOEXEC,
         )
         .map_err(|e| format!("cannot receive the sockets from the old process: {e}"))?;
+        let read = msg.bytes;
         let mut fds = Vec::new();
         for cmsg in msg
             .cmsgs()
@@ -275,20 +323,19 @@ impl Handoff {
                 fds.extend(received);
             }
         }
-        if fds.len() != N {
-            return Err(format!(
-                "the old process passed {} sockets, not {N}",
-                fds.len()
-            ));
+        // SAFETY: received just now with SCM_RIGHTS, so this process owns
+        // them; each is checked before it is used as a listener.
+        let owned: Vec<OwnedFd> = fds
+            .into_iter()
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            .collect();
+        let text = String::from_utf8_lossy(&payload[..read]).into_owned();
+        let mut adopted = Vec::with_capacity(owned.len());
+        for fd in owned {
+            let path = check_listening_unix(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
+            adopted.push((fd, path));
         }
-        let mut adopted = Vec::with_capacity(N);
-        for fd in fds {
-            let path = check_listening_unix(fd)?;
-            // SAFETY: received just now with SCM_RIGHTS, so this process
-            // owns it; checked above to be a listening unix socket.
-            adopted.push((unsafe { OwnedFd::from_raw_fd(fd) }, path));
-        }
-        Ok(adopted)
+        Ok((text, adopted))
     }
 
     /// Tells the predecessor that this process has read the state and is
@@ -388,6 +435,7 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 /// dies.
 pub fn spawn_successor(
     listening: &[std::os::fd::BorrowedFd<'_>],
+    own: &[std::os::fd::BorrowedFd<'_>],
 ) -> Result<(std::os::unix::net::UnixStream, u32, Option<OwnedFd>), String> {
     use std::io::IoSlice;
     use std::os::fd::{AsFd, AsRawFd};
@@ -419,15 +467,22 @@ pub fn spawn_successor(
     // The child is not waited for until this process exits, so its pid
     // cannot be reused before the pidfd is opened.
     let pidfd = i32::try_from(pid).ok().and_then(|p| pidfd_open(p).ok());
+    let send = |text: &[u8], fds: &[RawFd]| {
+        sendmsg::<()>(
+            ours.as_raw_fd(),
+            &[IoSlice::new(text)],
+            &[ControlMessage::ScmRights(fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| format!("cannot pass the sockets to the new guestsock: {e}"))
+    };
     let fds: Vec<RawFd> = listening.iter().map(|fd| fd.as_raw_fd()).collect();
-    sendmsg::<()>(
-        ours.as_raw_fd(),
-        &[IoSlice::new(b"guestsock-handoff")],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )
-    .map_err(|e| format!("cannot pass the sockets to the new guestsock: {e}"))?;
+    send(format!("{HANDOFF_TEXT} {}", own.len()).as_bytes(), &fds)?;
+    let own: Vec<RawFd> = own.iter().map(|fd| fd.as_raw_fd()).collect();
+    for batch in own.chunks(HANDOFF_BATCH) {
+        send(HANDOFF_TEXT.as_bytes(), batch)?;
+    }
     Ok((std::os::unix::net::UnixStream::from(ours), pid, pidfd))
 }
 

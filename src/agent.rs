@@ -21,10 +21,10 @@
 //! host leg cannot be opened, `503` in devlxd's error envelope
 //! ([`NotServed::HostUnreachable`]), never a hang.
 //!
-//! Owns the guest-side socket, the preamble's format and the relay. It does
-//! not read or answer requests (the host does, through the relay), it does
-//! not decide who may do what (the host will, from the preamble on the VM's
-//! own listener), and the host side of the preamble is not written yet.
+//! Owns the guest-side socket and the relay. It does not read or answer
+//! requests (the host does, through the relay), and it does not decide who
+//! may do what (the host does, from the preamble on the VM's own listener;
+//! the preamble's format is `preamble`'s, shared by both ends).
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -54,6 +54,7 @@ use crate::limits::{
 };
 use crate::log;
 use crate::metrics::Limit;
+use crate::preamble::{MAX_PREAMBLE_BYTES, Preamble};
 
 /// Where the agent serves inside the guest by default: LXD's path, the one
 /// a container sees (`cli::CONTAINER_SOCKET`).
@@ -63,18 +64,6 @@ pub const GUEST_SOCKET: &str = "/dev/lxd/sock";
 /// (`VMADDR_CID_HOST`, vsock(7)). Under hybrid vsock the VMM turns a
 /// connection to it into one on the host's `<uds_path>_<port>`.
 pub const HOST_CID: u32 = 2;
-
-/// The preamble's first word; the host refuses a connection that does not
-/// start with it.
-pub const PREAMBLE_MAGIC: &str = "GUESTSOCK-AGENT";
-
-/// The preamble's version: the number after [`PREAMBLE_MAGIC`]. A change of
-/// its fields or their meaning is a new version.
-pub const PREAMBLE_VERSION: u32 = 1;
-
-/// Longest preamble line, CRLF included: the magic, the version and three
-/// 10-digit numbers with their names (`pid` may be negative in form only).
-pub const MAX_PREAMBLE_BYTES: usize = 80;
 
 const _: () = assert!(MAX_PREAMBLE_BYTES <= AGENT_RELAY_BUFFER_BYTES);
 
@@ -175,90 +164,6 @@ impl Write for HostStream {
 impl AsFd for HostStream {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
-    }
-}
-
-/// The agent's preamble (docs/protocol.md section 10): the first line the
-/// host reads on a relayed connection, `GUESTSOCK-AGENT 1 uid=U gid=G
-/// pid=P\r\n`, with the in-guest caller's credentials as the guest's kernel
-/// gave them. They are the guest's word: true for an honest guest, and
-/// whatever its root chooses otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Preamble {
-    /// The caller's uid in the guest.
-    pub uid: u32,
-    /// The caller's gid in the guest.
-    pub gid: u32,
-    /// The caller's pid in the agent's pid namespace.
-    pub pid: i32,
-}
-
-/// What is wrong with a preamble. The agent's fault (or that of whatever
-/// connected in its place).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PreambleError {
-    /// More than [`MAX_PREAMBLE_BYTES`] without a line end.
-    TooLong,
-    /// The line does not start with [`PREAMBLE_MAGIC`].
-    NotAnAgent,
-    /// A version other than [`PREAMBLE_VERSION`].
-    UnknownVersion,
-    /// The fields are not `uid=U gid=G pid=P`, in that order, decimal.
-    BadFields,
-}
-
-impl Preamble {
-    /// The line, CRLF included.
-    pub fn line(&self) -> String {
-        format!(
-            "{PREAMBLE_MAGIC} {PREAMBLE_VERSION} uid={} gid={} pid={}\r\n",
-            self.uid, self.gid, self.pid
-        )
-    }
-
-    /// Reads a preamble at the start of `buf`: `Ok(Some((preamble, bytes
-    /// used)))` once its line is complete, `Ok(None)` while more bytes are
-    /// needed. Pure, for the host side.
-    pub fn parse(buf: &[u8]) -> Result<Option<(Preamble, usize)>, PreambleError> {
-        let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-            return if buf.len() >= MAX_PREAMBLE_BYTES {
-                Err(PreambleError::TooLong)
-            } else {
-                Ok(None)
-            };
-        };
-        if end + 2 > MAX_PREAMBLE_BYTES {
-            return Err(PreambleError::TooLong);
-        }
-        let line = std::str::from_utf8(&buf[..end]).map_err(|_| PreambleError::NotAnAgent)?;
-        let mut words = line.split(' ');
-        if words.next() != Some(PREAMBLE_MAGIC) {
-            return Err(PreambleError::NotAnAgent);
-        }
-        if words.next() != Some(PREAMBLE_VERSION.to_string().as_str()) {
-            return Err(PreambleError::UnknownVersion);
-        }
-        let mut field = |name: &str| {
-            words
-                .next()
-                .and_then(|w| w.strip_prefix(name))
-                .and_then(|w| w.strip_prefix('='))
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or(PreambleError::BadFields)
-        };
-        let uid = field("uid")?
-            .parse()
-            .map_err(|_| PreambleError::BadFields)?;
-        let gid = field("gid")?
-            .parse()
-            .map_err(|_| PreambleError::BadFields)?;
-        let pid = field("pid")?
-            .parse()
-            .map_err(|_| PreambleError::BadFields)?;
-        if words.next().is_some() {
-            return Err(PreambleError::BadFields);
-        }
-        Ok(Some((Preamble { uid, gid, pid }, end + 2)))
     }
 }
 
@@ -644,81 +549,6 @@ mod tests {
     #[test]
     fn the_default_socket_is_the_containers_one() {
         assert_eq!(GUEST_SOCKET, crate::cli::CONTAINER_SOCKET);
-    }
-
-    #[test]
-    fn preamble_lines() {
-        let table = [
-            (
-                Preamble {
-                    uid: 0,
-                    gid: 0,
-                    pid: 1,
-                },
-                "GUESTSOCK-AGENT 1 uid=0 gid=0 pid=1\r\n",
-            ),
-            (
-                Preamble {
-                    uid: 1000,
-                    gid: 100,
-                    pid: 4242,
-                },
-                "GUESTSOCK-AGENT 1 uid=1000 gid=100 pid=4242\r\n",
-            ),
-            (
-                Preamble {
-                    uid: u32::MAX,
-                    gid: u32::MAX,
-                    pid: i32::MAX,
-                },
-                "GUESTSOCK-AGENT 1 uid=4294967295 gid=4294967295 pid=2147483647\r\n",
-            ),
-        ];
-        for (preamble, line) in table {
-            assert_eq!(preamble.line(), line);
-            assert!(line.len() <= MAX_PREAMBLE_BYTES, "{line}");
-            let mut wire = line.as_bytes().to_vec();
-            wire.extend_from_slice(b"GET /1.0 HTTP/1.1\r\n");
-            assert_eq!(
-                Preamble::parse(&wire),
-                Ok(Some((preamble, line.len()))),
-                "{line}"
-            );
-            // Any proper prefix needs more bytes.
-            for cut in 0..line.len() - 1 {
-                assert_eq!(Preamble::parse(&wire[..cut]), Ok(None), "{cut}");
-            }
-        }
-    }
-
-    #[test]
-    fn bad_preambles() {
-        use PreambleError::*;
-        let long = format!("GUESTSOCK-AGENT 1 uid={} gid=0 pid=0\r\n", "1".repeat(60));
-        let table: [(&[u8], PreambleError); 11] = [
-            (b"GET /1.0 HTTP/1.1\r\n", NotAnAgent),
-            (b"GUESTSOCK-AGENTS 1 uid=0 gid=0 pid=0\r\n", NotAnAgent),
-            (b"GUESTSOCK-AGENT 2 uid=0 gid=0 pid=0\r\n", UnknownVersion),
-            (b"GUESTSOCK-AGENT 1 gid=0 uid=0 pid=0\r\n", BadFields),
-            (b"GUESTSOCK-AGENT 1 uid=0 gid=0\r\n", BadFields),
-            (b"GUESTSOCK-AGENT 1 uid=-1 gid=0 pid=0\r\n", BadFields),
-            (b"GUESTSOCK-AGENT 1 uid= gid=0 pid=0\r\n", BadFields),
-            (
-                b"GUESTSOCK-AGENT 1 uid=4294967296 gid=0 pid=0\r\n",
-                BadFields,
-            ),
-            (b"GUESTSOCK-AGENT 1 uid=0 gid=0 pid=0 x=1\r\n", BadFields),
-            (long.as_bytes(), TooLong),
-            (&[b'x'; MAX_PREAMBLE_BYTES], TooLong),
-        ];
-        for (wire, error) in table {
-            assert_eq!(
-                Preamble::parse(wire),
-                Err(error),
-                "{:?}",
-                String::from_utf8_lossy(wire)
-            );
-        }
     }
 
     /// Runs [`relay`] on a thread between two socket pairs; returns the

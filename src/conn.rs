@@ -35,6 +35,7 @@ use crate::limits::{
     MAX_SUBSCRIBER_QUEUE_BYTES, MAX_WS_MESSAGE_BYTES, READ_CHUNK_BYTES, REFUSALS_PER_CONNECTION,
     REQUESTS_PER_TURN, SPARE_BUFFER_BYTES, Tunables,
 };
+use crate::preamble::Preamble;
 use crate::registry::{InstanceId, Registry};
 use crate::request_ctx::{ChangeWait, Ctx, Identification, KnownCaller, Side, Subscription};
 use crate::ws::close_code;
@@ -153,6 +154,9 @@ pub struct Conn<S = UnixStream> {
     readable: bool,
     /// The peer shut its writing side.
     peer_eof: bool,
+    /// Its listener is a VM's: the agent's preamble, which says who called
+    /// inside the guest, comes before the first request.
+    awaiting_preamble: bool,
     /// epoll said the peer shut its side: read until EOF.
     read_closed: bool,
     /// A subscription or wait the server has not registered yet.
@@ -231,6 +235,7 @@ impl<S: Read + Write + AsFd> Conn<S> {
             // A request may be waiting already: the first drive reads.
             readable: true,
             peer_eof: false,
+            awaiting_preamble: by.takes_preamble(),
             read_closed: false,
             registration: None,
             listed: None,
@@ -244,6 +249,11 @@ impl<S: Read + Write + AsFd> Conn<S> {
             refusals: 0,
             paused_until: None,
         }
+    }
+
+    /// How its listener identifies its callers.
+    pub fn by(&self) -> Identification {
+        self.known.by()
     }
 
     /// Notes what was read from the socket when it was accepted: `arrived`,
@@ -733,6 +743,27 @@ impl<S: Read + Write + AsFd> Conn<S> {
             && *budget > 0
             && self.output.len() - self.written < MAX_PENDING_OUTPUT_BYTES
         {
+            if self.awaiting_preamble {
+                match Preamble::parse(&self.input) {
+                    Ok(None) => break,
+                    Ok(Some((preamble, used))) => {
+                        self.peer.speaks_for(&preamble);
+                        self.awaiting_preamble = false;
+                        self.consume(used);
+                        continue;
+                    }
+                    Err(e) => {
+                        NotServed::BadPreamble(e).response().write_to(
+                            &mut self.output,
+                            false,
+                            false,
+                            false,
+                        );
+                        self.state = ConnState::Closing;
+                        return true;
+                    }
+                }
+            }
             let req = match request::parse(&self.input, self.scan_from, max_body) {
                 Ok(Parsed::Partial {
                     scan_from,
@@ -760,9 +791,10 @@ impl<S: Read + Write + AsFd> Conn<S> {
             }
             answered = true;
             *budget -= 1;
-            if self.side == Side::Guest {
+            if self.side == Side::Guest && !self.known.by().takes_preamble() {
                 // A rule of a kind this connection has no facts for may have
-                // been registered since it was accepted.
+                // been registered since it was accepted. (A VM's caller has
+                // no host process to read.)
                 identity::gather_missing(
                     &self.stream,
                     &mut self.peer,

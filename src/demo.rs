@@ -103,6 +103,7 @@ pub fn instance(uid: u32) -> InstanceSpec {
         location: None,
         cloud_init_id: None,
         rule: MatchRule::UidRange(uid, 1),
+        listeners: Vec::new(),
         root_uid: Some(uid),
         guest_access: GuestAccess::Root,
         config: config

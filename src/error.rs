@@ -16,6 +16,7 @@ use crate::http::request::RequestError;
 use crate::http::response::Response;
 use crate::instance::{InvalidInstance, KeyRule};
 use crate::metrics::{IdentityFailure, Limit, Reason};
+use crate::preamble::PreambleError;
 use crate::registry::{BatchError, Refusal, RegistryError};
 use crate::ws::handshake::HandshakeError;
 
@@ -160,6 +161,10 @@ pub enum NotServed {
     /// missing), with why. Answered by the agent itself, in the guest. The
     /// host's (or the VM's configuration's), not the caller's.
     HostUnreachable(String),
+    /// On a VM's own listener, a connection that did not start with the
+    /// agent's preamble (docs/protocol.md section 10); closed after the
+    /// answer. The fault of whatever connected in the agent's place.
+    BadPreamble(PreambleError),
 }
 
 impl NotServed {
@@ -182,7 +187,8 @@ impl NotServed {
             | NotServed::BadPercentEncoding { .. }
             | NotServed::BadName { .. }
             | NotServed::BadBody(_)
-            | NotServed::Invalid(_) => 400,
+            | NotServed::Invalid(_)
+            | NotServed::BadPreamble(_) => 400,
             NotServed::NoSuchPath
             | NotServed::NoSuchInstance(_)
             | NotServed::KeyNotSet(_)
@@ -191,7 +197,9 @@ impl NotServed {
             NotServed::DeviceExists(_) | NotServed::TooManyKeys { .. } => 409,
             NotServed::Registry(e) | NotServed::Batch(BatchError { error: e, .. }) => match e {
                 RegistryError::Invalid(_) => 400,
-                RegistryError::NameTaken(_) | RegistryError::Conflict { .. } => 409,
+                RegistryError::NameTaken(_)
+                | RegistryError::Conflict { .. }
+                | RegistryError::ListenerTaken { .. } => 409,
             },
             NotServed::NotRoot => 401,
             NotServed::Unidentified(_)
@@ -218,7 +226,12 @@ impl NotServed {
     /// refusals for who asked and those at a limit.
     pub fn metrics_label(&self) -> Option<Reason> {
         let failure = match self {
-            NotServed::Unidentified(Refusal::NoInstance { .. }) => IdentityFailure::NoInstance,
+            NotServed::Unidentified(Refusal::NoInstance { .. } | Refusal::ListenerGone { .. }) => {
+                IdentityFailure::NoInstance
+            }
+            NotServed::Unidentified(Refusal::WrongListener { .. }) => {
+                IdentityFailure::WrongListener
+            }
             NotServed::Unidentified(Refusal::Ambiguous { .. }) => IdentityFailure::Ambiguous,
             NotServed::Unidentified(Refusal::Unverified { .. }) => IdentityFailure::Unverified,
             NotServed::NotRoot => IdentityFailure::WrongUid,
@@ -266,7 +279,9 @@ impl NotServed {
             // 405 response" (RFC 9110 15.5.6).
             NotServed::MethodNotAllowed { allow } => response.allow = Some(allow),
             // The agent closes after it: there is nothing to relay to.
-            NotServed::Unreadable(_) | NotServed::HostUnreachable(_) => response.close = true,
+            NotServed::Unreadable(_)
+            | NotServed::HostUnreachable(_)
+            | NotServed::BadPreamble(_) => response.close = true,
             _ => {}
         }
         response.refused = self.metrics_label();
@@ -337,6 +352,7 @@ impl fmt::Display for NotServed {
             NotServed::HostUnreachable(why) => {
                 write!(f, "the host's guestsock cannot be reached: {why}")
             }
+            NotServed::BadPreamble(why) => why.fmt(f),
         }
     }
 }
@@ -689,6 +705,13 @@ mod tests {
                 Some("X-Content-Type-Options: nosniff"),
                 None,
             ),
+            (
+                NotServed::BadPreamble(PreambleError::UnknownVersion),
+                400,
+                "the agent's preamble is of a version this guestsock does not read",
+                None,
+                None,
+            ),
         ]
     }
 
@@ -716,6 +739,7 @@ mod tests {
                     NotServed::Unreadable(_)
                         | NotServed::HandingOver
                         | NotServed::HostUnreachable(_)
+                        | NotServed::BadPreamble(_)
                 ),
                 "{error:?}"
             );
@@ -782,8 +806,9 @@ mod tests {
             NotServed::Batch(_) => 31,
             NotServed::HandingOver => 32,
             NotServed::HostUnreachable(_) => 33,
+            NotServed::BadPreamble(_) => 34,
         };
-        let mut seen = [false; 34];
+        let mut seen = [false; 35];
         for (error, ..) in table() {
             seen[name(&error)] = true;
         }

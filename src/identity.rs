@@ -56,6 +56,24 @@ pub struct PeerFacts {
     pub proc_error: Option<&'static str>,
 }
 
+impl PeerFacts {
+    /// Takes the in-guest caller's credentials from the agent's preamble,
+    /// on a VM's own listener: from here on they are who is calling. The
+    /// host facts (the VMM's cgroup and pid namespace) are dropped; nothing
+    /// of the guest's is on the host to read.
+    pub fn speaks_for(&mut self, preamble: &crate::preamble::Preamble) {
+        *self = PeerFacts {
+            pid: preamble.pid,
+            uid: preamble.uid,
+            gid: preamble.gid,
+            gathered: RuleKinds::empty(),
+            cgroup: None,
+            pidns: None,
+            proc_error: None,
+        };
+    }
+}
+
 /// Reads the peer credentials of a connected unix socket and, when `kinds`
 /// needs them, its cgroup and pid namespace, proved against the peer's pidfd.
 ///

@@ -5,13 +5,15 @@
 //! instances: conflicts between match rules are `registry`'s business.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::compact_map::CompactMap;
 
 use crate::limits::{
-    MAX_CGROUP_PATH_BYTES, MAX_INSTANCE_NAME_BYTES, MAX_KEY_BYTES, MAX_LABEL_BYTES, MAX_VALUE_BYTES,
+    DEFAULT_AGENT_PORT, MAX_CGROUP_PATH_BYTES, MAX_INSTANCE_LISTENERS, MAX_INSTANCE_NAME_BYTES,
+    MAX_KEY_BYTES, MAX_LABEL_BYTES, MAX_SOCKET_PATH_BYTES, MAX_VALUE_BYTES,
 };
 
 /// An instance's config: key to value.
@@ -41,9 +43,19 @@ pub struct InstanceSpec {
     /// cloud-init's `instance-id`; defaults to `name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_init_id: Option<String>,
-    /// How a connecting process is recognised as this instance.
-    #[serde(rename = "match")]
+    /// How a connecting process is recognised as this instance. Absent
+    /// (`OwnListeners`) only for an instance reached through a listener of
+    /// its own that identifies its callers by itself (a VM's vsock socket).
+    #[serde(
+        rename = "match",
+        default,
+        skip_serializing_if = "MatchRule::is_own_listeners"
+    )]
     pub rule: MatchRule,
+    /// Sockets of the instance's own, beside the shared guest socket
+    /// (docs/protocol.md section 4, "Listeners of an instance's own").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerSpec>,
     /// Host uid of the container's root user; defaults to the first uid of a
     /// `uid_range` rule, else 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,12 +103,13 @@ pub enum GuestAccess {
     Any,
 }
 
-/// How a caller is recognised as an instance: exactly one of three kinds.
+/// How a caller is recognised as an instance: exactly one of three kinds,
+/// or none at all for an instance whose own listener says who is calling.
 ///
 /// Serialized externally tagged, which is exactly the section 4 shape:
 /// `{"cgroup": "/lxc.payload.c1"}`, `{"uid_range": [1000000, 65536]}`,
-/// `{"pid": 4242}`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+/// `{"pid": 4242}`; `OwnListeners` is the absence of `match`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum MatchRule {
     /// The caller's cgroup v2 path is this one or lies beneath it.
@@ -106,9 +119,19 @@ pub enum MatchRule {
     /// The caller shares the pid namespace of this process (as it was when the
     /// instance was registered).
     Pid(i32),
+    /// No rule: only the instance's own vsock listener reaches it, and
+    /// claims nobody on the shared socket. Written as no `match` at all.
+    #[default]
+    #[serde(skip)]
+    OwnListeners,
 }
 
 impl MatchRule {
+    /// Whether this is the absence of a rule (`match` not given).
+    pub fn is_own_listeners(&self) -> bool {
+        *self == MatchRule::OwnListeners
+    }
+
     /// The `root_uid` this rule implies when none is given: the first uid
     /// of a `uid_range`, else 0.
     pub fn default_root_uid(&self) -> u32 {
@@ -117,6 +140,165 @@ impl MatchRule {
             _ => 0,
         }
     }
+}
+
+/// A socket of an instance's own (docs/protocol.md section 4): a
+/// connection accepted on it is this instance's.
+///
+/// Serialized externally tagged: `{"vsock": {"uds": "/run/vm1/v.sock",
+/// "port": 1024, "vmm_uid": 107}}`, `{"socket_dir": {"dir":
+/// "/run/guestsock/c1"}}`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ListenerSpec {
+    /// A VM's hybrid vsock: its VMM (or vhost-device-vsock) listens on
+    /// `uds`, and a guest's connect to the host (CID 2) on `port` arrives
+    /// on the unix socket `<uds>_<port>`, which guestsock listens on. Only
+    /// `vmm_uid` may connect to it; each connection starts with the
+    /// agent's preamble, which says who called inside the guest.
+    Vsock(VsockListener),
+    /// A container's own guest socket, `<dir>/sock` (the directory to
+    /// bind-mount at `/dev/lxd`). Its callers are identified by their
+    /// peer credentials as on the shared socket, and must be this
+    /// instance's.
+    SocketDir(SocketDirListener),
+}
+
+/// A VM's hybrid-vsock listener ([`ListenerSpec::Vsock`]).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VsockListener {
+    /// The VMM's vsock unix socket (Firecracker's and Cloud Hypervisor's
+    /// `uds_path`, vhost-device-vsock's `uds-path`), as the host sees it.
+    pub uds: PathBuf,
+    /// The vsock port the guest's agent connects to.
+    #[serde(default = "default_vsock_port")]
+    pub port: u32,
+    /// The uid the VMM runs as: the only one that may connect.
+    pub vmm_uid: u32,
+}
+
+fn default_vsock_port() -> u32 {
+    DEFAULT_AGENT_PORT
+}
+
+/// A container's own socket directory ([`ListenerSpec::SocketDir`]).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SocketDirListener {
+    /// The directory guestsock creates the socket `sock` in.
+    pub dir: PathBuf,
+}
+
+impl ListenerSpec {
+    /// The socket file guestsock listens on.
+    pub fn socket_path(&self) -> PathBuf {
+        match self {
+            ListenerSpec::Vsock(v) => {
+                let mut path = v.uds.clone().into_os_string();
+                path.push(format!("_{}", v.port));
+                PathBuf::from(path)
+            }
+            ListenerSpec::SocketDir(d) => d.dir.join("sock"),
+        }
+    }
+
+    /// Its name in messages and in the admin API's field paths.
+    fn field(&self, index: usize) -> String {
+        match self {
+            ListenerSpec::Vsock(_) => format!("listeners[{index}].vsock"),
+            ListenerSpec::SocketDir(_) => format!("listeners[{index}].socket_dir"),
+        }
+    }
+}
+
+/// Checks a host path a listener names (`field`): absolute, normalised,
+/// and leading to a `socket` path short enough for a socket address.
+fn check_socket_path(field: String, path: &Path, socket: &Path) -> Result<(), InvalidInstance> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    if !path.is_absolute() {
+        return Err(invalid(field, "must be an absolute path"));
+    }
+    if bytes.ends_with(b"/")
+        || bytes[1..]
+            .split(|&b| b == b'/')
+            .any(|c| c.is_empty() || c == b"." || c == b"..")
+        || bytes.iter().any(|b| b.is_ascii_control())
+    {
+        return Err(invalid(
+            field,
+            "must be a normalised path: no empty, '.' or '..' components, no trailing '/', no control characters",
+        ));
+    }
+    let length = socket.as_os_str().len();
+    if length > MAX_SOCKET_PATH_BYTES {
+        return Err(invalid(
+            field,
+            format!(
+                "the socket {} would be {length} bytes long, more than a unix socket address holds ({MAX_SOCKET_PATH_BYTES})",
+                socket.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an instance's listeners on their own, and the rule they go
+/// with: a VM's vsock listener is the whole of its identity (no `match`),
+/// a container's own socket confirms its rule (which it needs).
+fn check_listeners(rule: &MatchRule, listeners: &[ListenerSpec]) -> Result<(), InvalidInstance> {
+    if listeners.len() > MAX_INSTANCE_LISTENERS {
+        return Err(invalid(
+            "listeners",
+            format!("at most {MAX_INSTANCE_LISTENERS} listeners per instance"),
+        ));
+    }
+    if rule.is_own_listeners() && listeners.is_empty() {
+        return Err(invalid(
+            "match",
+            "is required (a cgroup, uid_range or pid rule), unless the instance has a vsock listener",
+        ));
+    }
+    let mut seen = Vec::with_capacity(listeners.len());
+    for (index, listener) in listeners.iter().enumerate() {
+        let field = listener.field(index);
+        let socket = listener.socket_path();
+        match listener {
+            ListenerSpec::Vsock(v) => {
+                check_socket_path(format!("{field}.uds"), &v.uds, &socket)?;
+                if v.port == 0 || v.port == u32::MAX {
+                    return Err(invalid(
+                        format!("{field}.port"),
+                        "must be a vsock port from 1 to 4294967294",
+                    ));
+                }
+                if !rule.is_own_listeners() {
+                    return Err(invalid(
+                        "match",
+                        "must not be given with a vsock listener: a VM's callers have no host credentials, and the listener itself says which instance is calling",
+                    ));
+                }
+            }
+            ListenerSpec::SocketDir(d) => {
+                check_socket_path(format!("{field}.dir"), &d.dir, &socket)?;
+                if rule.is_own_listeners() {
+                    return Err(invalid(
+                        "match",
+                        "is required with a socket_dir listener: its callers' peer credentials must prove they are this instance's",
+                    ));
+                }
+            }
+        }
+        if seen.contains(&socket) {
+            return Err(invalid(
+                field,
+                format!("{} is named twice", socket.display()),
+            ));
+        }
+        seen.push(socket);
+    }
+    Ok(())
 }
 
 /// The kinds of match rule, as a small bit set: which facts about a caller
@@ -352,6 +534,8 @@ fn check_rule(rule: &MatchRule) -> Result<(), InvalidInstance> {
             }
             Ok(())
         }
+        // Whether it may be absent is check_listeners'.
+        MatchRule::OwnListeners => Ok(()),
     }
 }
 
@@ -370,6 +554,7 @@ impl InstanceSpec {
             ));
         }
         check_rule(&self.rule)?;
+        check_listeners(&self.rule, &self.listeners)?;
         for (field, value) in [
             ("location", &self.location),
             ("cloud_init_id", &self.cloud_init_id),
@@ -491,7 +676,7 @@ mod tests {
     #[test]
     fn refused_descriptions() {
         let cases = [
-            (r#"{"name":"c1"}"#, "missing field `match`"),
+            (r#"{"name":"c1"}"#, "match: is required"),
             (r#"{"name":"c1","match":{}}"#, ""),
             (r#"{"name":"c1","match":{"cgroup":"/a","pid":3}}"#, ""),
             (
@@ -561,6 +746,87 @@ mod tests {
                 .contains("limit")
         );
         assert!(check_config_entry("user.ok", &big[1..]).is_ok());
+    }
+
+    #[test]
+    fn listeners_and_the_rules_they_go_with() {
+        let vm = spec(
+            r#"{"name":"vm1","type":"virtual-machine","listeners":[{"vsock":{"uds":"/run/vm1/v.sock","vmm_uid":107}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(vm.rule, MatchRule::OwnListeners);
+        assert_eq!(vm.root_uid, Some(0));
+        assert_eq!(
+            vm.listeners[0].socket_path(),
+            PathBuf::from("/run/vm1/v.sock_1024")
+        );
+        // No `match` is written back for a VM; the port's default is.
+        let json = serde_json::to_string(&vm).unwrap();
+        assert!(!json.contains("match"), "{json}");
+        assert!(
+            json.contains(
+                r#""listeners":[{"vsock":{"uds":"/run/vm1/v.sock","port":1024,"vmm_uid":107}}]"#
+            ),
+            "{json}"
+        );
+        let c = spec(
+            r#"{"name":"c1","match":{"cgroup":"/c1"},"listeners":[{"socket_dir":{"dir":"/run/gs/c1"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.listeners[0].socket_path(),
+            PathBuf::from("/run/gs/c1/sock")
+        );
+        let long = format!("/{}", "d".repeat(103));
+        let cases = [
+            (
+                r#"{"name":"c1","match":{"pid":1},"listeners":[{"vsock":{"uds":"/v","vmm_uid":0}}]}"#.to_owned(),
+                "match: must not be given with a vsock listener",
+            ),
+            (
+                r#"{"name":"c1","listeners":[{"socket_dir":{"dir":"/run/c1"}}]}"#.to_owned(),
+                "match: is required with a socket_dir listener",
+            ),
+            (
+                r#"{"name":"c1","listeners":[{"vsock":{"uds":"v.sock","vmm_uid":0}}]}"#.to_owned(),
+                "listeners[0].vsock.uds: must be an absolute path",
+            ),
+            (
+                r#"{"name":"c1","listeners":[{"vsock":{"uds":"/a/../v","vmm_uid":0}}]}"#.to_owned(),
+                "listeners[0].vsock.uds: must be a normalised path",
+            ),
+            (
+                r#"{"name":"c1","listeners":[{"vsock":{"uds":"/v","port":0,"vmm_uid":0}}]}"#.to_owned(),
+                "listeners[0].vsock.port: must be a vsock port",
+            ),
+            (
+                format!(r#"{{"name":"c1","listeners":[{{"vsock":{{"uds":"{long}","vmm_uid":0}}}}]}}"#),
+                "more than a unix socket address holds (107)",
+            ),
+            (
+                r#"{"name":"c1","listeners":[{"vsock":{"uds":"/v","vmm_uid":0}},{"vsock":{"uds":"/v","port":1024,"vmm_uid":1}}]}"#.to_owned(),
+                "listeners[1].vsock: /v_1024 is named twice",
+            ),
+            (
+                r#"{"name":"c1","listeners":[{"vsock":{"uds":"/v"}}]}"#.to_owned(),
+                "missing field `vmm_uid`",
+            ),
+            (
+                r#"{"name":"c1","listeners":[{"tcp":{}}]}"#.to_owned(),
+                "unknown variant",
+            ),
+            (
+                r#"{"name":"c1","match":"own_listeners","listeners":[{"vsock":{"uds":"/v","vmm_uid":0}}]}"#.to_owned(),
+                "",
+            ),
+        ];
+        for (json, expected) in cases {
+            let err = spec(&json).expect_err(&json);
+            assert!(err.contains(expected), "{json}: {err}");
+        }
+        let five = [r#"{"vsock":{"uds":"/v","vmm_uid":0}}"#; MAX_INSTANCE_LISTENERS + 1];
+        let json = format!(r#"{{"name":"c1","listeners":[{}]}}"#, five.join(","));
+        assert!(spec(&json).unwrap_err().contains("at most 4 listeners"));
     }
 
     #[test]

@@ -617,9 +617,21 @@ pub const MAX_MOUNTINFO_BYTES: u64 = 16 * 1024 * 1024;
 /// The first port that is not privileged: a host that serves it over real
 /// AF_VSOCK needs no `CAP_NET_BIND_SERVICE` for it, and under hybrid vsock
 /// (Firecracker, Cloud Hypervisor, vhost-device-vsock) it arrives on the
-/// unix socket `<uds_path>_1024`. The host side's listener will default to
+/// unix socket `<uds_path>_1024`. An instance's vsock listener defaults to
 /// the same number.
 pub const DEFAULT_AGENT_PORT: u32 = 1024;
+
+/// Listeners of its own an instance may have: 4.
+///
+/// One is what a VM or a container needs (its vsock port, or its socket
+/// directory); a few more let an operator move one without a gap. Each is
+/// a descriptor of the server's and a file on the host, so a typo in an
+/// orchestrator cannot have one instance take thousands.
+pub const MAX_INSTANCE_LISTENERS: usize = 4;
+
+/// The longest path a listener's socket may have: 107 bytes, what a unix
+/// socket address (`sun_path`, 108 bytes) holds with its terminating NUL.
+pub const MAX_SOCKET_PATH_BYTES: usize = 107;
 
 /// In-guest connections `guestsock agent` relays at once: 256.
 ///

@@ -82,15 +82,19 @@ pub enum IdentityFailure {
     Unverified,
     /// A uid other than its instance's root, where only root may ask (`401`).
     WrongUid,
+    /// On a listener of an instance's own, a caller who may not use it
+    /// (`403`).
+    WrongListener,
 }
 
 impl IdentityFailure {
     /// Every identity failure, in the order they are rendered.
-    pub const ALL: [IdentityFailure; 4] = [
+    pub const ALL: [IdentityFailure; 5] = [
         IdentityFailure::NoInstance,
         IdentityFailure::Ambiguous,
         IdentityFailure::Unverified,
         IdentityFailure::WrongUid,
+        IdentityFailure::WrongListener,
     ];
 
     /// Its `reason` label.
@@ -100,6 +104,7 @@ impl IdentityFailure {
             IdentityFailure::Ambiguous => "ambiguous",
             IdentityFailure::Unverified => "unverified",
             IdentityFailure::WrongUid => "wrong_uid",
+            IdentityFailure::WrongListener => "wrong_listener",
         }
     }
 }

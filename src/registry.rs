@@ -9,12 +9,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use slab::Slab;
 
 use crate::identity::{self, PeerFacts};
-use crate::instance::{GuestState, InstanceSpec, InvalidInstance, MatchRule, RuleKinds};
+use crate::instance::{
+    GuestState, InstanceSpec, InvalidInstance, ListenerSpec, MatchRule, RuleKinds,
+};
 
 /// A registered instance's key in the registry. Stable while it is
 /// registered; reused after it is removed.
@@ -117,6 +120,7 @@ impl Instance {
                 peer.uid >= *first && u64::from(peer.uid) < u64::from(*first) + u64::from(*count)
             }
             MatchRule::Pid(_) => self.pidns.is_some() && peer.pidns == self.pidns,
+            MatchRule::OwnListeners => false,
         }
     }
 
@@ -174,6 +178,13 @@ pub enum RegistryError {
         /// What the two rules share.
         detail: String,
     },
+    /// A listener's socket is another instance's: `409`.
+    ListenerTaken {
+        /// The instance whose listener it is.
+        other: String,
+        /// The socket's path.
+        path: PathBuf,
+    },
 }
 
 impl fmt::Display for RegistryError {
@@ -185,6 +196,13 @@ impl fmt::Display for RegistryError {
             }
             RegistryError::Conflict { other, detail } => {
                 write!(f, "match rule conflicts with instance {other:?}: {detail}")
+            }
+            RegistryError::ListenerTaken { other, path } => {
+                write!(
+                    f,
+                    "listener {} is instance {other:?}'s already",
+                    path.display()
+                )
             }
         }
     }
@@ -209,6 +227,16 @@ pub enum Refusal {
         uid: u32,
         reason: &'static str,
     },
+    /// On a listener of an instance's own: the caller is not who may use
+    /// it (another instance's process, or not the VMM's user).
+    WrongListener {
+        pid: i32,
+        uid: u32,
+        reason: &'static str,
+    },
+    /// The instance a listener was opened for is gone (removed, or its
+    /// listener dropped) while this connection was open.
+    ListenerGone { pid: i32, uid: u32 },
 }
 
 impl Refusal {
@@ -217,7 +245,10 @@ impl Refusal {
     /// whole reason ([`fmt::Display`]) is for the host's log.
     pub fn guest_message(&self) -> String {
         match self {
-            Refusal::NoInstance { .. } | Refusal::Unverified { .. } => self.to_string(),
+            Refusal::NoInstance { .. }
+            | Refusal::Unverified { .. }
+            | Refusal::WrongListener { .. }
+            | Refusal::ListenerGone { .. } => self.to_string(),
             Refusal::Ambiguous { pid, uid, .. } => {
                 format!("pid {pid} (uid {uid}) matches more than one instance; refusing to guess")
             }
@@ -246,6 +277,13 @@ impl fmt::Display for Refusal {
             Refusal::Unverified { pid, uid, reason } => {
                 write!(f, "pid {pid} (uid {uid}) could not be identified: {reason}")
             }
+            Refusal::WrongListener { pid, uid, reason } => {
+                write!(f, "pid {pid} (uid {uid}) may not use this socket: {reason}")
+            }
+            Refusal::ListenerGone { pid, uid } => write!(
+                f,
+                "pid {pid} (uid {uid}): this socket's instance is no longer registered with it"
+            ),
         }
     }
 }
@@ -263,6 +301,9 @@ pub struct Registry {
     by_uid: BTreeMap<u32, (u64, InstanceId)>,
     /// Pid namespace inode to instance.
     by_pidns: HashMap<u64, InstanceId>,
+    /// The socket path of each listener of an instance's own, to its
+    /// instance: no two instances may name one.
+    by_listener: HashMap<PathBuf, InstanceId>,
     /// guestsock's own pid namespace: a `pid` rule naming it would claim
     /// every host process.
     own_pidns: Option<u64>,
@@ -361,6 +402,7 @@ impl Registry {
             return Err(RegistryError::NameTaken(spec.name));
         }
         let pidns = self.check_rule(&spec.rule, None)?;
+        self.check_listeners(&spec, true)?;
         let serial = self.next_serial();
         Ok(self.attach(Instance {
             spec,
@@ -408,6 +450,7 @@ impl Registry {
             }
             rule => self.check_rule(rule, None)?,
         };
+        self.check_listeners(&spec, true)?;
         let serial = self.next_serial();
         let id = self.attach(Instance {
             spec,
@@ -432,8 +475,17 @@ impl Registry {
         let name = instance.spec.name.clone();
         let rule = instance.spec.rule.clone();
         let pidns = instance.pidns;
+        let sockets: Vec<PathBuf> = instance
+            .spec
+            .listeners
+            .iter()
+            .map(ListenerSpec::socket_path)
+            .collect();
         let id = self.instances.insert(instance);
         self.by_name.insert(name, id);
+        for socket in sockets {
+            self.by_listener.insert(socket, id);
+        }
         match rule {
             MatchRule::Cgroup(path) => {
                 self.by_cgroup.insert(path, id);
@@ -447,6 +499,7 @@ impl Registry {
                     self.by_pidns.insert(ns, id);
                 }
             }
+            MatchRule::OwnListeners => {}
         }
         id
     }
@@ -456,6 +509,9 @@ impl Registry {
         self.generation += 1;
         let instance = self.instances.remove(id);
         self.by_name.remove(&instance.spec.name);
+        for listener in &instance.spec.listeners {
+            self.by_listener.remove(&listener.socket_path());
+        }
         match &instance.spec.rule {
             MatchRule::Cgroup(path) => {
                 self.by_cgroup.remove(path);
@@ -472,6 +528,7 @@ impl Registry {
                     self.by_pidns.remove(&ns);
                 }
             }
+            MatchRule::OwnListeners => {}
         }
         instance
     }
@@ -546,6 +603,7 @@ impl Registry {
                     durable(id)?;
                 }
             }
+            MatchRule::OwnListeners => {}
         }
         if !in_flight {
             return Ok(pidns);
@@ -566,6 +624,73 @@ impl Registry {
             }
         }
         Ok(pidns)
+    }
+
+    /// Refuses `spec` if one of its listeners' sockets is another
+    /// instance's: a registered one's, or (with `in_flight`) one in flight.
+    /// A socket the instance of the same name holds is its own to keep.
+    fn check_listeners(&self, spec: &InstanceSpec, in_flight: bool) -> Result<(), RegistryError> {
+        for listener in &spec.listeners {
+            let path = listener.socket_path();
+            let taken = |other: &str| RegistryError::ListenerTaken {
+                other: other.to_owned(),
+                path: path.clone(),
+            };
+            if let Some(&id) = self.by_listener.get(&path) {
+                let other = &self.instances[id].spec.name;
+                // A version in flight may give it up; until that is
+                // durable, the socket is still the other's.
+                if *other != spec.name {
+                    return Err(taken(other));
+                }
+            }
+            if !in_flight {
+                continue;
+            }
+            for (name, pending) in &self.pending {
+                if *name != spec.name
+                    && let Some(staged) = pending.latest.as_deref()
+                    && staged
+                        .spec
+                        .listeners
+                        .iter()
+                        .any(|l| l.socket_path() == path)
+                {
+                    return Err(taken(name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses `spec` if a listener it adds could not be opened now: what
+    /// is at its path, or (for a VM's) its directory missing, checked
+    /// before the change is promised, changing nothing. A socket the
+    /// instance holds already is its own and not looked at.
+    fn probe_new_listeners(&self, spec: &InstanceSpec) -> Result<(), RegistryError> {
+        for (index, listener) in spec.listeners.iter().enumerate() {
+            let path = listener.socket_path();
+            if self
+                .by_listener
+                .get(&path)
+                .is_some_and(|&id| self.instances[id].spec.name == spec.name)
+            {
+                continue;
+            }
+            let vsock = matches!(listener, ListenerSpec::Vsock(_));
+            crate::socket_file::probe_socket_path(&path, vsock).map_err(|reason| {
+                RegistryError::Invalid(InvalidInstance {
+                    field: format!("listeners[{index}]"),
+                    reason,
+                })
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The instance whose listener has its socket at `path`.
+    pub fn by_listener(&self, path: &Path) -> Option<InstanceId> {
+        self.by_listener.get(path).copied()
     }
 
     /// The pid namespace a `pid` rule naming `pid` stands for, refusing
@@ -624,6 +749,8 @@ impl Registry {
             return Err(RegistryError::NameTaken(spec.name));
         }
         let pidns = self.check_rule(&spec.rule, None)?;
+        self.check_listeners(&spec, true)?;
+        self.probe_new_listeners(&spec)?;
         Ok(self.stage(Staged {
             spec,
             state: GuestState::Started,
@@ -664,6 +791,8 @@ impl Registry {
         } else {
             self.check_rule(&spec.rule, Some(name))?
         };
+        self.check_listeners(&spec, true)?;
+        self.probe_new_listeners(&spec)?;
         Ok(self.stage(Staged {
             spec,
             state: old.state,
@@ -712,7 +841,35 @@ impl Registry {
                     .check_rule_against(&spec.rule, Some(&name), false)
                     .map_err(|e| fail(index, &name, e))?,
             };
+            self.check_listeners(&spec, false)
+                .and_then(|()| self.probe_new_listeners(&spec))
+                .map_err(|e| fail(index, &name, e))?;
             checked.push((before, spec, pidns));
+        }
+        // Listeners: the batch's entries against each other and against
+        // the versions in flight, which are few.
+        let mut sockets: HashMap<PathBuf, &str> = HashMap::new();
+        for (name, pending) in &self.pending {
+            if let Some(staged) = pending.latest.as_deref()
+                && !names.contains_key(name)
+            {
+                for listener in &staged.spec.listeners {
+                    sockets.insert(listener.socket_path(), name);
+                }
+            }
+        }
+        for (index, (_, spec, _)) in checked.iter().enumerate() {
+            for listener in &spec.listeners {
+                let path = listener.socket_path();
+                if let Some(other) = sockets.get(&path) {
+                    let error = RegistryError::ListenerTaken {
+                        other: (*other).to_owned(),
+                        path,
+                    };
+                    return Err(fail(index, &spec.name, error));
+                }
+                sockets.insert(path, &spec.name);
+            }
         }
         // The versions in flight and the batch, checked against each other
         // (versions in flight were checked against each other already).
@@ -963,6 +1120,7 @@ fn first_conflict(
                     }
                 }
             }
+            MatchRule::OwnListeners => {}
         }
     }
     ranges.sort_unstable();

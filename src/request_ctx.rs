@@ -23,7 +23,7 @@ use crate::identity::{CgroupPaths, PeerFacts};
 use crate::issuer::Issuer;
 use crate::limits::Tunables;
 use crate::metrics::Metrics;
-use crate::registry::{InstanceId, Registry};
+use crate::registry::{InstanceId, Refusal, Registry};
 
 /// Which socket a connection came from, which decides its API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,22 +44,90 @@ pub enum Side {
 /// the connection under its instance).
 ///
 /// A listener that belongs to one instance (a VM's hybrid-vsock socket, a
-/// container's own socket) is a new variant naming that instance, with its
-/// arm in [`Identification::identify`]; a connection and `dispatch` only
-/// carry the value, so neither changes for it.
+/// container's own socket) names that instance ([`Identification::Own`]);
+/// a connection and `dispatch` only carry the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Identification {
     /// By each connection's peer credentials (and the facts they lead to),
     /// matched against every instance's rules: the shared guest socket. On
     /// the admin socket the same credentials decide who is authorized.
     PeerCredentials,
+    /// A listener of one instance's own: its callers are that instance's,
+    /// if they may use it at all (`by`).
+    Own {
+        /// The listener's key among the server's listeners (two listeners
+        /// of one instance are told apart by it).
+        listener: usize,
+        /// The instance.
+        id: InstanceId,
+        /// Its registration's serial: a key reused by a later registration
+        /// is not this instance.
+        serial: u64,
+        /// Who may use the listener.
+        by: OwnListener,
+    },
+}
+
+/// Who may use a listener of an instance's own, and how its callers are
+/// told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnListener {
+    /// A VM's hybrid-vsock socket: only the VMM's user may connect (checked
+    /// at admission, from the connection's peer credentials); each
+    /// connection then starts with the agent's preamble, which says who
+    /// called inside the guest (`preamble::Preamble`).
+    Vsock {
+        /// The uid the VMM runs as.
+        vmm_uid: u32,
+    },
+    /// A container's own socket: its callers' peer credentials must prove
+    /// them this instance's, as on the shared socket.
+    SocketDir,
 }
 
 impl Identification {
     /// Who the caller with `peer` facts is, as the registry stands now.
     pub fn identify(self, peer: &PeerFacts, registry: &Registry) -> Caller {
+        let (pid, uid) = (peer.pid, peer.uid);
         match self {
             Identification::PeerCredentials => registry.identify(peer),
+            Identification::Own { id, serial, by, .. } => {
+                if registry.get(id).is_none_or(|i| i.serial != serial) {
+                    return Err(Refusal::ListenerGone { pid, uid });
+                }
+                match by {
+                    // Admission let only the VMM's user in.
+                    OwnListener::Vsock { .. } => Ok(id),
+                    OwnListener::SocketDir => match registry.identify(peer) {
+                        Ok(found) if found == id => Ok(id),
+                        Ok(_) | Err(Refusal::Ambiguous { .. }) => Err(Refusal::WrongListener {
+                            pid,
+                            uid,
+                            reason: "the caller is another instance's",
+                        }),
+                        Err(refusal) => Err(refusal),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Whether its connections start with the agent's preamble.
+    pub fn takes_preamble(self) -> bool {
+        matches!(
+            self,
+            Identification::Own {
+                by: OwnListener::Vsock { .. },
+                ..
+            }
+        )
+    }
+
+    /// The instance (key and serial) a listener of its own names.
+    pub fn own_instance(self) -> Option<(InstanceId, u64)> {
+        match self {
+            Identification::PeerCredentials => None,
+            Identification::Own { id, serial, .. } => Some((id, serial)),
         }
     }
 }
@@ -95,6 +163,11 @@ impl KnownCaller {
         let caller = self.by.identify(peer, registry);
         self.found = caller.as_ref().ok().map(|&id| (generation, id));
         caller
+    }
+
+    /// How its listener identifies its callers.
+    pub fn by(&self) -> Identification {
+        self.by
     }
 
     /// The remembered instance, if the registry is still at the generation

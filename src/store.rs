@@ -48,7 +48,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use crate::instance::{
-    Config, Devices, GuestAccess, GuestState, InstanceSpec, InstanceType, MatchRule,
+    Config, Devices, GuestAccess, GuestState, InstanceSpec, InstanceType, ListenerSpec, MatchRule,
     valid_instance_name,
 };
 use crate::issuer::Secret;
@@ -120,8 +120,10 @@ impl StoredInstance {
             location: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
             cloud_init_id: Option<&'a str>,
-            #[serde(rename = "match")]
+            #[serde(rename = "match", skip_serializing_if = "MatchRule::is_own_listeners")]
             rule: &'a MatchRule,
+            #[serde(skip_serializing_if = "<[ListenerSpec]>::is_empty")]
+            listeners: &'a [ListenerSpec],
             #[serde(skip_serializing_if = "Option::is_none")]
             root_uid: Option<u32>,
             #[serde(skip_serializing_if = "is_root")]
@@ -154,6 +156,7 @@ impl StoredInstance {
                 .as_deref()
                 .filter(|id| *id != instance.name),
             rule: &instance.rule,
+            listeners: &instance.listeners,
             root_uid: instance
                 .root_uid
                 .filter(|uid| *uid != instance.rule.default_root_uid()),

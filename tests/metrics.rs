@@ -138,7 +138,13 @@ fn refusals_are_counted_by_reason() {
         &text,
         format!("guestsock_limits_hit_total{{limit=\"rate\"}} {limited}"),
     );
-    for reason in ["no_instance", "ambiguous", "unverified", "wrong_uid"] {
+    for reason in [
+        "no_instance",
+        "ambiguous",
+        "unverified",
+        "wrong_uid",
+        "wrong_listener",
+    ] {
         has(
             &text,
             format!("guestsock_identity_failures_total{{reason=\"{reason}\"}} 0"),

@@ -63,6 +63,9 @@ pub enum InstanceCall {
         /// The file.
         #[arg(value_name = "FILE|-")]
         source: String,
+        /// `--vsock-uds`, `--vsock-port`, `--vmm-uid`, `--socket-dir`.
+        #[command(flatten)]
+        listener: ListenerArgs,
         /// `--quiet`.
         #[command(flatten)]
         quiet: Quiet,
@@ -75,6 +78,87 @@ pub enum InstanceCall {
         #[command(flatten)]
         quiet: Quiet,
     },
+}
+
+/// A listener of the instance's own, given on `instance add`'s command line
+/// rather than in its file (docs/vms.md, docs/mounting.md).
+#[derive(Debug, PartialEq, Args)]
+pub struct ListenerArgs {
+    /// A VM's hybrid-vsock socket: the VMM's `uds_path` on the host.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "vmm_uid",
+        help = "Give the instance (a VM) a vsock listener: the VMM's vsock unix socket (Firecracker's and Cloud Hypervisor's uds_path, vhost-device-vsock's uds-path); guestsock listens on PATH_PORT"
+    )]
+    pub vsock_uds: Option<String>,
+    /// The vsock port the guest's agent connects to.
+    #[arg(
+        long,
+        value_name = "PORT",
+        requires = "vsock_uds",
+        help = "The vsock port the guest's agent connects to (default 1024)"
+    )]
+    pub vsock_port: Option<u32>,
+    /// The uid the VMM runs as.
+    #[arg(
+        long,
+        value_name = "UID",
+        requires = "vsock_uds",
+        help = "The uid the VMM runs as: the only one that may connect to the vsock listener"
+    )]
+    pub vmm_uid: Option<u32>,
+    /// A container's own socket directory.
+    #[arg(
+        long,
+        value_name = "DIR",
+        help = "Give the instance (a container) a socket of its own, DIR/sock; mount DIR at /dev/lxd"
+    )]
+    pub socket_dir: Option<String>,
+}
+
+/// What `instance add` says when its flags meet a file of many instances.
+const ONE_INSTANCE: &str =
+    "--vsock-uds and --socket-dir add a listener to one instance; the file holds more";
+
+impl ListenerArgs {
+    /// The listeners the flags declare, in the instance JSON's shape.
+    fn listeners(&self) -> Vec<Value> {
+        let mut listeners = Vec::new();
+        if let (Some(uds), Some(vmm_uid)) = (&self.vsock_uds, self.vmm_uid) {
+            let mut vsock = serde_json::json!({"uds": uds, "vmm_uid": vmm_uid});
+            if let Some(port) = self.vsock_port {
+                vsock["port"] = port.into();
+            }
+            listeners.push(serde_json::json!({ "vsock": vsock }));
+        }
+        if let Some(dir) = &self.socket_dir {
+            listeners.push(serde_json::json!({"socket_dir": {"dir": dir}}));
+        }
+        listeners
+    }
+
+    /// `body`, one instance's JSON, with the flags' listeners added to the
+    /// ones it names.
+    fn add_to(&self, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        let listeners = self.listeners();
+        if listeners.is_empty() {
+            return Ok(body);
+        }
+        let mut instance: Value =
+            serde_json::from_slice(&body).map_err(|e| format!("the instance is not JSON: {e}"))?;
+        let Some(object) = instance.as_object_mut() else {
+            return Err(ONE_INSTANCE.into());
+        };
+        match object
+            .entry("listeners")
+            .or_insert_with(|| Value::Array(Vec::new()))
+        {
+            Value::Array(list) => list.extend(listeners),
+            _ => return Err("the instance's \"listeners\" is not a list".into()),
+        }
+        Ok(instance.to_string().into_bytes())
+    }
 }
 
 /// `guestsock config ...`.
@@ -298,7 +382,11 @@ pub(super) fn instance(admin: &AdminSocket, json: bool, call: InstanceCall) -> R
             );
             Ok(())
         }
-        InstanceCall::Add { source, quiet } => {
+        InstanceCall::Add {
+            source,
+            listener,
+            quiet,
+        } => {
             let mut body = read_source(&source, "the instance")?;
             // Many instances, as a list or as an instances file: one batch
             // call, all or nothing.
@@ -313,6 +401,9 @@ pub(super) fn instance(admin: &AdminSocket, json: bool, call: InstanceCall) -> R
                 .strip_prefix(b"{")
                 .is_some_and(|rest| rest.trim_ascii_start().starts_with(b"\"instances\""));
             if batch {
+                if !listener.listeners().is_empty() {
+                    return Err(ONE_INSTANCE.into());
+                }
                 let result = admin.call("POST", "/1.0/instances", &body)?;
                 let count = |key: &str| result[key].as_u64().unwrap_or(0);
                 return Report::new(json, quiet).changed(&result, || {
@@ -324,6 +415,7 @@ pub(super) fn instance(admin: &AdminSocket, json: bool, call: InstanceCall) -> R
                     )
                 });
             }
+            let body = listener.add_to(body)?;
             let instance = admin.call("POST", "/1.0/instances", &body)?;
             Report::new(json, quiet).changed(&instance, || {
                 format!(

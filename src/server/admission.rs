@@ -92,9 +92,11 @@ impl Server {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(_) => return,
         };
+        // A VM's callers are named by its agent's preamble: the VMM that
+        // connected has no facts worth reading.
         let kinds = match side {
-            Side::Guest => self.registry.kinds_in_use(),
-            Side::Admin { .. } => RuleKinds::empty(),
+            Side::Guest if !by.takes_preamble() => self.registry.kinds_in_use(),
+            Side::Guest | Side::Admin { .. } => RuleKinds::empty(),
         };
         let peer = match identity::peer_facts(&stream, kinds, &mut self.cgroups) {
             Ok(peer) => peer,
@@ -105,6 +107,23 @@ impl Server {
                 return;
             }
         };
+        if let Identification::Own {
+            by: OwnListener::Vsock { vmm_uid },
+            ..
+        } = by
+            && peer.uid != vmm_uid
+        {
+            // The socket's mode lets only the VMM's user in; whoever else
+            // reached it (root, or a file mode changed by hand) cannot
+            // speak for the VM.
+            let refusal = Refusal::WrongListener {
+                pid: peer.pid,
+                uid: peer.uid,
+                reason: "only the VMM's user may connect to a VM's listener",
+            };
+            self.refuse(stream, &peer, NotServed::Unidentified(refusal));
+            return;
+        }
         let side = match side {
             Side::Guest => Side::Guest,
             Side::Admin { .. } => {

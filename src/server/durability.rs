@@ -3,6 +3,7 @@
 //! announced and answered; a failed write abandons every change in flight.
 
 use super::*;
+use crate::instance::ListenerSpec;
 
 impl Server {
     /// Sends one change to the writer; returns the sequence number of its
@@ -35,7 +36,13 @@ impl Server {
                 }
             }
             Change::Put { staged, events } => {
+                let before = self
+                    .registry
+                    .find(&staged.spec.name)
+                    .and_then(|id| self.registry.get(id))
+                    .map(|i| i.spec.listeners.clone());
                 let id = self.registry.commit(&staged);
+                self.reconcile_own_listeners(id, before);
                 self.publish(id, &staged.spec.name, &events);
                 self.recheck_waiters(id);
             }
@@ -43,7 +50,10 @@ impl Server {
                 let Some((id, instance)) = self.registry.commit_remove(&name) else {
                     return;
                 };
-                self.close_guests_of(&instance);
+                for listener in &instance.spec.listeners {
+                    self.close_own_listener(&listener.socket_path());
+                }
+                self.close_guests_of(id, &instance);
                 // Its subscribers and waiters go with it: the id may be
                 // reused by the next registration.
                 let subs = self.subscribers.remove(&id).unwrap_or_default();
@@ -84,11 +94,98 @@ impl Server {
         }))
     }
 
-    /// Ends every guest connection the removed instance claimed.
-    pub(super) fn close_guests_of(&mut self, instance: &Instance) {
+    /// Ends every guest connection the removed instance `id` claimed, and
+    /// those accepted on its own listeners.
+    pub(super) fn close_guests_of(&mut self, id: InstanceId, instance: &Instance) {
         for (key, conn) in self.conns.iter() {
-            if conn.side == Side::Guest && instance.claims(&conn.peer) {
+            if conn.side == Side::Guest
+                && (instance.claims(&conn.peer)
+                    || conn.by().own_instance() == Some((id, instance.serial)))
+            {
                 self.finished.push(key);
+            }
+        }
+    }
+
+    /// Makes instance `id`'s own listeners what its registered version
+    /// says, now that it is durable: `before`, its listeners before this
+    /// change (`None` for a new instance). Sockets it keeps
+    /// stay open (their backlogs and inodes with them) and name it anew.
+    fn reconcile_own_listeners(&mut self, id: InstanceId, before: Option<Vec<ListenerSpec>>) {
+        let Some(instance) = self.registry.get(id) else {
+            return;
+        };
+        let (serial, now) = (instance.serial, instance.spec.listeners.clone());
+        let old = before.unwrap_or_default();
+        for gone in old
+            .iter()
+            .filter(|l| !now.iter().any(|n| n.socket_path() == l.socket_path()))
+        {
+            self.close_own_listener(&gone.socket_path());
+        }
+        for spec in &now {
+            let path = spec.socket_path();
+            if old.iter().any(|o| o.socket_path() == path) && self.listeners.own_at(&path).is_some()
+            {
+                self.listeners.retarget_own(&path, id, serial, spec);
+                if let Some(key) = self.listeners.own_at(&path) {
+                    // Connections accepted under the old rule (a VMM uid
+                    // changed) are let go: new ones meet the new rule.
+                    if old.iter().any(|o| o.socket_path() == path && o != spec) {
+                        self.close_accepted_on(key);
+                    }
+                }
+            } else {
+                self.open_own_listener(id, serial, spec, None);
+            }
+        }
+    }
+
+    /// Opens one listener of instance `id`'s own (registration `serial`):
+    /// `adopted`, the socket a predecessor passed for it, if any. A failure
+    /// is logged and counted; the instance stays registered without it.
+    pub(super) fn open_own_listener(
+        &mut self,
+        id: InstanceId,
+        serial: u64,
+        spec: &ListenerSpec,
+        adopted: Option<std::os::fd::OwnedFd>,
+    ) {
+        let name = self
+            .registry
+            .get(id)
+            .map(|i| i.spec.name.clone())
+            .unwrap_or_default();
+        match self
+            .listeners
+            .add_own(spec, id, serial, adopted, self.poll.registry())
+        {
+            Ok(_) => log::info(format_args!(
+                "instance {name:?}: listening on {}",
+                spec.socket_path().display()
+            )),
+            Err(e) => {
+                log::error(format_args!(
+                    "instance {name:?}: cannot open its listener: {e}; its guests cannot reach it there until it is registered again"
+                ));
+            }
+        }
+    }
+
+    /// Closes the listener of an instance's own at `path`, removes its
+    /// file and ends the connections accepted on it.
+    pub(super) fn close_own_listener(&mut self, path: &std::path::Path) {
+        if let Some(key) = self.listeners.remove_own(path, self.poll.registry()) {
+            self.close_accepted_on(key);
+            log::info(format_args!("closed the listener {}", path.display()));
+        }
+    }
+
+    /// Ends the guest connections accepted on listener `key`.
+    fn close_accepted_on(&mut self, key: usize) {
+        for (conn_key, conn) in self.conns.iter() {
+            if matches!(conn.by(), Identification::Own { listener, .. } if listener == key) {
+                self.finished.push(conn_key);
             }
         }
     }

@@ -7,14 +7,20 @@
 //! Owns binding a listener's socket (after checking what is in the way),
 //! adopting one passed by systemd or by a predecessor, removing its file at
 //! exit only if it is still this process's, whether its backlog may hold
-//! connections, and the listeners' epoll tokens. It does not accept or
-//! admit connections (`admission`), nor speak the systemd or handoff
-//! protocols (`activation`); the startup plans which listeners there are.
+//! connections, and the listeners' epoll tokens; and the listeners of
+//! instances' own (a VM's vsock socket, given to the VMM's uid; a
+//! container's socket directory), opened, retargeted and closed as their
+//! instances change. It does not accept or admit connections
+//! (`admission`), nor speak the systemd or handoff protocols
+//! (`activation`); the startup plans which listeners there are, and
+//! `durability` which instance listeners there should be.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::*;
 use crate::activation::{Handoff, Passed};
+use crate::instance::ListenerSpec;
+use crate::socket_file::bind_socket;
 
 /// What a listener is for: its name in a systemd socket unit
 /// (`FileDescriptorName=`), where it is bound and with which mode, the API
@@ -145,24 +151,33 @@ impl Listener {
     }
 }
 
-/// The server's listeners, in the order they were planned (which is the
-/// order a handoff passes them in), each with the epoll token
-/// `Token(FIRST_LISTENER - index)`.
+/// The server's listeners: the planned ones first (keys 0, 1, ... in the
+/// order they were planned, which is the order a handoff passes them in),
+/// then those of instances' own, added and removed as instances change.
+/// Listener `key` has the epoll token `Token(FIRST_LISTENER - key)`.
 pub(super) struct Listeners {
-    all: Vec<Listener>,
-    /// Indices into `all`, the admin socket's first: accepting serves them
-    /// in this order, so that the operator always gets in.
+    all: Slab<Listener>,
+    /// How many of `all` were planned (keys `0..planned`).
+    planned: usize,
+    /// Keys into `all`, the admin socket's first: accepting serves them in
+    /// this order, so that the operator always gets in.
     accept_order: Vec<usize>,
+    /// The socket path of each listener of an instance's own, to its key.
+    own: HashMap<PathBuf, usize>,
 }
 
 /// Receives from a predecessor one socket for each of `plans` (which
-/// says how many: the predecessor's listeners, in the same order).
+/// says how many: the predecessor's listeners, in the same order), and
+/// the sockets of instances' own listeners it passes after them, by path.
 pub(super) fn receive<const N: usize>(
     handoff: &mut Handoff,
     _plans: &[Plan; N],
-) -> Result<Vec<Passed>, String> {
-    let received = handoff.receive_sockets::<N>()?;
-    Ok(received.into_iter().map(Some).collect())
+) -> Result<(Vec<Passed>, HashMap<PathBuf, OwnedFd>), String> {
+    let (received, own) = handoff.receive_sockets::<N>()?;
+    Ok((
+        received.into_iter().map(Some).collect(),
+        own.into_iter().map(|(fd, path)| (path, fd)).collect(),
+    ))
 }
 
 /// Takes the sockets systemd passed for `plans`, by their names.
@@ -182,45 +197,169 @@ impl Listeners {
         handed_over: bool,
     ) -> Result<Listeners, String> {
         let mut passed = passed.into_iter();
-        let mut all = Vec::new();
+        let mut all = Slab::new();
         for plan in plans {
-            all.push(Listener::bind_or_adopt(passed.next().flatten(), plan)?);
+            all.insert(Listener::bind_or_adopt(passed.next().flatten(), plan)?);
         }
         if handed_over {
-            all.iter_mut().for_each(Listener::own);
+            all.iter_mut().for_each(|(_, l)| l.own());
         }
-        let mut accept_order: Vec<usize> = (0..all.len()).collect();
-        accept_order.sort_by_key(|&i| all[i].side == Side::Guest);
-        Ok(Listeners { all, accept_order })
+        let mut listeners = Listeners {
+            planned: all.len(),
+            all,
+            accept_order: Vec::new(),
+            own: HashMap::new(),
+        };
+        listeners.order();
+        Ok(listeners)
     }
 
-    /// Listener `index`.
-    pub(super) fn get(&self, index: usize) -> &Listener {
-        &self.all[index]
+    /// Recomputes the accepting order: admin sockets first, then the
+    /// rest by key.
+    fn order(&mut self) {
+        let mut order: Vec<usize> = self.all.iter().map(|(key, _)| key).collect();
+        order.sort_by_key(|&key| (self.all[key].side == Side::Guest, key));
+        self.accept_order = order;
+    }
+
+    /// Opens a listener of an instance's own at `spec`'s socket,
+    /// identifying its callers `by` as instance `id` (registration
+    /// `serial`), and registers it with epoll: `adopted`, the socket a
+    /// predecessor passed for that path (this process owns its file now),
+    /// else a socket bound here. Its backlog may hold connections already.
+    pub(super) fn add_own(
+        &mut self,
+        spec: &ListenerSpec,
+        id: InstanceId,
+        serial: u64,
+        adopted: Option<OwnedFd>,
+        registry: &mio::Registry,
+    ) -> Result<usize, String> {
+        let path = spec.socket_path();
+        let (mode, by) = match spec {
+            ListenerSpec::Vsock(v) => (0o600, OwnListener::Vsock { vmm_uid: v.vmm_uid }),
+            ListenerSpec::SocketDir(_) => (0o666, OwnListener::SocketDir),
+        };
+        let entry = self.all.vacant_entry();
+        let key = entry.key();
+        let plan = Plan {
+            name: "instance",
+            path: path.clone(),
+            mode,
+            side: Side::Guest,
+            identification: Identification::Own {
+                listener: key,
+                id,
+                serial,
+                by,
+            },
+        };
+        let mut listener = match adopted {
+            Some(fd) => {
+                let mut listener = Listener::adopt(fd, path.clone(), plan)?;
+                listener.own();
+                listener
+            }
+            None => {
+                if let ListenerSpec::SocketDir(d) = spec {
+                    prepare_socket_dir(&d.dir)?;
+                }
+                let listener = Listener::bind(plan)?;
+                if let ListenerSpec::Vsock(v) = spec {
+                    // Only the VMM's user (and root) may connect; admission
+                    // checks its uid again on every connection.
+                    nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(v.vmm_uid)), None)
+                        .map_err(|e| {
+                            listener.remove();
+                            format!("cannot give {} to uid {}: {e}", path.display(), v.vmm_uid)
+                        })?;
+                }
+                listener
+            }
+        };
+        if let Err(e) = registry.register(
+            &mut listener.socket,
+            Token(FIRST_LISTENER - key),
+            Interest::READABLE,
+        ) {
+            listener.remove();
+            return Err(format!("cannot watch {}: {e}", path.display()));
+        }
+        listener.waiting = true;
+        entry.insert(listener);
+        self.own.insert(path, key);
+        self.order();
+        Ok(key)
+    }
+
+    /// Closes the listener of an instance's own at `path` and removes its
+    /// file (if still this process's); returns its key.
+    pub(super) fn remove_own(&mut self, path: &Path, registry: &mio::Registry) -> Option<usize> {
+        let key = self.own.remove(path)?;
+        let mut listener = self.all.remove(key);
+        let _ = registry.deregister(&mut listener.socket);
+        listener.remove();
+        self.order();
+        Some(key)
+    }
+
+    /// The listener of an instance's own at `path` now identifies its
+    /// callers as instance `id` (registration `serial`), `by` the rule
+    /// given: a replaced instance keeps its sockets.
+    pub(super) fn retarget_own(
+        &mut self,
+        path: &Path,
+        id: InstanceId,
+        serial: u64,
+        spec: &ListenerSpec,
+    ) {
+        let Some(&key) = self.own.get(path) else {
+            return;
+        };
+        let by = match spec {
+            ListenerSpec::Vsock(v) => OwnListener::Vsock { vmm_uid: v.vmm_uid },
+            ListenerSpec::SocketDir(_) => OwnListener::SocketDir,
+        };
+        self.all[key].identification = Identification::Own {
+            listener: key,
+            id,
+            serial,
+            by,
+        };
+    }
+
+    /// The key of the listener of an instance's own at `path`.
+    pub(super) fn own_at(&self, path: &Path) -> Option<usize> {
+        self.own.get(path).copied()
+    }
+
+    /// Listener `key`.
+    pub(super) fn get(&self, key: usize) -> &Listener {
+        &self.all[key]
     }
 
     /// Which listener `token` names, if it names one.
     pub(super) fn index_of(&self, token: Token) -> Option<usize> {
         FIRST_LISTENER
             .checked_sub(token.0)
-            .filter(|&index| index < self.all.len())
+            .filter(|&key| self.all.contains(key))
     }
 
     /// Every listener may have connections waiting (accepting resumes).
     pub(super) fn all_waiting(&mut self) {
-        self.all.iter_mut().for_each(|l| l.waiting = true);
+        self.all.iter_mut().for_each(|(_, l)| l.waiting = true);
     }
 
     /// Whether any listener may have connections waiting.
     pub(super) fn any_waiting(&self) -> bool {
-        self.all.iter().any(|l| l.waiting)
+        self.all.iter().any(|(_, l)| l.waiting)
     }
 
     /// The listener accepting serves `nth`, if it may have connections
     /// waiting (`None` past the last or for one that has none).
     pub(super) fn waiting_in_turn(&self, nth: usize) -> Option<usize> {
-        let index = *self.accept_order.get(nth)?;
-        self.all[index].waiting.then_some(index)
+        let key = *self.accept_order.get(nth)?;
+        self.all[key].waiting.then_some(key)
     }
 
     /// How many listeners there are.
@@ -228,17 +367,19 @@ impl Listeners {
         self.all.len()
     }
 
-    /// Records whether listener `index` may still have connections waiting.
-    pub(super) fn set_waiting(&mut self, index: usize, waiting: bool) {
-        self.all[index].waiting = waiting;
+    /// Records whether listener `key` may still have connections waiting.
+    pub(super) fn set_waiting(&mut self, key: usize, waiting: bool) {
+        if let Some(listener) = self.all.get_mut(key) {
+            listener.waiting = waiting;
+        }
     }
 
     /// Registers every listener with epoll, under its token.
     pub(super) fn register(&mut self, registry: &mio::Registry) -> io::Result<()> {
-        for (index, listener) in self.all.iter_mut().enumerate() {
+        for (key, listener) in self.all.iter_mut() {
             registry.register(
                 &mut listener.socket,
-                Token(FIRST_LISTENER - index),
+                Token(FIRST_LISTENER - key),
                 Interest::READABLE,
             )?;
         }
@@ -247,106 +388,73 @@ impl Listeners {
 
     /// Stops watching every listener (accepting stops).
     pub(super) fn deregister(&mut self, registry: &mio::Registry) {
-        for listener in &mut self.all {
+        for (_, listener) in self.all.iter_mut() {
             let _ = registry.deregister(&mut listener.socket);
         }
     }
 
-    /// The listening sockets, in order, to pass to a successor.
-    pub(super) fn sockets(&self) -> Vec<BorrowedFd<'_>> {
-        self.all.iter().map(|l| l.socket.as_fd()).collect()
+    /// The listening sockets to pass to a successor: the planned ones in
+    /// order, then those of instances' own.
+    pub(super) fn sockets(&self) -> (Vec<BorrowedFd<'_>>, Vec<BorrowedFd<'_>>) {
+        let planned = (0..self.planned).map(|key| self.all[key].socket.as_fd());
+        let own = self.own.values().map(|&key| self.all[key].socket.as_fd());
+        (planned.collect(), own.collect())
     }
 
-    /// Which listeners' files this process does not own, in order.
-    pub(super) fn activated(&self) -> Vec<bool> {
-        self.all.iter().map(|l| l.activated).collect()
+    /// Which listeners' files this process does not own, by key.
+    pub(super) fn activated(&self) -> Vec<(usize, bool)> {
+        self.all.iter().map(|(key, l)| (key, l.activated)).collect()
     }
 
     /// The files belong to a successor now: none is removed at exit.
     pub(super) fn hand_files_over(&mut self) {
-        self.all.iter_mut().for_each(|l| l.activated = true);
+        self.all.iter_mut().for_each(|(_, l)| l.activated = true);
     }
 
     /// Takes back what [`Listeners::activated`] said (a successor died).
-    pub(super) fn restore_activated(&mut self, activated: &[bool]) {
-        for (listener, &was) in self.all.iter_mut().zip(activated) {
-            listener.activated = was;
+    pub(super) fn restore_activated(&mut self, activated: &[(usize, bool)]) {
+        for &(key, was) in activated {
+            if let Some(listener) = self.all.get_mut(key) {
+                listener.activated = was;
+            }
         }
     }
 
     /// Removes the files this process still owns.
     pub(super) fn remove(&self) {
-        self.all.iter().for_each(Listener::remove);
+        self.all.iter().for_each(|(_, l)| l.remove());
     }
 }
 
-/// Creates a listening unix socket at `path` with `mode`, after checking
-/// that nothing that matters is in the way: a directory there is the
-/// bind-mount-before-socket mistake, a regular file or a link is someone
-/// else's, a socket a live server answers on is another guestsock. A socket
-/// nobody listens on is stale and replaced.
-pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, String> {
-    let shown = path.display();
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => {
-            return Err(format!(
-                "{shown} is a directory, not a socket: a container runtime probably bind-mounted the socket path before guestsock created it. Remove it (rmdir {shown}) and mount the socket's directory, never the socket file"
-            ));
-        }
-        Ok(meta) if meta.file_type().is_socket() => {
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => {
-                    return Err(format!(
-                        "another server is already answering on {shown}; stop it first or choose another path"
-                    ));
-                }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    fs::remove_file(path)
-                        .map_err(|e| format!("cannot remove the stale socket {shown}: {e}"))?;
-                }
-                Err(e) => return Err(format!("cannot tell whether {shown} is in use: {e}")),
-            }
-        }
-        Ok(meta) if meta.file_type().is_symlink() => {
-            return Err(format!(
-                "{shown} is a symbolic link; refusing to follow it. Remove it or choose another path"
-            ));
-        }
-        Ok(_) => {
-            return Err(format!(
-                "{shown} exists and is not a socket; remove it or choose another path"
-            ));
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(dir)
-                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            }
-        }
-        Err(e) => return Err(format!("cannot inspect {shown}: {e}")),
+/// Makes `dir`, a container's own socket directory: created 0755 if
+/// missing (with its parents); an existing one must be a directory, not a
+/// link, owned by root and not writable by group or others, so that
+/// nobody else can replace the socket in it.
+fn prepare_socket_dir(dir: &Path) -> Result<(), String> {
+    let shown = dir.display();
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.file_type().is_symlink() || !meta.is_dir() => Err(format!(
+            "{shown} is not a directory; a container's socket directory must be one"
+        )),
+        Ok(meta) if meta.uid() != 0 || meta.mode() & 0o022 != 0 => Err(format!(
+            "{shown} must be owned by root and writable by root only (it is uid {}, mode {:o})",
+            meta.uid(),
+            meta.mode() & 0o7777
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| format!("cannot create {shown}: {e}")),
+        Err(e) => Err(format!("cannot inspect {shown}: {e}")),
     }
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| format!("cannot create a socket: {e}"))?;
-    let addr = UnixAddr::new(path).map_err(|e| format!("bad socket path {shown}: {e}"))?;
-    bind(fd.as_raw_fd(), &addr).map_err(|e| format!("cannot bind {shown}: {e}"))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot set the mode of {shown}: {e}"))?;
-    listen(&fd, Backlog::MAXCONN).map_err(|e| format!("cannot listen on {shown}: {e}"))?;
-    Ok(UnixListener::from_std(
-        std::os::unix::net::UnixListener::from(fd),
-    ))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::FileTypeExt;
+
     use super::*;
 
     fn plans(dir: &Path) -> [Plan; 2] {
@@ -408,7 +516,7 @@ mod tests {
         assert!(listeners.any_waiting());
         // Handed to a successor, the files stay; taken back, they go.
         let activated = listeners.activated();
-        assert_eq!(activated, [false, false]);
+        assert_eq!(activated, [(0, false), (1, false)]);
         listeners.hand_files_over();
         listeners.remove();
         assert!(dir.join("admin.sock").exists());
@@ -428,7 +536,7 @@ mod tests {
         let passed = vec![Some((fd, elsewhere.clone())), None];
         let listeners = Listeners::open(plans(&dir), passed, false).unwrap();
         assert_eq!(listeners.get(0).path(), elsewhere);
-        assert_eq!(listeners.activated(), [true, false]);
+        assert_eq!(listeners.activated(), [(0, true), (1, false)]);
         listeners.remove();
         assert!(elsewhere.exists(), "systemd's socket is never removed");
         assert!(!dir.join("admin.sock").exists());
@@ -436,7 +544,7 @@ mod tests {
         let fd = OwnedFd::from(bind_socket(&dir.join("other.sock"), 0o666).unwrap());
         let passed = vec![Some((fd, dir.join("other.sock"))), None];
         let listeners = Listeners::open(plans(&dir), passed, true).unwrap();
-        assert_eq!(listeners.activated(), [false, false]);
+        assert_eq!(listeners.activated(), [(0, false), (1, false)]);
         listeners.remove();
         assert!(!dir.join("other.sock").exists());
         let _ = fs::remove_dir_all(&dir);

@@ -27,8 +27,8 @@ mod minting;
 mod startup;
 mod timers;
 
+pub use crate::socket_file::bind_socket;
 use listener::Listeners;
-pub use listener::bind_socket;
 use startup::open_file_limit;
 pub use startup::{Seed, ServeConfig, serve};
 
@@ -36,7 +36,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
@@ -47,9 +47,6 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
-};
 use slab::Slab;
 
 use crate::activation;
@@ -69,8 +66,8 @@ use crate::limits::{
 };
 use crate::log::{self, log_due, log_throttled};
 use crate::metrics::{Limit, Metrics};
-use crate::registry::{Instance, InstanceId, Registry};
-use crate::request_ctx::{Buffers, Ctx, Identification, Side};
+use crate::registry::{Instance, InstanceId, Refusal, Registry};
+use crate::request_ctx::{Buffers, Ctx, Identification, OwnListener, Side};
 use crate::signer::{Signed, Signer};
 use crate::store::{self, Committed, Job, StoredInstance, Writer};
 use crate::ws::close_code;
@@ -210,7 +207,7 @@ pub(super) struct Successor {
     pub(super) phase: Phase,
     /// Which listeners were systemd's, to put back if this process goes on
     /// serving.
-    activated: Vec<bool>,
+    activated: Vec<(usize, bool)>,
 }
 
 /// How far a handoff is, from the old process's side.
@@ -415,8 +412,9 @@ impl Server {
             log::info(format_args!("SIGHUP: a handoff is already under way"));
             return;
         }
-        let spawned = activation::spawn_successor(&self.listeners.sockets()).and_then(
-            |(channel, pid, pidfd)| {
+        let (planned, own) = self.listeners.sockets();
+        let spawned =
+            activation::spawn_successor(&planned, &own).and_then(|(channel, pid, pidfd)| {
                 channel
                     .set_nonblocking(true)
                     .map_err(|e| format!("cannot set up the handoff channel: {e}"))?;
@@ -438,8 +436,7 @@ impl Server {
                         .map_err(|e| format!("cannot register the successor's pidfd: {e}"))?;
                 }
                 Ok((channel, pid, pidfd))
-            },
-        );
+            });
         match spawned {
             Ok((channel, pid, pidfd)) => {
                 self.successor = Some(Successor {

@@ -4,7 +4,10 @@
 //! starting the writer thread. The only place that knows which listeners
 //! there are.
 
+use std::os::fd::OwnedFd;
+
 use super::*;
+use crate::instance::ListenerSpec;
 use listener::Plan;
 
 /// Where the guest socket is among the planned listeners (and so in a
@@ -88,8 +91,12 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     let mut registry = Registry::new(config.host_name);
     let db = config.state_dir.join(store::DB_FILE);
     let mut handoff = activation::take_handoff()?;
+    let mut own_passed = HashMap::new();
     let sockets = match handoff.as_mut().map(|h| (listener::receive(h, &plans), h)) {
-        Some((Ok(sockets), _)) => Some(sockets),
+        Some((Ok((sockets, own)), _)) => {
+            own_passed = own;
+            Some(sockets)
+        }
         Some((Err(e), h)) if h.predecessor_died() => {
             log::warn(format_args!(
                 "{e}: the old guestsock (pid {}) died before it passed the sockets; starting as a first start does",
@@ -280,6 +287,8 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             )
         })
         .map_err(|e| format!("cannot register with epoll: {e}"))?;
+    // Registered with epoll as each is opened.
+    server.open_own_listeners(own_passed);
     // Written once serving (a successor's after its predecessor let go),
     // so the file never names a server that failed to start.
     let pid_file = crate::pidfile::PidFile::write(&config.pid_file)?;
@@ -323,6 +332,36 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     }
     server.listeners.remove();
     result
+}
+
+impl Server {
+    /// Opens the listeners of every instance's own, adopting the socket a
+    /// predecessor passed for a path (`passed`) and binding the others. One
+    /// that cannot be opened is logged and counted, and the server starts
+    /// all the same: the other instances are served, and removing the
+    /// instance, or replacing it, tries again.
+    fn open_own_listeners(&mut self, mut passed: HashMap<PathBuf, OwnedFd>) {
+        let wanted: Vec<(InstanceId, u64, ListenerSpec)> = self
+            .registry
+            .iter()
+            .flat_map(|(id, i)| {
+                i.spec
+                    .listeners
+                    .iter()
+                    .map(move |l| (id, i.serial, l.clone()))
+            })
+            .collect();
+        for (id, serial, spec) in wanted {
+            let path = spec.socket_path();
+            let adopted = passed.remove(&path);
+            self.open_own_listener(id, serial, &spec, adopted);
+        }
+        // A socket the predecessor passed for an instance that is gone now
+        // (removed while this process read the state): its file goes too.
+        for (path, _) in passed {
+            let _ = fs::remove_file(&path);
+        }
+    }
 }
 
 /// Registers an instance read from the state directory (`db`, named in
