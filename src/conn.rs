@@ -747,7 +747,12 @@ impl<S: Read + Write + AsFd> Conn<S> {
                 match Preamble::parse(&self.input) {
                     Ok(None) => break,
                     Ok(Some((preamble, used))) => {
-                        self.peer.speaks_for(&preamble);
+                        // Only the VMM's connections speak for the VM; an
+                        // intruder's preamble is read past and believed in
+                        // nothing (its requests are refused).
+                        if self.known.by().own_instance().is_some() {
+                            self.peer.speaks_for(&preamble);
+                        }
                         self.awaiting_preamble = false;
                         self.consume(used);
                         continue;

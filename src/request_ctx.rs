@@ -66,6 +66,13 @@ pub enum Identification {
         /// Who may use the listener.
         by: OwnListener,
     },
+    /// A connection on a VM's listener (listener `listener`) from someone
+    /// other than its VMM's user: every request is refused (`403`), as a
+    /// stranger's on the shared socket is, after it is read.
+    NotTheVmm {
+        /// The listener's key.
+        listener: usize,
+    },
 }
 
 /// Who may use a listener of an instance's own, and how its callers are
@@ -91,6 +98,11 @@ impl Identification {
         let (pid, uid) = (peer.pid, peer.uid);
         match self {
             Identification::PeerCredentials => registry.identify(peer),
+            Identification::NotTheVmm { .. } => Err(Refusal::WrongListener {
+                pid,
+                uid,
+                reason: "only the VMM's user may connect to a VM's listener",
+            }),
             Identification::Own { id, serial, by, .. } => {
                 if registry.get(id).is_none_or(|i| i.serial != serial) {
                     return Err(Refusal::ListenerGone { pid, uid });
@@ -112,22 +124,34 @@ impl Identification {
         }
     }
 
-    /// Whether its connections start with the agent's preamble.
+    /// Whether its connections start with the agent's preamble (a VM's
+    /// listener's, whoever connected).
     pub fn takes_preamble(self) -> bool {
         matches!(
             self,
             Identification::Own {
                 by: OwnListener::Vsock { .. },
                 ..
-            }
+            } | Identification::NotTheVmm { .. }
         )
     }
 
     /// The instance (key and serial) a listener of its own names.
     pub fn own_instance(self) -> Option<(InstanceId, u64)> {
         match self {
-            Identification::PeerCredentials => None,
+            Identification::PeerCredentials | Identification::NotTheVmm { .. } => None,
             Identification::Own { id, serial, .. } => Some((id, serial)),
+        }
+    }
+
+    /// The key of the listener of an instance's own its connections came
+    /// through, if they did.
+    pub fn own_listener(self) -> Option<usize> {
+        match self {
+            Identification::PeerCredentials => None,
+            Identification::Own { listener, .. } | Identification::NotTheVmm { listener } => {
+                Some(listener)
+            }
         }
     }
 }

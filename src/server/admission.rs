@@ -107,23 +107,17 @@ impl Server {
                 return;
             }
         };
-        if let Identification::Own {
-            by: OwnListener::Vsock { vmm_uid },
-            ..
-        } = by
-            && peer.uid != vmm_uid
-        {
-            // The socket's mode lets only the VMM's user in; whoever else
-            // reached it (root, or a file mode changed by hand) cannot
-            // speak for the VM.
-            let refusal = Refusal::WrongListener {
-                pid: peer.pid,
-                uid: peer.uid,
-                reason: "only the VMM's user may connect to a VM's listener",
-            };
-            self.refuse(stream, &peer, NotServed::Unidentified(refusal));
-            return;
-        }
+        // The socket's mode lets only the VMM's user in; whoever else
+        // reached it (root, or through a mode changed by hand) cannot speak
+        // for the VM: no preamble is read, and every request is refused.
+        let by = match by {
+            Identification::Own {
+                listener,
+                by: OwnListener::Vsock { vmm_uid },
+                ..
+            } if peer.uid != vmm_uid => Identification::NotTheVmm { listener },
+            by => by,
+        };
         let side = match side {
             Side::Guest => Side::Guest,
             Side::Admin { .. } => {

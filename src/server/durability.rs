@@ -184,7 +184,7 @@ impl Server {
     /// Ends the guest connections accepted on listener `key`.
     fn close_accepted_on(&mut self, key: usize) {
         for (conn_key, conn) in self.conns.iter() {
-            if matches!(conn.by(), Identification::Own { listener, .. } if listener == key) {
+            if conn.by().own_listener() == Some(key) {
                 self.finished.push(conn_key);
             }
         }

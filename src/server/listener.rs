@@ -190,11 +190,15 @@ impl Listeners {
     /// Binds or adopts each of `plans`, in order, `passed` holding the
     /// socket passed for each, if any; `handed_over`: they were taken over
     /// from a predecessor, not from systemd, so this process owns their
-    /// files now and removes them when it stops for good.
+    /// files now and removes them when it stops for good. `own`: listeners
+    /// of instances' own opened already ([`open_own`]), for the keys after
+    /// the planned ones, in order: opened first, so that they exist before
+    /// the admin socket answers.
     pub(super) fn open(
         plans: impl IntoIterator<Item = Plan>,
         passed: Vec<Passed>,
         handed_over: bool,
+        own: Vec<Listener>,
     ) -> Result<Listeners, String> {
         let mut passed = passed.into_iter();
         let mut all = Slab::new();
@@ -204,11 +208,21 @@ impl Listeners {
         if handed_over {
             all.iter_mut().for_each(|(_, l)| l.own());
         }
+        let planned = all.len();
+        let mut paths = HashMap::new();
+        for listener in own {
+            let path = listener.path.clone();
+            let key = all.insert(listener);
+            debug_assert!(
+                matches!(all[key].identification, Identification::Own { listener, .. } if listener == key)
+            );
+            paths.insert(path, key);
+        }
         let mut listeners = Listeners {
-            planned: all.len(),
+            planned,
             all,
             accept_order: Vec::new(),
-            own: HashMap::new(),
+            own: paths,
         };
         listeners.order();
         Ok(listeners)
@@ -223,10 +237,10 @@ impl Listeners {
     }
 
     /// Opens a listener of an instance's own at `spec`'s socket,
-    /// identifying its callers `by` as instance `id` (registration
-    /// `serial`), and registers it with epoll: `adopted`, the socket a
-    /// predecessor passed for that path (this process owns its file now),
-    /// else a socket bound here. Its backlog may hold connections already.
+    /// identifying its callers as instance `id` (registration `serial`),
+    /// and registers it with epoll: `adopted`, the socket a predecessor
+    /// passed for that path, else a socket bound here ([`open_own`]). Its
+    /// backlog may hold connections already.
     pub(super) fn add_own(
         &mut self,
         spec: &ListenerSpec,
@@ -235,59 +249,19 @@ impl Listeners {
         adopted: Option<OwnedFd>,
         registry: &mio::Registry,
     ) -> Result<usize, String> {
-        let path = spec.socket_path();
-        let (mode, by) = match spec {
-            ListenerSpec::Vsock(v) => (0o600, OwnListener::Vsock { vmm_uid: v.vmm_uid }),
-            ListenerSpec::SocketDir(_) => (0o666, OwnListener::SocketDir),
-        };
         let entry = self.all.vacant_entry();
         let key = entry.key();
-        let plan = Plan {
-            name: "instance",
-            path: path.clone(),
-            mode,
-            side: Side::Guest,
-            identification: Identification::Own {
-                listener: key,
-                id,
-                serial,
-                by,
-            },
-        };
-        let mut listener = match adopted {
-            Some(fd) => {
-                let mut listener = Listener::adopt(fd, path.clone(), plan)?;
-                listener.own();
-                listener
-            }
-            None => {
-                if let ListenerSpec::SocketDir(d) = spec {
-                    prepare_socket_dir(&d.dir)?;
-                }
-                let listener = Listener::bind(plan)?;
-                if let ListenerSpec::Vsock(v) = spec {
-                    // Only the VMM's user (and root) may connect; admission
-                    // checks its uid again on every connection.
-                    nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(v.vmm_uid)), None)
-                        .map_err(|e| {
-                            listener.remove();
-                            format!("cannot give {} to uid {}: {e}", path.display(), v.vmm_uid)
-                        })?;
-                }
-                listener
-            }
-        };
+        let mut listener = open_own(spec, key, id, serial, adopted)?;
         if let Err(e) = registry.register(
             &mut listener.socket,
             Token(FIRST_LISTENER - key),
             Interest::READABLE,
         ) {
             listener.remove();
-            return Err(format!("cannot watch {}: {e}", path.display()));
+            return Err(format!("cannot watch {}: {e}", listener.path.display()));
         }
-        listener.waiting = true;
+        self.own.insert(listener.path.clone(), key);
         entry.insert(listener);
-        self.own.insert(path, key);
         self.order();
         Ok(key)
     }
@@ -426,6 +400,66 @@ impl Listeners {
     }
 }
 
+/// Opens a listener of an instance's own at `spec`'s socket, to be listener
+/// `key`, identifying its callers as instance `id` (registration `serial`):
+/// `adopted`, the socket a predecessor passed for that path (this process
+/// owns its file now), else a socket bound here (a VM's given to its
+/// VMM's uid). Not registered with epoll; its backlog may hold connections.
+pub(super) fn open_own(
+    spec: &ListenerSpec,
+    key: usize,
+    id: InstanceId,
+    serial: u64,
+    adopted: Option<OwnedFd>,
+) -> Result<Listener, String> {
+    let path = spec.socket_path();
+    let (mode, by) = match spec {
+        ListenerSpec::Vsock(v) => (0o600, OwnListener::Vsock { vmm_uid: v.vmm_uid }),
+        ListenerSpec::SocketDir(_) => (0o666, OwnListener::SocketDir),
+    };
+    let plan = Plan {
+        name: "instance",
+        path: path.clone(),
+        mode,
+        side: Side::Guest,
+        identification: Identification::Own {
+            listener: key,
+            id,
+            serial,
+            by,
+        },
+    };
+    let mut listener = match adopted {
+        Some(fd) => {
+            let mut listener = Listener::adopt(fd, path.clone(), plan)?;
+            listener.own();
+            listener
+        }
+        None => {
+            if let ListenerSpec::SocketDir(d) = spec {
+                prepare_socket_dir(&d.dir)?;
+            }
+            let listener = Listener::bind(plan)?;
+            if let ListenerSpec::Vsock(v) = spec {
+                // Only the VMM's user (and root) may connect; admission
+                // checks its uid again on every connection.
+                let owner = Some(nix::unistd::Uid::from_raw(v.vmm_uid));
+                if let Err(e) = nix::unistd::chown(&path, owner, None) {
+                    listener.remove();
+                    return Err(format!(
+                        "cannot give {} to uid {}: {e}",
+                        path.display(),
+                        v.vmm_uid
+                    ));
+                }
+            }
+            listener
+        }
+    };
+    listener.waiting = true;
+    Ok(listener)
+}
+
 /// Makes `dir`, a container's own socket directory: created 0755 if
 /// missing (with its parents); an existing one must be a directory, not a
 /// link, owned by root and not writable by group or others, so that
@@ -486,7 +520,7 @@ mod tests {
     #[test]
     fn listeners_keep_their_order_tokens_and_files() {
         let dir = temp_dir("listeners");
-        let mut listeners = Listeners::open(plans(&dir), Vec::new(), false).unwrap();
+        let mut listeners = Listeners::open(plans(&dir), Vec::new(), false, Vec::new()).unwrap();
         assert_eq!(listeners.len(), 2);
         assert_eq!(listeners.get(0).path(), dir.join("guest/sock"));
         assert_eq!(listeners.get(1).side(), Side::Admin { authorized: false });
@@ -534,7 +568,7 @@ mod tests {
         let socket = bind_socket(&elsewhere, 0o666).unwrap();
         let fd = OwnedFd::from(socket);
         let passed = vec![Some((fd, elsewhere.clone())), None];
-        let listeners = Listeners::open(plans(&dir), passed, false).unwrap();
+        let listeners = Listeners::open(plans(&dir), passed, false, Vec::new()).unwrap();
         assert_eq!(listeners.get(0).path(), elsewhere);
         assert_eq!(listeners.activated(), [(0, true), (1, false)]);
         listeners.remove();
@@ -543,7 +577,7 @@ mod tests {
         // A predecessor's sockets are this process's once handed over.
         let fd = OwnedFd::from(bind_socket(&dir.join("other.sock"), 0o666).unwrap());
         let passed = vec![Some((fd, dir.join("other.sock"))), None];
-        let listeners = Listeners::open(plans(&dir), passed, true).unwrap();
+        let listeners = Listeners::open(plans(&dir), passed, true, Vec::new()).unwrap();
         assert_eq!(listeners.activated(), [(0, false), (1, false)]);
         listeners.remove();
         assert!(!dir.join("other.sock").exists());

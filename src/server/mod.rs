@@ -66,7 +66,7 @@ use crate::limits::{
 };
 use crate::log::{self, log_due, log_throttled};
 use crate::metrics::{Limit, Metrics};
-use crate::registry::{Instance, InstanceId, Refusal, Registry};
+use crate::registry::{Instance, InstanceId, Registry};
 use crate::request_ctx::{Buffers, Ctx, Identification, OwnListener, Side};
 use crate::signer::{Signed, Signer};
 use crate::store::{self, Committed, Job, StoredInstance, Writer};

@@ -7,7 +7,6 @@
 use std::os::fd::OwnedFd;
 
 use super::*;
-use crate::instance::ListenerSpec;
 use listener::Plan;
 
 /// Where the guest socket is among the planned listeners (and so in a
@@ -172,7 +171,8 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         seeded.push(id);
     }
 
-    let listeners = Listeners::open(plans, passed, handed_over)?;
+    let own = open_own_listeners(&registry, plans.len(), own_passed);
+    let listeners = Listeners::open(plans, passed, handed_over, own)?;
     let (guest_path, admin_path) = (
         listeners.get(GUEST).path().to_owned(),
         listeners.get(ADMIN).path().to_owned(),
@@ -287,8 +287,6 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             )
         })
         .map_err(|e| format!("cannot register with epoll: {e}"))?;
-    // Registered with epoll as each is opened.
-    server.open_own_listeners(own_passed);
     // Written once serving (a successor's after its predecessor let go),
     // so the file never names a server that failed to start.
     let pid_file = crate::pidfile::PidFile::write(&config.pid_file)?;
@@ -334,34 +332,36 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     result
 }
 
-impl Server {
-    /// Opens the listeners of every instance's own, adopting the socket a
-    /// predecessor passed for a path (`passed`) and binding the others. One
-    /// that cannot be opened is logged and counted, and the server starts
-    /// all the same: the other instances are served, and removing the
-    /// instance, or replacing it, tries again.
-    fn open_own_listeners(&mut self, mut passed: HashMap<PathBuf, OwnedFd>) {
-        let wanted: Vec<(InstanceId, u64, ListenerSpec)> = self
-            .registry
-            .iter()
-            .flat_map(|(id, i)| {
-                i.spec
-                    .listeners
-                    .iter()
-                    .map(move |l| (id, i.serial, l.clone()))
-            })
-            .collect();
-        for (id, serial, spec) in wanted {
-            let path = spec.socket_path();
-            let adopted = passed.remove(&path);
-            self.open_own_listener(id, serial, &spec, adopted);
-        }
-        // A socket the predecessor passed for an instance that is gone now
-        // (removed while this process read the state): its file goes too.
-        for (path, _) in passed {
-            let _ = fs::remove_file(&path);
+/// Opens the listeners of every registered instance's own, to be listeners
+/// `first`, `first + 1`, ...: adopting the socket a predecessor passed for a
+/// path (`passed`), binding the others. One that cannot be opened is
+/// logged, and the server starts all the same: the other instances are
+/// served, and registering the instance again tries again.
+fn open_own_listeners(
+    registry: &Registry,
+    first: usize,
+    mut passed: HashMap<PathBuf, OwnedFd>,
+) -> Vec<listener::Listener> {
+    let mut opened = Vec::new();
+    for (id, instance) in registry.iter() {
+        for spec in &instance.spec.listeners {
+            let adopted = passed.remove(&spec.socket_path());
+            let key = first + opened.len();
+            match listener::open_own(spec, key, id, instance.serial, adopted) {
+                Ok(listener) => opened.push(listener),
+                Err(e) => log::error(format_args!(
+                    "instance {:?}: cannot open its listener: {e}; its guests cannot reach it there until it is registered again",
+                    instance.spec.name
+                )),
+            }
         }
     }
+    // A socket the predecessor passed for an instance that is gone now
+    // (removed while this process read the state): its file goes too.
+    for (path, _) in passed {
+        let _ = fs::remove_file(&path);
+    }
+    opened
 }
 
 /// Registers an instance read from the state directory (`db`, named in

@@ -80,7 +80,7 @@ fn is_static(program: &str) -> bool {
 
 /// Copies `program` to `root/dest` and every shared library `ldd` names to
 /// the same path under `root`, so that it runs with `root` as `/`.
-fn copy_with_libraries(program: &Path, root: &Path, dest: &str) {
+pub fn copy_with_libraries(program: &Path, root: &Path, dest: &str) {
     fs::copy(program, root.join(dest)).expect("copy program");
     let ldd = Command::new("ldd")
         .arg(program)

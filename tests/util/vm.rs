@@ -241,10 +241,30 @@ fn init_script(script: &str) -> String {
     )
 }
 
-/// Builds the initramfs for `script` into `dest`; returns how long it took.
-pub fn build_initramfs(kit: &Kit, script: &str, dest: &Path) -> Duration {
+/// Builds the initramfs for `script` into `dest`, with the host's
+/// `programs` (found on `PATH`, with their libraries) in `/bin` beside
+/// busybox and guestsock,
+/// and a user `guest` (uid and gid 1000); returns how long it took.
+pub fn build_initramfs(kit: &Kit, script: &str, dest: &Path, programs: &[&str]) -> Duration {
     let started = Instant::now();
     let rootfs = Rootfs::busybox();
+    for program in programs {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|dir| dir.join(program))
+            .find(|path| path.is_file())
+            .unwrap_or_else(|| panic!("{program} is not on PATH"));
+        let dest = format!("bin/{program}");
+        super::rootfs::copy_with_libraries(&found, rootfs.path(), &dest);
+    }
+    let etc = rootfs.path().join("etc");
+    for (file, line) in [
+        ("passwd", "guest:x:1000:1000:guest:/tmp:/bin/sh\n"),
+        ("group", "guest:x:1000:\n"),
+    ] {
+        let mut text = fs::read_to_string(etc.join(file)).expect("read /etc file");
+        text.push_str(line);
+        fs::write(etc.join(file), text).expect("write /etc file");
+    }
     let mut cpio = Cpio::new();
     cpio.tree(rootfs.path(), Path::new(""));
     // The kernel opens /dev/console for init before anything is mounted;
@@ -307,8 +327,14 @@ impl Vm {
     /// Listeners for the guest's connections (see [`port_socket`]) must be
     /// bound in `dir` before.
     pub fn boot(dir: TempDir, script: &str) -> Vm {
+        Vm::boot_with(dir, script, &[])
+    }
+
+    /// [`Vm::boot`], with the host's `programs` in the guest's `/bin`.
+    pub fn boot_with(dir: TempDir, script: &str, programs: &[&str]) -> Vm {
         let kit = kit();
-        let initramfs_built_in = build_initramfs(&kit, script, &dir.join("initramfs.cpio"));
+        let initramfs_built_in =
+            build_initramfs(&kit, script, &dir.join("initramfs.cpio"), programs);
         let mut vhost = doc_command("vhost-device-vsock", &kit, &dir, "vhost.log");
         let control = dir.join("vhost.sock");
         let deadline = Instant::now() + VM_PATIENCE;
