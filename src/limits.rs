@@ -621,6 +621,21 @@ pub const MAX_MOUNTINFO_BYTES: u64 = 16 * 1024 * 1024;
 /// the same number.
 pub const DEFAULT_AGENT_PORT: u32 = 1024;
 
+/// How often the files of instances' own listeners are checked (still
+/// there, still the socket guestsock bound): every second, at most
+/// [`LISTENER_CHECKS_PER_TURN`] each time.
+///
+/// A socket file deleted by hand (or by a VMM's clean-up) leaves guestsock
+/// listening on an inode nobody can reach: the VM's guest connections fail
+/// with nothing in guestsock's log. Within a second it is noticed, logged and
+/// bound again, and the backlog's connections are served on.
+pub const LISTENER_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Listener files checked per [`LISTENER_CHECK_INTERVAL`]: 1,024, one
+/// `lstat` each (about a millisecond on the loop at most); more listeners
+/// are checked in turns.
+pub const LISTENER_CHECKS_PER_TURN: usize = 1024;
+
 /// Listeners of its own an instance may have: 4.
 ///
 /// One is what a VM or a container needs (its vsock port, or its socket

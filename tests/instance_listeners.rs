@@ -315,6 +315,20 @@ fn the_preamble_comes_first_and_names_the_in_guest_caller() {
     c.send(&[b'1'; 200]);
     let reply = c.read_reply(false);
     assert_eq!(reply.status, 400, "{}", reply.text());
+    // The VMM gone mid-connection (half a preamble, half a request, then
+    // nothing): nothing is left behind, and the next connection is served.
+    for half in [
+        &b"GUESTSOCK-AGENT 1 ui"[..],
+        b"GUESTSOCK-AGENT 1 uid=0 gid=0 pid=1\r\nGET /1.0 HT",
+    ] {
+        let mut c = Client::connect(&a);
+        c.send(half);
+        drop(c);
+    }
+    assert_eq!(
+        as_guest(&a, 0, "GET", "/1.0/config/user.who", b"").text(),
+        "root-only"
+    );
     // A VM's listener never serves another instance: each is its own.
     assert_eq!(
         as_guest(&b, 0, "GET", "/1.0/config/user.who", b"").text(),
@@ -555,4 +569,59 @@ fn instance_add_declares_listeners_on_the_command_line() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--vmm-uid"));
+}
+
+#[test]
+fn a_vm_listener_deleted_by_hand_is_bound_again() {
+    require_root!();
+    let dir = TempDir::new();
+    fs::create_dir_all(dir.join("vm")).unwrap();
+    let uds = dir.join("vm/v.sock");
+    let socket = port_1024(&uds);
+    let server = Server::start(json!([vm("vm1", &uds, util::my_uid(), json!({}))]));
+    // A connection open before the file goes keeps being served.
+    let mut open = Client::connect(&socket);
+    open.send(b"GUESTSOCK-AGENT 1 uid=0 gid=0 pid=9\r\n");
+    assert_eq!(
+        open.request("GET", "/1.0/config/user.who", b"").text(),
+        "vm1"
+    );
+    let before = fs::metadata(&socket).unwrap().ino();
+    fs::remove_file(&socket).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while !is_socket(&socket) {
+        assert!(
+            Instant::now() < deadline,
+            "never bound again: {}",
+            server.stderr()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_ne!(fs::metadata(&socket).unwrap().ino(), before);
+    let meta = fs::symlink_metadata(&socket).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.uid()), (0o600, util::my_uid()));
+    assert_eq!(
+        as_guest(&socket, 0, "GET", "/1.0/config/user.who", b"").text(),
+        "vm1"
+    );
+    assert_eq!(
+        open.request("GET", "/1.0/config/user.who", b"").text(),
+        "vm1"
+    );
+    assert!(
+        server
+            .stderr()
+            .contains("is no longer the socket guestsock listens on"),
+        "{}",
+        server.stderr()
+    );
+    // A file put in its place by hand is left alone, and said so.
+    fs::remove_file(&socket).unwrap();
+    fs::write(&socket, "not a socket").unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while !server.stderr().contains("exists and is not a socket") {
+        assert!(Instant::now() < deadline, "{}", server.stderr());
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(fs::read_to_string(&socket).unwrap(), "not a socket");
 }

@@ -181,6 +181,25 @@ impl Server {
         }
     }
 
+    /// Opens again the listeners of instances' own whose file was deleted
+    /// or replaced by hand: the old socket, which nobody can reach any
+    /// more, is closed (its accepted connections go on) and a new one bound
+    /// at the path, if nothing else is there now.
+    pub(super) fn reopen_gone_listeners(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        for (spec, id, serial) in self.listeners.files_gone(LISTENER_CHECKS_PER_TURN) {
+            let path = spec.socket_path();
+            log::warn(format_args!(
+                "{} is no longer the socket guestsock listens on (deleted or replaced); binding it again",
+                path.display()
+            ));
+            self.listeners.drop_own(&path, self.poll.registry());
+            self.open_own_listener(id, serial, &spec, None);
+        }
+    }
+
     /// Ends the guest connections accepted on listener `key`.
     fn close_accepted_on(&mut self, key: usize) {
         for (conn_key, conn) in self.conns.iter() {

@@ -58,6 +58,9 @@ pub(super) struct Listener {
     /// (edge-triggered: it comes once), cleared when `accept` says
     /// `WouldBlock`.
     waiting: bool,
+    /// For a listener of an instance's own, what it was opened from (to
+    /// open it again if its file goes).
+    spec: Option<ListenerSpec>,
 }
 
 impl Listener {
@@ -75,6 +78,7 @@ impl Listener {
             side: plan.side,
             identification: plan.identification,
             waiting: false,
+            spec: None,
         })
     }
 
@@ -92,6 +96,7 @@ impl Listener {
             side: plan.side,
             identification: plan.identification,
             waiting: false,
+            spec: None,
         })
     }
 
@@ -164,6 +169,9 @@ pub(super) struct Listeners {
     accept_order: Vec<usize>,
     /// The socket path of each listener of an instance's own, to its key.
     own: HashMap<PathBuf, usize>,
+    /// Where the next check of their files starts
+    /// ([`Listeners::files_gone`]).
+    check_from: usize,
 }
 
 /// Receives from a predecessor one socket for each of `plans` (which
@@ -223,6 +231,7 @@ impl Listeners {
             all,
             accept_order: Vec::new(),
             own: paths,
+            check_from: 0,
         };
         listeners.order();
         Ok(listeners)
@@ -300,6 +309,48 @@ impl Listeners {
             serial,
             by,
         };
+    }
+
+    /// Listeners of instances' own whose file is gone or is no longer the
+    /// socket this process bound (deleted or replaced by hand), at most
+    /// `most` of them looked at, in turns: each with what it was opened
+    /// from and the instance it names.
+    pub(super) fn files_gone(&mut self, most: usize) -> Vec<(ListenerSpec, InstanceId, u64)> {
+        let mut keys: Vec<usize> = self.own.values().copied().collect();
+        keys.sort_unstable();
+        let mut gone = Vec::new();
+        if keys.is_empty() {
+            return gone;
+        }
+        let start = self.check_from % keys.len();
+        for &key in keys.iter().cycle().skip(start).take(most.min(keys.len())) {
+            let listener = &self.all[key];
+            let here = fs::symlink_metadata(&listener.path).map(|m| m.ino()).ok();
+            if here != Some(listener.ino)
+                && let (Some(spec), Identification::Own { id, serial, .. }) =
+                    (&listener.spec, listener.identification)
+            {
+                gone.push((spec.clone(), id, serial));
+            }
+        }
+        self.check_from = start + most.min(keys.len());
+        gone
+    }
+
+    /// Closes the listener of an instance's own at `path` whose file is no
+    /// longer its own, leaving whatever is at the path alone; its accepted
+    /// connections go on.
+    pub(super) fn drop_own(&mut self, path: &Path, registry: &mio::Registry) {
+        if let Some(key) = self.own.remove(path) {
+            let mut listener = self.all.remove(key);
+            let _ = registry.deregister(&mut listener.socket);
+            self.order();
+        }
+    }
+
+    /// Whether any instance has a listener of its own.
+    pub(super) fn has_own(&self) -> bool {
+        !self.own.is_empty()
     }
 
     /// The key of the listener of an instance's own at `path`.
@@ -457,6 +508,7 @@ pub(super) fn open_own(
         }
     };
     listener.waiting = true;
+    listener.spec = Some(spec.clone());
     Ok(listener)
 }
 

@@ -61,8 +61,9 @@ use crate::instance::{InstanceSpec, RuleKinds};
 use crate::issuer::{Issuer, IssuerConfig};
 use crate::limits::{
     ACCEPT_RETRY_MS, ACCEPTS_PER_TURN, CGROUP_SWEEP_INTERVAL, CGROUP_SWEEP_PER_TURN,
-    EVENTS_PER_POLL, FALLBACK_FD_LIMIT, HANDOFF_LOAD_TIMEOUT, MAX_ADMIN_CONNECTIONS,
-    READ_CHUNK_BYTES, RESERVED_FDS, SHUTDOWN_GRACE, SILENT_PINGS, Tunables,
+    EVENTS_PER_POLL, FALLBACK_FD_LIMIT, HANDOFF_LOAD_TIMEOUT, LISTENER_CHECK_INTERVAL,
+    LISTENER_CHECKS_PER_TURN, MAX_ADMIN_CONNECTIONS, READ_CHUNK_BYTES, RESERVED_FDS,
+    SHUTDOWN_GRACE, SILENT_PINGS, Tunables,
 };
 use crate::log::{self, log_due, log_throttled};
 use crate::metrics::{Limit, Metrics};
@@ -156,6 +157,8 @@ struct Server {
     cgroups: identity::CgroupPaths,
     /// When the cgroup-id cache is next swept for removed cgroups.
     next_cgroup_sweep: Instant,
+    /// When the files of instances' own listeners are checked next.
+    next_listener_check: Instant,
     /// The buffers connections borrow while driven.
     buffers: Buffers,
     /// Open event subscribers (guest and admin), for the metrics.
@@ -269,6 +272,7 @@ impl Server {
                     .map(|s| s.ready_by),
                 self.issuer.until_due().map(|wait| now + wait),
                 (!self.cgroups.is_empty()).then_some(self.next_cgroup_sweep),
+                self.listeners.has_own().then_some(self.next_listener_check),
             ]
             .into_iter()
             .flatten()
@@ -346,6 +350,10 @@ impl Server {
             if !self.cgroups.is_empty() && self.next_cgroup_sweep <= now {
                 self.cgroups.sweep(CGROUP_SWEEP_PER_TURN);
                 self.next_cgroup_sweep = now + CGROUP_SWEEP_INTERVAL;
+            }
+            if self.listeners.has_own() && self.next_listener_check <= now {
+                self.reopen_gone_listeners();
+                self.next_listener_check = now + LISTENER_CHECK_INTERVAL;
             }
             if self
                 .successor

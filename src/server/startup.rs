@@ -256,6 +256,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         scratch: vec![0; READ_CHUNK_BYTES],
         cgroups: identity::CgroupPaths::new(),
         next_cgroup_sweep: Instant::now(),
+        next_listener_check: Instant::now() + LISTENER_CHECK_INTERVAL,
         buffers: Buffers::default(),
         subscriber_count: 0,
         stopping: None,
