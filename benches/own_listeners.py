@@ -10,9 +10,10 @@ rows of SECONDS each (default 5). Flooders are connect+close loops
 own: a VM's vsock socket (`<uds>_1024`, the script standing in for the VMM)
 or a container's socket directory (from that container's cgroup); and, for
 the comparison, the same flooders on the shared socket. Meanwhile three
-neighbours ask for their key 40 times a second on a fresh connection with a
-NON-BLOCKING connect and a 2 s budget (an error is EAGAIN, a timeout or a
-wrong answer): a VM on its own vsock listener (the agent's preamble first),
+neighbours (benches/targets.py's) ask for their key 40 times a second on a
+fresh connection with a NON-BLOCKING connect and a 2 s budget (an error is
+EAGAIN, a timeout or a wrong answer): a VM on its own vsock listener (the
+agent's preamble first),
 a container on its own socket directory, and a container on the shared
 socket.
 
@@ -34,46 +35,6 @@ SECONDS = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
 LISTENERS = int(sys.argv[2]) if len(sys.argv) > 2 else 1024
 BIN = priority.BIN
 PREAMBLE = b"GUESTSOCK-AGENT 1 uid=0 gid=0 pid=1\r\n"
-
-# A neighbour: fresh connection, non-blocking connect, 2 s budget; with a
-# preamble first when argv[3] is "vm".
-NEIGHBOUR = r"""
-import json, socket, sys, time
-path, secs, vm = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "vm"
-times, errors, tries = [], 0, 0
-end = time.monotonic() + secs
-while time.monotonic() < end:
-    tries += 1
-    start = time.monotonic()
-    s = socket.socket(socket.AF_UNIX)
-    try:
-        s.setblocking(False)
-        s.connect(path)
-        s.settimeout(2.0)
-        head = b"GUESTSOCK-AGENT 1 uid=0 gid=0 pid=1\r\n" if vm else b""
-        s.sendall(head + b"GET /1.0/config/user.who HTTP/1.1\r\nHost: lxd\r\nConnection: close\r\n\r\n")
-        reply = b""
-        while True:
-            left = 2.0 - (time.monotonic() - start)
-            if left <= 0:
-                raise TimeoutError
-            s.settimeout(left)
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
-        if reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"neighbour"):
-            times.append(time.monotonic() - start)
-        else:
-            errors += 1
-    except (OSError, TimeoutError):
-        errors += 1
-    finally:
-        s.close()
-    time.sleep(0.025)
-print(json.dumps({"times": times, "errors": errors, "tries": tries}))
-"""
-
 
 def admin(path, method, url, body=b""):
     with socket.socket(socket.AF_UNIX) as s:
@@ -111,8 +72,8 @@ def start(work, instances):
 
 
 def stats(raw):
-    times = sorted(t * 1000 for t in raw["times"])
-    return raw["errors"], raw["tries"], priority.pct(times, 0.99)
+    n = priority.neighbour_stats(raw)
+    return n["errors"] + n["eagain"], n["tries"], n["p99"]
 
 
 def fairness(work, v2, tag):
@@ -156,34 +117,21 @@ def fairness(work, v2, tag):
                     floods.append(priority.in_cgroup(group, [flooder, path, str(SECONDS + 1.0), "blocking"],
                                                      stdout=subprocess.PIPE, text=True))
                 time.sleep(0.5)
-                near = [
-                    priority.in_cgroup(groups["near-c"], [sys.executable, "-c", NEIGHBOUR,
-                                                          uds("near-vm") + "_1024", str(SECONDS), "vm"],
-                                       stdout=subprocess.PIPE),
-                    priority.in_cgroup(groups["near-c"], [sys.executable, "-c", NEIGHBOUR,
-                                                          os.path.join(own("near-c"), "sock"), str(SECONDS), "c"],
-                                       stdout=subprocess.PIPE),
-                    priority.in_cgroup(groups["near-s"], [sys.executable, "-c", NEIGHBOUR, sock, str(SECONDS), "c"],
-                                       stdout=subprocess.PIPE),
-                ]
+                # benches/targets.py's neighbour: non-blocking, 40 a second.
+                asks = [(groups["near-c"], uds("near-vm") + "_1024", ["vm"]),
+                        (groups["near-c"], os.path.join(own("near-c"), "sock"), []),
+                        (groups["near-s"], sock, [])]
+                near = [priority.in_cgroup(group, [sys.executable, "-c", targets.NEIGHBOUR, path,
+                                                   str(SECONDS), "nonblocking", *vm],
+                                           stdout=subprocess.PIPE)
+                        for group, path, vm in asks]
                 got = [stats(json.loads(p.communicate()[0])) for p in near]
                 made = sum(int((f.communicate()[0] or "0 0").split()[0]) for f in floods)
                 rows.append((where, n, got, made / (SECONDS + 1.0)))
     finally:
         server.terminate()
         server.wait()
-        for g in groups.values():
-            try:
-                with open(os.path.join(g, "cgroup.kill"), "w") as fh:
-                    fh.write("1")
-            except OSError:
-                pass
-            for _ in range(200):
-                try:
-                    os.rmdir(g)
-                    break
-                except OSError:
-                    time.sleep(0.02)
+        priority.remove_groups(groups.values())
     print("| flooders | on | VM neighbour, own vsock listener: errors, p99 | container neighbour, own socket dir | "
           "container neighbour, shared socket | flood connections/s |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -239,18 +239,7 @@ def main():
             if s["proc"].poll() is None:
                 s["proc"].kill()
                 s["proc"].wait()
-        for g in list(groups.values()) + [prio_dir]:
-            try:
-                with open(os.path.join(g, "cgroup.kill"), "w") as fh:
-                    fh.write("1")
-            except OSError:
-                pass
-            for _ in range(200):
-                try:
-                    os.rmdir(g)
-                    break
-                except OSError:
-                    time.sleep(0.02)
+        priority.remove_groups(list(groups.values()) + [prio_dir])
         shutil.rmtree(work, ignore_errors=True)
 
     version = subprocess.run([BIN, "--version"], capture_output=True, text=True).stdout.strip()

@@ -423,12 +423,62 @@ pub fn connection(data: &[u8]) {
     check_responses(&written, &head_requests(input, max_body));
 }
 
+/// A connection on a VM's own listener (docs/protocol.md section 10): the
+/// input is the agent's side, a preamble and then requests, driven as
+/// [`connection`] drives the shared socket's (the first byte sets the
+/// chunk size). Properties: it never panics; if the input starts with a
+/// valid preamble, what the connection writes is well-formed answers to the
+/// requests after it, as for [`connection`]; if it starts with an invalid
+/// one, exactly one `400` and nothing more; if the preamble is incomplete,
+/// nothing.
+pub fn vm_connection(data: &[u8]) {
+    use crate::limits::MAX_GUEST_BODY_BYTES;
+    use crate::preamble::Preamble;
+    use crate::request_ctx::Side;
+
+    let Some((&first, input)) = data.split_first() else {
+        return;
+    };
+    let step = usize::from(first) * 37 + 1;
+    let written = run_connection_on(Side::Guest, true, input, step);
+    match Preamble::parse(input) {
+        Ok(Some((_, used))) => check_responses(
+            &written,
+            &head_requests(&input[used..], MAX_GUEST_BODY_BYTES),
+        ),
+        Ok(None) => assert!(
+            written.is_empty(),
+            "{:?}",
+            String::from_utf8_lossy(&written)
+        ),
+        Err(_) => {
+            assert!(
+                written.starts_with(b"HTTP/1.1 400 "),
+                "{:?}",
+                String::from_utf8_lossy(&written)
+            );
+            check_responses(&written, &[false]);
+        }
+    }
+}
+
 /// Drives one connection of `side` as [`connection`] describes, the peer
 /// sending `input` in chunks of `step` bytes and then EOF; returns
 /// everything the connection wrote. The peer is this process, registered
 /// as instance `me` (`guest_access: any`, `user.a` = `1`, device `eth0`).
 /// Also used by `conn`'s unit tests.
 pub fn run_connection(side: crate::request_ctx::Side, input: &[u8], step: usize) -> Vec<u8> {
+    run_connection_on(side, false, input, step)
+}
+
+/// [`run_connection`], on a VM's own listener of instance `me` (whose VMM
+/// is this process) when `vm`: the input starts with the agent's preamble.
+fn run_connection_on(
+    side: crate::request_ctx::Side,
+    vm: bool,
+    input: &[u8],
+    step: usize,
+) -> Vec<u8> {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
 
@@ -456,7 +506,7 @@ pub fn run_connection(side: crate::request_ctx::Side, input: &[u8], step: usize)
         "devices": {"eth0": {"type": "nic"}},
     }))
     .expect("instance");
-    registry.insert(me).expect("registered");
+    let id = registry.insert(me).expect("registered");
     let facts = ServerFacts {
         version: "fuzz",
         pid: 0,
@@ -479,12 +529,17 @@ pub fn run_connection(side: crate::request_ctx::Side, input: &[u8], step: usize)
     let mut mints = Vec::new();
     let facts_of_peer =
         peer_facts(&server_end, RuleKinds::empty(), &mut cgroups).expect("peer credentials");
-    let mut conn = Conn::new(
-        server_end,
-        facts_of_peer,
-        side,
-        crate::request_ctx::Identification::PeerCredentials,
-    );
+    let by = if vm {
+        crate::request_ctx::Identification::Own {
+            listener: 0,
+            id,
+            serial: registry.get(id).expect("registered").serial,
+            by: crate::request_ctx::OwnListener::Vsock { vmm_uid: uid },
+        }
+    } else {
+        crate::request_ctx::Identification::PeerCredentials
+    };
+    let mut conn = Conn::new(server_end, facts_of_peer, side, by);
 
     let mut written = Vec::new();
     let mut chunks = input.chunks(step.max(1)).peekable();

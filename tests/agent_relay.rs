@@ -12,66 +12,13 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{Client, PATIENCE, TempDir, bin, tool, unique};
-
-/// A running `guestsock agent`, killed on drop.
-struct Agent {
-    socket: PathBuf,
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Agent {
-    /// Starts the agent serving `dir/lxd/sock` (the directory made by the
-    /// agent), relaying to `host`, and waits until it serves.
-    fn start(dir: &TempDir, host: &Path, extra: &[&str]) -> Agent {
-        let socket = dir.join("lxd/sock");
-        let stderr = dir.join(&unique("agent-stderr"));
-        let child = Command::new(bin())
-            .args(["agent", "--socket"])
-            .arg(&socket)
-            .arg("--host-unix")
-            .arg(host)
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("spawn guestsock agent");
-        let mut agent = Agent {
-            socket,
-            child,
-            stderr,
-        };
-        let deadline = Instant::now() + PATIENCE;
-        // Logged once the socket is bound, listening and opened to all.
-        while !agent.log().contains("agent: serving") {
-            if let Ok(Some(status)) = agent.child.try_wait() {
-                panic!("the agent exited ({status}): {}", agent.log());
-            }
-            assert!(Instant::now() < deadline, "no agent: {}", agent.log());
-            thread::sleep(Duration::from_millis(10));
-        }
-        agent
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use util::agent::Agent;
+use util::{Client, PATIENCE, TempDir, tool};
 
 /// One relayed connection as the host side sees it: the preamble line
 /// (without CRLF) and what came after it so far.

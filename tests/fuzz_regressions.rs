@@ -56,3 +56,8 @@ fn token_query() {
 fn connection() {
     replay("connection", guestsock::fuzzing::connection);
 }
+
+#[test]
+fn vm_connection() {
+    replay("vm_connection", guestsock::fuzzing::vm_connection);
+}

@@ -15,12 +15,13 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use util::{Client, PATIENCE, Reply, Server, TempDir, bin, tool, unique};
+use util::agent::Agent;
+use util::{Client, PATIENCE, Reply, Server, TempDir, tool, unique};
 
 /// A VM instance whose VMM listens on `uds` and runs as `vmm_uid`.
 fn vm(name: &str, uds: &Path, vmm_uid: u32, extra: serde_json::Value) -> serde_json::Value {
@@ -47,74 +48,6 @@ fn as_guest(socket: &Path, uid: u32, method: &str, path: &str, body: &[u8]) -> R
     let mut c = Client::connect(socket);
     c.send(format!("GUESTSOCK-AGENT 1 uid={uid} gid={uid} pid=77\r\n").as_bytes());
     c.request(method, path, body)
-}
-
-/// A running `guestsock agent` relaying `dir/lxd/sock` to `host`, killed on
-/// drop.
-struct Agent {
-    socket: PathBuf,
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Agent {
-    fn start(dir: &TempDir, host: &Path) -> Agent {
-        Agent::start_as(None, &dir.join("lxd/sock"), host)
-    }
-
-    /// The agent serving `socket`, as `uid` (a setuid child) if given.
-    fn start_as(uid: Option<u32>, socket: &Path, host: &Path) -> Agent {
-        let socket = socket.to_path_buf();
-        let stderr = socket.parent().unwrap().with_extension("stderr");
-        let mut command = match uid {
-            Some(uid) => {
-                let mut c = Command::new(tool("setpriv"));
-                c.args([
-                    &format!("--reuid={uid}"),
-                    &format!("--regid={uid}"),
-                    "--clear-groups",
-                    bin(),
-                ]);
-                c
-            }
-            None => Command::new(bin()),
-        };
-        let child = command
-            .args(["agent", "--socket"])
-            .arg(&socket)
-            .arg("--host-unix")
-            .arg(host)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("spawn guestsock agent");
-        let mut agent = Agent {
-            socket,
-            child,
-            stderr,
-        };
-        let deadline = Instant::now() + PATIENCE;
-        while !fs::read_to_string(&agent.stderr)
-            .unwrap_or_default()
-            .contains("agent: serving")
-        {
-            if let Ok(Some(status)) = agent.child.try_wait() {
-                panic!("the agent exited ({status})");
-            }
-            assert!(Instant::now() < deadline, "no agent");
-            thread::sleep(Duration::from_millis(10));
-        }
-        agent
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// curl through `socket`: (status, body).
@@ -148,7 +81,7 @@ fn a_vm_is_served_through_its_vsock_listener_and_the_real_agent() {
 
     // The agent, as it runs inside the guest, relays to the VM's listener.
     let agent_dir = TempDir::new();
-    let agent = Agent::start(&agent_dir, &socket);
+    let agent = Agent::start(&agent_dir, &socket, &[]);
     let (status, body) = curl(&agent.socket, "GET", "/1.0", &[]);
     assert_eq!(status, 200, "{body}");
     let info: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -240,7 +173,7 @@ fn only_the_vmms_user_may_speak_for_the_vm() {
         let home = dir.join(&unique("agent"));
         fs::create_dir(&home).unwrap();
         fs::set_permissions(&home, fs::Permissions::from_mode(0o777)).unwrap();
-        let agent = Agent::start_as(Some(uid), &home.join("lxd/sock"), &socket);
+        let agent = Agent::start_as(Some(uid), &home.join("lxd/sock"), &socket, &[]);
         curl(&agent.socket, "GET", "/1.0/config/user.who", &[])
     };
     assert_eq!(as_uid(1000), (200, "vm1".to_string()));
@@ -530,22 +463,27 @@ fn instance_add_declares_listeners_on_the_command_line() {
     )
     .unwrap();
     let uds = dir.join("vm/v.sock");
-    let out = util::run_guestsock(
-        &[
+    let (file, admin, uds_arg) = (
+        file.display().to_string(),
+        server.admin_socket.display().to_string(),
+        uds.display().to_string(),
+    );
+    // `instance add FILE --admin ADMIN --vsock-uds UDS` and `more`.
+    let add = |more: &[&str]| {
+        let mut args = vec![
             "instance",
             "add",
-            &file.display().to_string(),
+            &file,
             "--admin",
-            &server.admin_socket.display().to_string(),
+            &admin,
             "--vsock-uds",
-            &uds.display().to_string(),
-            "--vsock-port",
-            "5000",
-            "--vmm-uid",
-            &util::my_uid().to_string(),
-        ],
-        None,
-    );
+            &uds_arg,
+        ];
+        args.extend_from_slice(more);
+        util::run_guestsock(&args, None)
+    };
+    let me = util::my_uid().to_string();
+    let out = add(&["--vsock-port", "5000", "--vmm-uid", &me]);
     assert!(
         out.status.success(),
         "{}",
@@ -555,18 +493,7 @@ fn instance_add_declares_listeners_on_the_command_line() {
     assert!(is_socket(&socket));
     assert_eq!(as_guest(&socket, 0, "GET", "/1.0", b"").status, 200);
     // --vsock-uds without --vmm-uid is refused by the command line.
-    let out = util::run_guestsock(
-        &[
-            "instance",
-            "add",
-            &file.display().to_string(),
-            "--admin",
-            &server.admin_socket.display().to_string(),
-            "--vsock-uds",
-            &uds.display().to_string(),
-        ],
-        None,
-    );
+    let out = add(&[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--vmm-uid"));
 }
@@ -624,4 +551,36 @@ fn a_vm_listener_deleted_by_hand_is_bound_again() {
         thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(fs::read_to_string(&socket).unwrap(), "not a socket");
+}
+
+#[test]
+fn a_listener_that_cannot_be_opened_at_start_is_tried_again() {
+    require_root!();
+    let dir = TempDir::new();
+    fs::create_dir_all(dir.join("vm")).unwrap();
+    let uds = dir.join("vm/v.sock");
+    let socket = port_1024(&uds);
+    // Something else is in the way when the server starts: it starts all
+    // the same, says so, and takes the path once it is free.
+    fs::write(&socket, "in the way").unwrap();
+    let server = Server::start(json!([vm("vm1", &uds, util::my_uid(), json!({}))]));
+    assert!(
+        server.stderr().contains("trying again every second"),
+        "{}",
+        server.stderr()
+    );
+    fs::remove_file(&socket).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while !is_socket(&socket) {
+        assert!(
+            Instant::now() < deadline,
+            "never opened: {}",
+            server.stderr()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        as_guest(&socket, 0, "GET", "/1.0/config/user.who", b"").text(),
+        "vm1"
+    );
 }

@@ -109,7 +109,8 @@ impl Server {
         };
         // The socket's mode lets only the VMM's user in; whoever else
         // reached it (root, or through a mode changed by hand) cannot speak
-        // for the VM: no preamble is read, and every request is refused.
+        // for the VM: its preamble is read past and believed in nothing,
+        // and every request it makes is refused.
         let by = match by {
             Identification::Own {
                 listener,

@@ -156,18 +156,22 @@ impl Server {
             .get(id)
             .map(|i| i.spec.name.clone())
             .unwrap_or_default();
+        let path = spec.socket_path();
         match self
             .listeners
             .add_own(spec, id, serial, adopted, self.poll.registry())
         {
             Ok(_) => log::info(format_args!(
                 "instance {name:?}: listening on {}",
-                spec.socket_path().display()
+                path.display()
             )),
             Err(e) => {
                 log::error(format_args!(
-                    "instance {name:?}: cannot open its listener: {e}; its guests cannot reach it there until it is registered again"
+                    "instance {name:?}: cannot open its listener: {e}; trying again every second"
                 ));
+                if !self.listeners_to_retry.iter().any(|(_, p)| *p == path) {
+                    self.listeners_to_retry.push((name, path));
+                }
             }
         }
     }
@@ -184,10 +188,41 @@ impl Server {
     /// Opens again the listeners of instances' own whose file was deleted
     /// or replaced by hand: the old socket, which nobody can reach any
     /// more, is closed (its accepted connections go on) and a new one bound
-    /// at the path, if nothing else is there now.
+    /// at the path, if nothing else is there now. And tries again those
+    /// that could not be opened (something in the way, or, in a SIGHUP
+    /// successor, the predecessor still listening on a socket registered
+    /// after it passed its sockets), quietly, while their instance still
+    /// names them.
     pub(super) fn reopen_gone_listeners(&mut self) {
         if self.stopping.is_some() {
             return;
+        }
+        for (name, path) in std::mem::take(&mut self.listeners_to_retry) {
+            let wanted = self.registry.find(&name).and_then(|id| {
+                let instance = self.registry.get(id)?;
+                let spec = instance
+                    .spec
+                    .listeners
+                    .iter()
+                    .find(|l| l.socket_path() == path)?;
+                Some((id, instance.serial, spec.clone()))
+            });
+            let Some((id, serial, spec)) = wanted else {
+                continue;
+            };
+            if self.listeners.own_at(&path).is_some() {
+                continue;
+            }
+            match self
+                .listeners
+                .add_own(&spec, id, serial, None, self.poll.registry())
+            {
+                Ok(_) => log::info(format_args!(
+                    "instance {name:?}: listening on {} at last",
+                    path.display()
+                )),
+                Err(_) => self.listeners_to_retry.push((name, path)),
+            }
         }
         for (spec, id, serial) in self.listeners.files_gone(LISTENER_CHECKS_PER_TURN) {
             let path = spec.socket_path();

@@ -159,6 +159,9 @@ struct Server {
     next_cgroup_sweep: Instant,
     /// When the files of instances' own listeners are checked next.
     next_listener_check: Instant,
+    /// Listeners of instances' own that could not be opened: the instance's
+    /// name and the socket's path, tried again every check.
+    listeners_to_retry: Vec<(String, PathBuf)>,
     /// The buffers connections borrow while driven.
     buffers: Buffers,
     /// Open event subscribers (guest and admin), for the metrics.
@@ -272,7 +275,8 @@ impl Server {
                     .map(|s| s.ready_by),
                 self.issuer.until_due().map(|wait| now + wait),
                 (!self.cgroups.is_empty()).then_some(self.next_cgroup_sweep),
-                self.listeners.has_own().then_some(self.next_listener_check),
+                (self.listeners.has_own() || !self.listeners_to_retry.is_empty())
+                    .then_some(self.next_listener_check),
             ]
             .into_iter()
             .flatten()
@@ -351,7 +355,9 @@ impl Server {
                 self.cgroups.sweep(CGROUP_SWEEP_PER_TURN);
                 self.next_cgroup_sweep = now + CGROUP_SWEEP_INTERVAL;
             }
-            if self.listeners.has_own() && self.next_listener_check <= now {
+            if (self.listeners.has_own() || !self.listeners_to_retry.is_empty())
+                && self.next_listener_check <= now
+            {
                 self.reopen_gone_listeners();
                 self.next_listener_check = now + LISTENER_CHECK_INTERVAL;
             }

@@ -171,7 +171,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         seeded.push(id);
     }
 
-    let own = open_own_listeners(&registry, plans.len(), own_passed);
+    let (own, failed_listeners) = open_own_listeners(&registry, plans.len(), own_passed);
     let listeners = Listeners::open(plans, passed, handed_over, own)?;
     let (guest_path, admin_path) = (
         listeners.get(GUEST).path().to_owned(),
@@ -257,6 +257,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
         cgroups: identity::CgroupPaths::new(),
         next_cgroup_sweep: Instant::now(),
         next_listener_check: Instant::now() + LISTENER_CHECK_INTERVAL,
+        listeners_to_retry: failed_listeners,
         buffers: Buffers::default(),
         subscriber_count: 0,
         stopping: None,
@@ -336,24 +337,29 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
 /// Opens the listeners of every registered instance's own, to be listeners
 /// `first`, `first + 1`, ...: adopting the socket a predecessor passed for a
 /// path (`passed`), binding the others. One that cannot be opened is
-/// logged, and the server starts all the same: the other instances are
-/// served, and registering the instance again tries again.
+/// logged and returned (instance name, path) to be tried again every
+/// second, and the server starts all the same.
+#[allow(clippy::type_complexity)]
 fn open_own_listeners(
     registry: &Registry,
     first: usize,
     mut passed: HashMap<PathBuf, OwnedFd>,
-) -> Vec<listener::Listener> {
+) -> (Vec<listener::Listener>, Vec<(String, PathBuf)>) {
     let mut opened = Vec::new();
+    let mut failed = Vec::new();
     for (id, instance) in registry.iter() {
         for spec in &instance.spec.listeners {
             let adopted = passed.remove(&spec.socket_path());
             let key = first + opened.len();
             match listener::open_own(spec, key, id, instance.serial, adopted) {
                 Ok(listener) => opened.push(listener),
-                Err(e) => log::error(format_args!(
-                    "instance {:?}: cannot open its listener: {e}; its guests cannot reach it there until it is registered again",
-                    instance.spec.name
-                )),
+                Err(e) => {
+                    log::error(format_args!(
+                        "instance {:?}: cannot open its listener: {e}; trying again every second",
+                        instance.spec.name
+                    ));
+                    failed.push((instance.spec.name.clone(), spec.socket_path()));
+                }
             }
         }
     }
@@ -362,7 +368,7 @@ fn open_own_listeners(
     for (path, _) in passed {
         let _ = fs::remove_file(&path);
     }
-    opened
+    (opened, failed)
 }
 
 /// Registers an instance read from the state directory (`db`, named in

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod docs;
 pub mod fresh;
 pub mod oci;

@@ -252,7 +252,12 @@ pub fn build_initramfs(kit: &Kit, script: &str, dest: &Path, programs: &[&str]) 
         let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
             .map(|dir| dir.join(program))
             .find(|path| path.is_file())
-            .unwrap_or_else(|| panic!("{program} is not on PATH"));
+            .unwrap_or_else(|| {
+                panic!(
+                    "{program} is missing: install it with `apt-get install {program}`, \
+                     or run ./test.sh, which installs everything the tests need"
+                )
+            });
         let dest = format!("bin/{program}");
         super::rootfs::copy_with_libraries(&found, rootfs.path(), &dest);
     }

@@ -1,0 +1,5 @@
+//! Fuzz target: see `guestsock::fuzzing::vm_connection` for the properties checked.
+
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| guestsock::fuzzing::vm_connection(data));
