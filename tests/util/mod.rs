@@ -65,7 +65,7 @@ macro_rules! require_root {
 }
 
 /// The Debian package that brings each program the tests run.
-const TOOLS: [(&str, &str); 18] = [
+const TOOLS: [(&str, &str); 19] = [
     ("curl", "curl"),
     ("setpriv", "util-linux"),
     ("unshare", "util-linux"),
@@ -84,6 +84,7 @@ const TOOLS: [(&str, &str); 18] = [
     ("crun", "crun"),
     ("podman", "podman"),
     ("qemu-system-x86_64", "qemu-system-x86"),
+    ("strip", "binutils"),
 ];
 
 /// `program`, after checking that it is on `PATH`: a missing one fails the

@@ -248,6 +248,19 @@ fn init_script(script: &str) -> String {
 pub fn build_initramfs(kit: &Kit, script: &str, dest: &Path, programs: &[&str]) -> Duration {
     let started = Instant::now();
     let rootfs = Rootfs::busybox();
+    // A debug build's symbols (most of its 50 MB) would not fit the guest's
+    // memory beside its libraries once unpacked: the guest gets the code.
+    let copied = rootfs.path().join("bin/guestsock");
+    let stripped = Command::new(tool("strip"))
+        .arg("--strip-debug")
+        .arg(&copied)
+        .status()
+        .expect("strip");
+    assert!(
+        stripped.success(),
+        "strip --strip-debug {}",
+        copied.display()
+    );
     for program in programs {
         let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
             .map(|dir| dir.join(program))
