@@ -631,9 +631,10 @@ pub const DEFAULT_AGENT_PORT: u32 = 1024;
 /// bound again, and the backlog's connections are served on.
 pub const LISTENER_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Listener files checked per [`LISTENER_CHECK_INTERVAL`]: 1,024, one
-/// `lstat` each (about a millisecond on the loop at most); more listeners
-/// are checked in turns.
+/// Listener files checked, and listeners that could not be opened tried
+/// again, per [`LISTENER_CHECK_INTERVAL`]: 1,024 of each (an `lstat` a
+/// check, a `bind` a retry: a few milliseconds on the loop at most); more
+/// are taken in turns.
 pub const LISTENER_CHECKS_PER_TURN: usize = 1024;
 
 /// Listeners of its own an instance may have: 4.

@@ -584,3 +584,44 @@ fn a_listener_that_cannot_be_opened_at_start_is_tried_again() {
         "vm1"
     );
 }
+
+#[test]
+fn a_replacement_keeps_an_unchanged_listener_and_remakes_a_changed_one() {
+    require_root!();
+    let dir = TempDir::new();
+    fs::create_dir_all(dir.join("vm")).unwrap();
+    fs::set_permissions(dir.join("vm"), fs::Permissions::from_mode(0o755)).unwrap();
+    let uds = dir.join("vm/v.sock");
+    let socket = port_1024(&uds);
+    let me = util::my_uid();
+    let server = Server::start(json!([vm("vm1", &uds, me, json!({}))]));
+    let inode = fs::metadata(&socket).unwrap().ino();
+    let mut open = Client::connect(&socket);
+    open.send(b"GUESTSOCK-AGENT 1 uid=0 gid=0 pid=9\r\n");
+    assert_eq!(
+        open.request("GET", "/1.0/config/user.who", b"").text(),
+        "vm1"
+    );
+    // A config change (a replacement with the same listener): the same
+    // socket, and its connections go on.
+    let reply = server.admin_call("PUT", "/1.0/instances/vm1/config/user.who", b"again");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(fs::metadata(&socket).unwrap().ino(), inode);
+    assert_eq!(
+        open.request("GET", "/1.0/config/user.who", b"").text(),
+        "again"
+    );
+    // Another VMM uid: what was accepted under the old rule is let go, and
+    // the socket is the new VMM's.
+    let spec = vm("vm1", &uds, 1000, json!({}));
+    let reply = server.admin_call("PUT", "/1.0/instances/vm1", spec.to_string().as_bytes());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(open.is_closed_by_server());
+    let meta = fs::symlink_metadata(&socket).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (1000, 0o600));
+    assert_eq!(
+        as_guest(&socket, 0, "GET", "/1.0", b"").status,
+        403,
+        "root is not the VMM now"
+    );
+}

@@ -109,32 +109,23 @@ impl Server {
 
     /// Makes instance `id`'s own listeners what its registered version
     /// says, now that it is durable: `before`, its listeners before this
-    /// change (`None` for a new instance). Sockets it keeps
-    /// stay open (their backlogs and inodes with them) and name it anew.
+    /// change (`None` for a new instance). A socket it keeps unchanged
+    /// stays open (its backlog and inode with it) and names it anew; one
+    /// whose rule changed (another VMM uid) is closed, ending what was
+    /// accepted under the old rule, and made again as the new one says.
     fn reconcile_own_listeners(&mut self, id: InstanceId, before: Option<Vec<ListenerSpec>>) {
         let Some(instance) = self.registry.get(id) else {
             return;
         };
         let (serial, now) = (instance.serial, instance.spec.listeners.clone());
         let old = before.unwrap_or_default();
-        for gone in old
-            .iter()
-            .filter(|l| !now.iter().any(|n| n.socket_path() == l.socket_path()))
-        {
+        for gone in old.iter().filter(|o| !now.contains(o)) {
             self.close_own_listener(&gone.socket_path());
         }
         for spec in &now {
             let path = spec.socket_path();
-            if old.iter().any(|o| o.socket_path() == path) && self.listeners.own_at(&path).is_some()
-            {
-                self.listeners.retarget_own(&path, id, serial, spec);
-                if let Some(key) = self.listeners.own_at(&path) {
-                    // Connections accepted under the old rule (a VMM uid
-                    // changed) are let go: new ones meet the new rule.
-                    if old.iter().any(|o| o.socket_path() == path && o != spec) {
-                        self.close_accepted_on(key);
-                    }
-                }
+            if old.contains(spec) && self.listeners.own_at(&path).is_some() {
+                self.listeners.retarget_own(&path, id, serial);
             } else {
                 self.open_own_listener(id, serial, spec, None);
             }
@@ -197,7 +188,10 @@ impl Server {
         if self.stopping.is_some() {
             return;
         }
-        for (name, path) in std::mem::take(&mut self.listeners_to_retry) {
+        // At most a turn's worth of binds; the rest wait their turn.
+        let due = self.listeners_to_retry.len().min(LISTENER_CHECKS_PER_TURN);
+        let retry: Vec<_> = self.listeners_to_retry.drain(..due).collect();
+        for (name, path) in retry {
             let wanted = self.registry.find(&name).and_then(|id| {
                 let instance = self.registry.get(id)?;
                 let spec = instance

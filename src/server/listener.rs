@@ -289,26 +289,18 @@ impl Listeners {
     /// The listener of an instance's own at `path` now identifies its
     /// callers as instance `id` (registration `serial`), `by` the rule
     /// given: a replaced instance keeps its sockets.
-    pub(super) fn retarget_own(
-        &mut self,
-        path: &Path,
-        id: InstanceId,
-        serial: u64,
-        spec: &ListenerSpec,
-    ) {
+    pub(super) fn retarget_own(&mut self, path: &Path, id: InstanceId, serial: u64) {
         let Some(&key) = self.own.get(path) else {
             return;
         };
-        let by = match spec {
-            ListenerSpec::Vsock(v) => OwnListener::Vsock { vmm_uid: v.vmm_uid },
-            ListenerSpec::SocketDir(_) => OwnListener::SocketDir,
-        };
-        self.all[key].identification = Identification::Own {
-            listener: key,
-            id,
-            serial,
-            by,
-        };
+        if let Identification::Own {
+            id: old_id,
+            serial: old_serial,
+            ..
+        } = &mut self.all[key].identification
+        {
+            (*old_id, *old_serial) = (id, serial);
+        }
     }
 
     /// Listeners of instances' own whose file is gone or is no longer the
@@ -316,24 +308,25 @@ impl Listeners {
     /// `most` of them looked at, in turns: each with what it was opened
     /// from and the instance it names.
     pub(super) fn files_gone(&mut self, most: usize) -> Vec<(ListenerSpec, InstanceId, u64)> {
-        let mut keys: Vec<usize> = self.own.values().copied().collect();
-        keys.sort_unstable();
         let mut gone = Vec::new();
-        if keys.is_empty() {
-            return gone;
-        }
-        let start = self.check_from % keys.len();
-        for &key in keys.iter().cycle().skip(start).take(most.min(keys.len())) {
-            let listener = &self.all[key];
+        // Keys, not a list of them: a turn costs what it looks at.
+        let slots = self.all.capacity().max(1);
+        for step in 0..most.min(slots) {
+            let key = (self.check_from + step) % slots;
+            let Some(listener) = self.all.get(key) else {
+                continue;
+            };
+            let (Some(spec), Identification::Own { id, serial, .. }) =
+                (&listener.spec, listener.identification)
+            else {
+                continue;
+            };
             let here = fs::symlink_metadata(&listener.path).map(|m| m.ino()).ok();
-            if here != Some(listener.ino)
-                && let (Some(spec), Identification::Own { id, serial, .. }) =
-                    (&listener.spec, listener.identification)
-            {
+            if here != Some(listener.ino) {
                 gone.push((spec.clone(), id, serial));
             }
         }
-        self.check_from = start + most.min(keys.len());
+        self.check_from = (self.check_from + most.min(slots)) % slots;
         gone
     }
 
