@@ -28,6 +28,7 @@ import json, os, shutil, signal, socket, subprocess, sys, tempfile, threading, t
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import pipeline_flood  # noqa: E402
 import priority  # noqa: E402
 import targets  # noqa: E402
 
@@ -35,21 +36,6 @@ SECONDS = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
 LISTENERS = int(sys.argv[2]) if len(sys.argv) > 2 else 1024
 BIN = priority.BIN
 PREAMBLE = b"GUESTSOCK-AGENT 1 uid=0 gid=0 pid=1\r\n"
-
-def admin(path, method, url, body=b""):
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(120)
-        s.connect(path)
-        head = f"{method} {url} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        s.sendall(head.encode() + body)
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return int(data.split(b" ")[1]), data
-
 
 def fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
@@ -152,9 +138,12 @@ def scale(work):
                             "listeners": [{"vsock": {"uds": os.path.join(vmdir, f"vm{i}.sock"), "vmm_uid": 0}}]}
                            for i in range(LISTENERS)]}
     start_t = time.monotonic()
-    status, body = admin(adm, "POST", "/1.0/instances", json.dumps(batch).encode())
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(120)
+        s.connect(adm)
+        status = pipeline_flood.request(s, "POST", "/1.0/instances", json.dumps(batch).encode())
     took = time.monotonic() - start_t
-    assert status == 200, body[:300]
+    assert status == 200, status
     time.sleep(0.5)
     rss1, fds1 = targets.rss_kib(pid), fds(pid)
     made = sum(1 for i in range(LISTENERS) if os.path.exists(os.path.join(vmdir, f"vm{i}.sock_1024")))

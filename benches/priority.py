@@ -56,11 +56,13 @@ int main(int argc, char **argv) {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     strncpy(addr.sun_path, argv[1], sizeof addr.sun_path - 1);
     double seconds = atof(argv[2]);
+    /* benches/targets.py's non-blocking flooders: "nonblocking" third. */
+    int flags = argc > 3 && argv[3][0] == 'n' ? SOCK_NONBLOCK : 0;
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     long made = 0, tried = 0;
     while ((++tried & 63) != 0 || elapsed(&start) < seconds) {
-        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        int fd = socket(AF_UNIX, SOCK_STREAM | flags, 0);
         if (fd < 0) { perror("socket"); return 1; }
         if (connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0) made++;
         close(fd);

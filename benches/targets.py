@@ -46,39 +46,10 @@ SECONDS = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
 BIN = priority.BIN
 HOST_UID = 1000
 
-# A connect+close loop, blocking or non-blocking, counting connects that
-# completed and connects tried (EAGAIN from a full backlog is the difference).
-FLOODER = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <time.h>
-#include <unistd.h>
-static double elapsed(const struct timespec *start) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (double)(now.tv_sec - start->tv_sec) + (now.tv_nsec - start->tv_nsec) / 1e9;
-}
-int main(int argc, char **argv) {
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    strncpy(addr.sun_path, argv[1], sizeof addr.sun_path - 1);
-    double seconds = atof(argv[2]);
-    int flags = argv[3][0] == 'n' ? SOCK_NONBLOCK : 0;
-    struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    long made = 0, tried = 0;
-    while ((++tried & 63) != 0 || elapsed(&start) < seconds) {
-        int fd = socket(AF_UNIX, SOCK_STREAM | flags, 0);
-        if (fd < 0) { perror("socket"); return 1; }
-        if (connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0) made++;
-        close(fd);
-    }
-    printf("%ld %ld\n", made, tried);
-    return 0;
-}
-"""
+# priority.py's connect+close loop, blocking or (third argument
+# "nonblocking") non-blocking, printing connects completed and tried
+# (EAGAIN from a full backlog is the difference).
+FLOODER = priority.FLOODER
 
 # The neighbour: priority.py's, paced to 40 requests a second (inside the
 # default rate limit, as a real neighbour is).
