@@ -281,7 +281,8 @@ impl Handoff {
                 .map_err(|_| format!("bad handoff message {text:?}"))?,
             None => return Err(format!("bad handoff message {text:?}")),
         };
-        let mut own = Vec::with_capacity(more);
+        // Not reserved up front: the count is a message, not a promise.
+        let mut own = Vec::new();
         while own.len() < more {
             let (_, batch) = self.receive_batch(HANDOFF_BATCH)?;
             if batch.is_empty() || own.len() + batch.len() > more {

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use slab::Slab;
@@ -686,11 +686,6 @@ impl Registry {
             })?;
         }
         Ok(())
-    }
-
-    /// The instance whose listener has its socket at `path`.
-    pub fn by_listener(&self, path: &Path) -> Option<InstanceId> {
-        self.by_listener.get(path).copied()
     }
 
     /// The pid namespace a `pid` rule naming `pid` stands for, refusing
