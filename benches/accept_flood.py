@@ -18,6 +18,9 @@ opened before the flood asks GET /1.0 every 20 ms: its worst is shown too.
 """
 import json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import priority  # noqa: E402  (its cgroup clean-up)
+
 SECONDS = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.environ.get("GUESTSOCK_BIN") or os.path.join(HERE, "..", "target", "release", "guestsock")
@@ -109,18 +112,7 @@ def main():
     finally:
         server.terminate()
         server.wait()
-        for g in groups.values():
-            try:
-                with open(os.path.join(g, "cgroup.kill"), "w") as f:
-                    f.write("1")
-            except OSError:
-                pass
-            for _ in range(100):
-                try:
-                    os.rmdir(g)
-                    break
-                except OSError:
-                    time.sleep(0.02)
+        priority.remove_groups(groups.values())
         shutil.rmtree(work, ignore_errors=True)
     print(f"neighbour latency, fresh connection per GET, {SECONDS:.0f} s per row "
           f"(guestsock {subprocess.run([BIN, '--version'], capture_output=True, text=True).stdout.strip()})\n")
